@@ -1,0 +1,150 @@
+"""Small shared helpers: atomic writes, JSON sanitising, Markdown tables, logging for Snakemake scripts."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _tmp_for(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same directory and os.replace."""
+    path = Path(path)
+    fd, tmp = _tmp_for(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = _tmp_for(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Atomic CSV; NaN is written as an empty cell (so 'no p-value' is empty, never a number)."""
+    atomic_write_text(path, df.to_csv(index=False, na_rep="", float_format="%.10g"))
+
+
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def clean(obj: Any) -> Any:
+    """Turn numpy scalars into Python ones and non-finite floats into None (valid JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write_text(path, json.dumps(clean(obj), indent=2, allow_nan=False) + "\n")
+
+
+def is_num(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(x: Any, digits: int = 4, pct: bool = False, sig: bool = False) -> str:
+    """Format a number for a table; empty string for missing/NaN."""
+    if x is None:
+        return ""
+    if isinstance(x, str):
+        return x
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(f):
+        return ""
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    if pct:
+        return f"{f:+.{digits}f}%"
+    if sig:
+        return f"{f:.{digits}g}"
+    return f"{f:.{digits}f}"
+
+
+def fmt_alpha(a: Any) -> str:
+    if not is_num(a):
+        return "-"
+    return format(float(a), "g")
+
+
+def md_escape(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table from already formatted cells."""
+    headers = [md_escape(h) for h in headers]
+    align = align or ["---"] * len(headers)
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(md_escape(c) for c in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def as_list(x: Any) -> list:
+    """Snakemake named inputs may be a single str or a list-like; always return a list."""
+    if x is None:
+        return []
+    if isinstance(x, (str, os.PathLike)):
+        return [str(x)]
+    return [str(v) if isinstance(v, os.PathLike) else v for v in x]
+
+
+def setup_logging(log_path: str | None) -> logging.Logger:
+    """Log to the Snakemake log file (and stderr) with timestamps."""
+    logger = logging.getLogger("analysis")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    return logger

@@ -1,0 +1,17 @@
+# The embedded corpus: bytes of this Python's standard library, built on the machine itself.
+
+
+rule stdlib_corpus:
+    output:
+        train="results/data/stdlib/train.bin",
+        val="results/data/stdlib/val.bin",
+        manifest="results/data/stdlib/manifest.json",
+    log:
+        "logs/data/stdlib_corpus.log",
+    params:
+        env=script_env,
+        python=UntrackedArgument(PYTHON),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{params.env} {params.python} workflow/scripts/build_corpus.py --out-dir results/data/stdlib > {log} 2>&1"

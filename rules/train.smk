@@ -1,0 +1,39 @@
+# One training run per target: results/runs/{model}/{optimizer}/alpha{alpha}/seed{seed}/.
+
+
+rule train:
+    input:
+        train_data,
+    output:
+        metrics=f"{RUN_DIR}/metrics.json",
+        history=f"{RUN_DIR}/history.csv",
+        spec=f"{RUN_DIR}/spec.json",
+    log:
+        "logs/train/{model}/{optimizer}/alpha{alpha}/seed{seed}.log",
+    params:
+        fingerprint=lambda w: PLAN.fingerprint(PLAN.run_from_wildcards(w)),
+        spec=lambda w: UntrackedArgument(json.dumps(PLAN.spec(PLAN.run_from_wildcards(w)))),
+        launch=lambda w: UntrackedArgument(
+            launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN)
+        ),
+        env=script_env,
+        checkpoint_dir="results/checkpoints/{model}/{optimizer}/alpha{alpha}/seed{seed}",
+    threads: lambda w: run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"]
+    resources:
+        nodes=lambda w: run_resources(w)["nodes"],
+        gpu=gpu_request,
+        # One torchrun per node starts the GPU processes itself: no task per GPU from Slurm.
+        tasks_per_gpu=0,
+        # SIGUSR1 two minutes before the time limit: the trainer checkpoints and exits, and the retry
+        # resumes with a longer limit.
+        slurm_extra=lambda w: slurm_extra(run_resources(w)),
+        cpus_per_task=lambda w: run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"],
+        mem_mb=lambda w: run_resources(w)["mem_mb_per_gpu"] * run_resources(w)["gpus"],
+        # A retried job (after a failure or a preemption) resumes from its checkpoint with more time.
+        runtime=lambda w, attempt: run_resources(w)["runtime_min"] * attempt,
+    retries: 2
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{params.env} {params.launch} workflow/scripts/train.py --spec-json {params.spec:q}"
+        " --out-dir $(dirname {output.metrics:q}) --checkpoint-dir {params.checkpoint_dir:q} > {log:q} 2>&1"

@@ -1,0 +1,101 @@
+"""aggregate: crafted metrics.json / history.csv files -> runs.csv / curves.csv."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from analysis.aggregate import aggregate, read_curves, read_runs
+from analysis.io import write_csv
+from analysis.synth import write_run
+
+
+def _study(tmp_path):
+    recs = [
+        write_run(tmp_path, model="tiny", arm="muon", alpha=0.0, seed=1, final_loss=3.0, role="baseline"),
+        write_run(tmp_path, model="tiny", arm="muon", alpha=0.0, seed=2, final_loss=3.1, role="baseline"),
+        write_run(tmp_path, model="tiny", arm="orthonoise", alpha=1e-3, seed=1, final_loss=2.9),
+        write_run(tmp_path, model="tiny", arm="orthonoise", alpha=1e-3, seed=2, final_loss=2.95,
+                  status="diverged", diverged_step=120),
+    ]
+    return recs
+
+
+def _agg(recs, phase="phase1"):
+    meta = [{k: r[k] for k in ("phase", "role", "model", "arm", "alpha", "seed", "run_dir")} for r in recs]
+    return aggregate([r["metrics"] for r in recs], [r["history"] for r in recs], meta, phase)
+
+
+def test_runs_table_columns_and_values(tmp_path):
+    runs, curves = _agg(_study(tmp_path))
+    assert len(runs) == 4  # the diverged run is kept
+    head = ["phase", "role", "model", "arm", "alpha", "seed", "status", "diverged_step"]
+    assert list(runs.columns[:8]) == head
+    for c in ["final_val_loss", "best_val_loss", "val_loss_at_50", "val_loss_at_100", "val_loss_at_500",
+              "steps_to_4", "steps_to_3.5", "eff_rank_mean", "noise_fraction_mean", "tokens_per_s",
+              "wall_time_s", "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]:
+        assert c in runs.columns, c
+    assert list(runs.columns[-9:]) == ["eff_rank_mean", "noise_fraction_mean", "tokens_per_s", "wall_time_s",
+                                       "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]
+    vl = [c for c in runs.columns if c.startswith("val_loss_at_")]
+    assert vl == sorted(vl, key=lambda c: float(c[12:]))
+    d = runs[runs["status"] == "diverged"].iloc[0]
+    assert d["diverged_step"] == 120 and math.isnan(d["final_val_loss"])
+    assert math.isnan(d["val_loss_at_500"]) and d["val_loss_at_100"] > 0
+    ok = runs[(runs["arm"] == "orthonoise") & (runs["status"] == "ok")].iloc[0]
+    assert ok["final_val_loss"] == pytest.approx(2.9)
+    assert set(runs["role"]) == {"baseline", "arm"}
+    assert (runs["phase"] == "phase1").all()
+
+
+def test_curves_long_table(tmp_path):
+    runs, curves = _agg(_study(tmp_path))
+    for c in ["model", "arm", "alpha", "seed", "step", "val_loss", "train_loss", "eff_rank_mean"]:
+        assert c in curves.columns
+    assert curves.groupby(["arm", "seed"]).size().min() > 5
+    div = curves[(curves["arm"] == "orthonoise") & (curves["seed"] == 2)]
+    assert div["step"].max() <= 120 and div["val_loss"].isna().any()  # NaN as recorded
+
+
+def test_roundtrip_csv(tmp_path):
+    runs, curves = _agg(_study(tmp_path))
+    write_csv(runs, tmp_path / "runs.csv")
+    write_csv(curves, tmp_path / "curves.csv")
+    back = read_runs(tmp_path / "runs.csv")
+    assert list(back.columns) == list(runs.columns)
+    pd.testing.assert_series_equal(back["final_val_loss"], runs["final_val_loss"], check_dtype=False)
+    assert back["wandb_id"].str.len().min() > 0
+    c2 = read_curves(tmp_path / "curves.csv")
+    assert len(c2) == len(curves)
+
+
+def test_null_and_nan_metrics_and_missing_keys(tmp_path):
+    recs = _study(tmp_path)
+    m = json.loads(open(recs[2]["metrics"]).read())
+    m["final_val_loss"] = float("nan")
+    m["diagnostics"] = None
+    del m["val_loss_at"]
+    with open(recs[2]["metrics"], "w") as fh:
+        json.dump(m, fh)  # writes NaN
+    runs, _ = _agg(recs)
+    r = runs.iloc[2]
+    assert math.isnan(r["final_val_loss"]) and math.isnan(r["eff_rank_mean"])
+
+
+def test_errors_name_the_problem(tmp_path):
+    recs = _study(tmp_path)
+    meta = [{k: r[k] for k in ("phase", "role", "model", "arm", "alpha", "seed", "run_dir")} for r in recs]
+    with pytest.raises(ValueError, match="parallel"):
+        aggregate([r["metrics"] for r in recs], [r["history"] for r in recs[:3]], meta, "p")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        aggregate([str(tmp_path / "nope.json")], [recs[0]["history"]], meta[:1], "p")
+    bad = dict(meta[0], role="boss")
+    with pytest.raises(ValueError, match="role"):
+        aggregate([recs[0]["metrics"]], [recs[0]["history"]], [bad], "p")
+    with pytest.raises(ValueError, match="twice"):
+        aggregate([recs[0]["metrics"]] * 2, [recs[0]["history"]] * 2, [meta[0]] * 2, "p")
+
+
+def test_empty_phase():
+    runs, curves = aggregate([], [], [], "phase1")
+    assert len(runs) == 0 and "final_val_loss" in runs.columns and len(curves) == 0
