@@ -4,6 +4,7 @@
 # The plan (runs per phase, specs, fingerprints) lives in study/; the optimizers in optim/.
 
 import json
+import os
 import sys
 from glob import glob
 

@@ -71,6 +71,11 @@ def run_resources(wildcards):
     return PLAN.resources(PLAN.run_from_wildcards(wildcards))
 
 
+def in_slurm_job():
+    """True where the job's shell runs inside a Slurm allocation (params are evaluated there too)."""
+    return "SLURM_JOB_ID" in os.environ
+
+
 def gpu_request(wildcards):
     """GPUs of the whole job (Slurm's --gpus); per node when nodes > 1, see slurm_extra."""
     res = run_resources(wildcards)

@@ -14,7 +14,7 @@ rule train:
         fingerprint=lambda w: PLAN.fingerprint(PLAN.run_from_wildcards(w)),
         spec=lambda w: UntrackedArgument(json.dumps(PLAN.spec(PLAN.run_from_wildcards(w)))),
         launch=lambda w: UntrackedArgument(
-            launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN)
+            launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job())
         ),
         env=script_env,
         checkpoint_dir="results/checkpoints/{model}/{optimizer}/alpha{alpha}/seed{seed}",
@@ -24,6 +24,10 @@ rule train:
         gpu=gpu_request,
         # One torchrun per node starts the GPU processes itself: no task per GPU from Slurm.
         tasks_per_gpu=0,
+        # Present, so the jobstep executor does not wrap the job in its own `srun ... snakemake`: the
+        # shell's `srun torchrun` is then the step's top process and receives Slurm's signals
+        # (docs/slurm.md). Zero, so the submission makes no MPI task checks.
+        mpi=0,
         # SIGUSR1 two minutes before the time limit: the trainer checkpoints and exits, and the retry
         # resumes with a longer limit.
         slurm_extra=lambda w: slurm_extra(run_resources(w)),

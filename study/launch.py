@@ -15,22 +15,34 @@ def torchrun_executable() -> str:
     return beside if os.access(beside, os.X_OK) else (shutil.which("torchrun") or "torchrun")
 
 
-def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None) -> str:
+# torchrun handles SIGTERM/SIGINT/SIGHUP/SIGQUIT only, and dies on SIGUSR1; told to, it forwards
+# SIGUSR1 (Slurm's time-limit and preemption warning) to its workers, which checkpoint and exit.
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None,
+             under_slurm: bool = False) -> str:
     """The prefix of the train command (the script and its flags follow).
 
     One node: `torchrun --standalone`, one process per GPU (on a CPU-only machine the processes share
-    the CPU through gloo). Several nodes: Slurm's srun starts one torchrun per node, and all of them
-    meet through the c10d rendezvous on the first host of the job's node list; the job id names the
-    rendezvous so that two jobs on the same hosts never meet.
+    the CPU through gloo). Inside a Slurm job the command runs under `srun`, so that torchrun is the
+    job step's top process: Slurm sends the step's signals (`scancel --signal=USR1`, `--signal=USR1@T`)
+    to that process alone, and torchrun passes them on. Several nodes: srun starts one torchrun per
+    node, and all of them meet through the c10d rendezvous on the first host of the job's node list;
+    the job id names the rendezvous, so that two jobs on the same hosts never meet.
     """
     torchrun = torchrun or torchrun_executable()
     if gpus_per_node < 1 or nodes < 1:
         raise ValueError(f"gpus_per_node and nodes must be >= 1, got {gpus_per_node} and {nodes}")
     if nodes == 1:
-        return f"{torchrun} --standalone --nproc-per-node {gpus_per_node}"
+        command = (f"{torchrun} --standalone --nproc-per-node {gpus_per_node} "
+                   f"--signals-to-handle {FORWARDED_SIGNALS}")
+        return f"srun --nodes 1 --ntasks 1 {command}" if under_slurm else command
+    # Several nodes exist only inside a Slurm allocation: this command is for one (--profile slurm).
     head = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
     return (
         f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
         f"{torchrun} --nnodes {nodes} --nproc-per-node {gpus_per_node} "
-        f"--rdzv-backend c10d --rdzv-endpoint {head}:{RENDEZVOUS_PORT} --rdzv-id \"$SLURM_JOB_ID\""
+        f"--rdzv-backend c10d --rdzv-endpoint {head}:{RENDEZVOUS_PORT} --rdzv-id \"$SLURM_JOB_ID\" "
+        f"--signals-to-handle {FORWARDED_SIGNALS}"
     )

@@ -139,9 +139,14 @@ def test_incoherent_configs_name_the_key(full, mutate, message):
 
 
 def test_launcher_single_and_multi_node():
-    assert launcher(4, 1, "torchrun") == "torchrun --standalone --nproc-per-node 4"
-    multi = launcher(8, 2, "torchrun")
+    fwd = "--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    assert launcher(4, 1, "torchrun") == f"torchrun --standalone --nproc-per-node 4 {fwd}"
+    assert launcher(4, 1, "torchrun", under_slurm=True) == (
+        f"srun --nodes 1 --ntasks 1 torchrun --standalone --nproc-per-node 4 {fwd}")
+    multi = launcher(8, 2, "torchrun", under_slurm=True)
+    assert launcher(8, 2, "torchrun") == multi
     assert multi.startswith("srun --nodes 2 --ntasks 2 --ntasks-per-node 1 ")
+    assert multi.endswith(fwd)
     assert "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d" in multi
     assert '--rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)":29500' in multi
     assert '--rdzv-id "$SLURM_JOB_ID"' in multi
