@@ -1,0 +1,149 @@
+"""Process group and device from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+One process (plain `python`, or torchrun with one process) needs no process group. Several use NCCL
+when the device is CUDA and gloo on CPU. Device `auto` is CUDA when torch can use it, else CPU: a
+node that sets CUDA_VISIBLE_DEVICES without a working CUDA (a fake-GPU Slurm node) falls back to
+CPU cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class DeviceError(RuntimeError):
+    pass
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.backend is not None
+
+
+def cuda_usable() -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(torch.cuda.is_available()) and torch.cuda.device_count() > 0
+    except Exception:  # a broken driver can raise instead of answering False
+        return False
+
+
+def resolve_device(pref: str) -> str:
+    if pref == "cpu":
+        return "cpu"
+    ok = cuda_usable()
+    if pref == "cuda" and not ok:
+        raise DeviceError("runtime.device is 'cuda' but torch cannot use CUDA here "
+                          f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return "cuda" if ok else "cpu"
+
+
+def setup(device_pref: str = "auto") -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    kind = resolve_device(device_pref)
+    if kind == "cuda":
+        n = torch.cuda.device_count()
+        if local_rank >= n:
+            raise DeviceError(f"LOCAL_RANK {local_rank} but only {n} CUDA device(s) visible")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = None
+    if world > 1:
+        backend = "nccl" if kind == "cuda" else "gloo"
+        if not dist.is_initialized():
+            if kind == "cuda":
+                dist.init_process_group(backend=backend, device_id=device)
+            else:
+                dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.is_distributed:
+        if info.device.type == "cuda":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
+
+
+def all_reduce_sum_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.is_distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.is_distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj, info: DistInfo):
+    if not info.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@torch.no_grad()
+def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo, bucket_bytes: int = 256 << 20) -> None:
+    """Sum gradients over ranks in flat buckets (deterministic order; no DDP hooks)."""
+    if not info.is_distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    bucket: list[torch.Tensor] = []
+    size = 0
+
+    def flush():
+        if not bucket:
+            return
+        if len(bucket) == 1:
+            dist.all_reduce(bucket[0], op=dist.ReduceOp.SUM)
+        else:
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            off = 0
+            for g in bucket:
+                n = g.numel()
+                g.copy_(flat[off:off + n].view_as(g))
+                off += n
+        bucket.clear()
+
+    for g in grads:
+        if size + g.numel() * g.element_size() > bucket_bytes and bucket:
+            flush()
+            size = 0
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+    flush()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.is_distributed and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass

@@ -1,0 +1,549 @@
+"""One training run: setup, the loop, evaluation, divergence, preemption, records.
+
+Step numbering: step s (1-based) is the s-th optimizer update; "val loss at step s" is measured after
+s updates; step 0 is the initial model (evaluated on fresh starts, written as a history row with only
+val_loss). The lr of update s is group["initial_lr"] * lr_scale(s - 1).
+
+Per step: the global batch of (seed, step) is cut into this rank's micro-batches; each micro-batch's
+mean loss is divided by the number of micro-batches in the whole global batch (accumulation x world
+size) before backward; gradients are summed over ranks (flat buckets, no DDP hooks); so the update is
+that of the mean loss over the global batch whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer import data as data_mod
+from trainer import distributed as dist_mod
+from trainer.model import build_model
+from trainer.records import HISTORY_COLUMNS, write_csv, write_json
+from trainer.spec import RunSpec, SpecError
+from trainer.tracking import Tracker, TrackingError, wandb_available
+from trainer.version import TRAINER_VERSION
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIMING_SKIP_STEPS = 2  # steps of each process start left out of tokens_per_s (compile, warm-up)
+
+
+def lr_scale(step0: int, steps: int, warmup_steps: int, cooldown_frac: float) -> float:
+    """Multiplier of initial_lr for update index step0 (0-based): linear warmup from 1/warmup to 1
+    over `warmup_steps`, constant, then a linear cooldown over the last round(cooldown_frac * steps)
+    updates down to 1/cooldown_steps at the last update (never 0); the smaller factor wins where the
+    two overlap."""
+    s = 1.0
+    if warmup_steps > 0 and step0 < warmup_steps:
+        s = (step0 + 1) / warmup_steps
+    cd = int(round(cooldown_frac * steps))
+    if cd > 0 and step0 >= steps - cd:
+        s = min(s, (steps - step0) / cd)
+    return s
+
+
+def eval_steps(spec: RunSpec) -> list[int]:
+    steps = spec.training.steps
+    e = set(spec.eval.at_steps) | {steps}
+    if spec.eval.every > 0:
+        e |= set(range(spec.eval.every, steps + 1, spec.eval.every))
+    return sorted(e)
+
+
+def fmt_key(x: float) -> str:
+    return format(float(x), "g")
+
+
+def code_versions(cls: str) -> dict:
+    try:
+        from optim.versions import ALGORITHM_VERSIONS
+
+        ov = ALGORITHM_VERSIONS.get(cls)
+    except ImportError:
+        ov = None
+    return {"optimizer": ov, "trainer": TRAINER_VERSION}
+
+
+# --------------------------------------------------------------------------- provenance
+def package_version() -> str | None:
+    try:
+        return importlib.metadata.version("muon-ablations")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+    except Exception:
+        return None
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this code, '-dirty' appended when tracked files differ."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions(device: torch.device, data_checksum: str | None, model) -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+         "platform": platform.platform(), "trainer": TRAINER_VERSION}
+    try:
+        from optim.versions import ALGORITHM_VERSIONS
+
+        v["optim"] = dict(ALGORITHM_VERSIONS)
+    except ImportError:
+        pass
+    for pkg in ("wandb", "tqdm", "transformers"):
+        try:
+            v[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if device.type == "cuda":
+        v["cuda"] = torch.version.cuda
+        v["gpu"] = torch.cuda.get_device_name(device)
+    if data_checksum:
+        v["data_checksum"] = data_checksum
+    src = getattr(model, "source", None)
+    if src:
+        v["hf_model_path"] = src
+    return v
+
+
+# --------------------------------------------------------------------------- the session
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    stop: bool
+    diag: dict
+    lr_scale: float
+    opt_ms: float | None = None
+
+
+class Session:
+    """Model, optimizer, data and the step function of one run, on this process."""
+
+    def __init__(self, spec: RunSpec, info: dist_mod.DistInfo, log: Callable[[str], None] = print,
+                 dataset: data_mod.Dataset | None = None):
+        self.spec, self.info, self.log = spec, info, log
+        t = spec.training
+        world = info.world_size
+        if t.global_batch % (t.micro_batch * world) != 0:
+            raise SpecError([("training.micro_batch", t.micro_batch,
+                              f"micro_batch x world size ({t.micro_batch} x {world}) must divide "
+                              f"training.global_batch ({t.global_batch})")])
+        self.accum = t.global_batch // (t.micro_batch * world)
+        self.n_micro_total = t.global_batch // t.micro_batch
+        self.device = info.device
+        cuda = self.device.type == "cuda"
+        dt = spec.runtime.dtype
+        self.amp_dtype = torch.bfloat16 if (dt == "bfloat16" or (dt == "auto" and cuda)) else None
+        c = spec.runtime.compile
+        self.compile = bool(cuda) if c == "auto" else bool(c)
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # data
+        self.data = dataset if dataset is not None else self._open_data()
+
+        # model: init from the run seed only (the same for every optimizer arm)
+        torch.manual_seed(spec.seed)
+        np.random.seed(spec.seed % 2**32)
+        random.seed(spec.seed)
+        m = spec.model
+        model = build_model(m.arch, m.vocab_size, m.tie_embeddings)
+        if t.seq_len > model.block_size:
+            raise SpecError([("training.seq_len", t.seq_len, f"at most the model's block size ({model.block_size})")])
+        if self.data.vocab_hint is not None and self.data.vocab_hint > model.vocab_size:
+            raise SpecError([("model.vocab_size", model.vocab_size,
+                              f"at least the data's vocabulary ({self.data.vocab_hint})")])
+        self.model = model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.n_params = sum(p.numel() for p in self.params)
+        self.flops_per_token = float(self.model.flops_per_token(t.seq_len))
+
+        # optimizer
+        import optim
+
+        o = spec.optimizer
+        try:
+            self.opt = optim.build_optimizer(self.model, cls=o.cls, muon_kwargs=dict(o.muon),
+                                             adamw_kwargs=dict(o.adamw), adamw_patterns=list(o.adamw_patterns),
+                                             seed=spec.seed)
+        except (TypeError, ValueError) as e:
+            raise SpecError([("optimizer", {"class": o.cls, "muon": o.muon, "adamw": o.adamw}, str(e))]) from None
+        for g in self.opt.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+
+        self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
+
+        # validation set: evenly spaced windows, independent of the seed
+        n_val = spec.eval.batches * t.global_batch
+        vidx = data_mod.val_indices(n_val, self.data.val.n_windows)
+        self.val_idx = vidx[data_mod.rank_slice(n_val, info.rank, world)]
+        self.n_val = n_val
+
+    def _open_data(self) -> data_mod.Dataset:
+        d = self.spec.data
+        if d.kind == "stdlib" and not (Path(d.path) / "manifest.json").exists():
+            if self.info.is_main:
+                self.log(f"no stdlib corpus at {d.path}: building it from {sys.version.split()[0]}'s standard library")
+                data_mod.build_stdlib_corpus(d.path)
+            dist_mod.barrier(self.info)
+        return data_mod.open_dataset(d.kind, self.spec.training.seq_len, path=d.path, train=d.train, val=d.val,
+                                     verify=self.info.is_main)
+
+    # ------------------------------------------------------------------ pieces
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        data_mod.check_vocab(w, self.model.vocab_size, "data")
+        t = torch.from_numpy(w)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t[:, :-1], t[:, 1:]
+
+    def micro_batches(self, step0: int):
+        t = self.spec.training
+        idx = data_mod.train_indices(self.spec.seed, step0, t.global_batch, self.data.train.n_windows)
+        mine = idx[data_mod.rank_slice(t.global_batch, self.info.rank, self.info.world_size)]
+        for m in range(self.accum):
+            yield self._to_device(self.data.train.windows(mine[m * t.micro_batch:(m + 1) * t.micro_batch]))
+
+    def set_lr(self, step0: int) -> float:
+        t = self.spec.training
+        s = lr_scale(step0, t.steps, t.warmup_steps, t.cooldown_frac)
+        for g in self.opt.param_groups:
+            g["lr"] = g["initial_lr"] * s
+        return s
+
+    def train_step(self, step0: int, stop_requested: bool = False, time_optimizer: bool = False) -> StepResult:
+        """Update index step0 (0-based). Returns the global-batch mean train loss, the gradient norm
+        (all parameters, before clipping), whether any rank asked to stop, and the optimizer's
+        diagnostics. Syncs with the device once (to read the loss)."""
+        scale = self.set_lr(step0)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        for x, y in self.micro_batches(step0):
+            with self.autocast():
+                loss = self.fwd(x, y)
+            (loss / self.n_micro_total).backward()
+            loss_sum += loss.detach().float()
+        dist_mod.all_reduce_grads(self.params, self.info)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        clip = self.spec.training.grad_clip
+        if clip > 0:
+            gn = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        else:
+            gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2)), 2)
+        ev = None
+        if time_optimizer and self.device.type == "cuda":
+            ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            ev[0].record()
+        self.opt.step()
+        if ev is not None:
+            ev[1].record()
+        self.opt.zero_grad(set_to_none=True)
+        red = torch.stack([loss_sum / self.accum,
+                           torch.tensor(1.0 if stop_requested else 0.0, device=self.device)])
+        dist_mod.all_reduce_sum_(red, self.info)
+        loss_v, stop_v, gn_v = torch.cat([red, gn.detach().float().reshape(1)]).tolist()
+        diag = self.opt.diagnostics
+        opt_ms = ev[0].elapsed_time(ev[1]) if ev is not None else None
+        return StepResult(loss=loss_v / self.info.world_size, grad_norm=gn_v, stop=stop_v > 0, diag=diag,
+                          lr_scale=scale, opt_ms=opt_ms)
+
+    @torch.no_grad()
+    def check_replicas(self) -> None:
+        """Raise unless every rank holds the same parameters (compares per-tensor float64 sums and sums
+        of squares exactly; a no-op on one process)."""
+        if not self.info.is_distributed:
+            return
+        import torch.distributed as tdist
+
+        local = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in self.params])
+        parts = [torch.empty_like(local) for _ in range(self.info.world_size)]
+        tdist.all_gather(parts, local)
+        bad = [r for r in range(1, self.info.world_size) if not torch.equal(parts[r], parts[0])]
+        if bad:
+            raise RuntimeError(f"parameters differ between rank 0 and rank(s) {bad}: replicas diverged")
+        self.log(f"parameters identical on all {self.info.world_size} ranks")
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows (all ranks together)."""
+        mb = self.spec.training.micro_batch
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        for i in range(0, len(self.val_idx), mb):
+            x, y = self._to_device(self.data.val.windows(self.val_idx[i:i + mb]))
+            with self.autocast():
+                loss = self.fwd(x, y)
+            total += loss.double() * x.size(0)
+        dist_mod.all_reduce_sum_(total, self.info)
+        return float(total.item()) / self.n_val
+
+
+# --------------------------------------------------------------------------- the run
+class _Log:
+    def __init__(self, is_main: bool):
+        self.is_main = is_main
+        self.pbar = None
+
+    def __call__(self, msg: str) -> None:
+        if not self.is_main:
+            return
+        line = f"[train {time.strftime('%H:%M:%S')}] {msg}"
+        if self.pbar is not None:
+            self.pbar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _summarise(history: list[dict]) -> dict:
+    def vals(key):
+        return [r[key] for r in history if r.get(key) is not None and math.isfinite(r[key])]
+
+    def mean(key):
+        v = vals(key)
+        return sum(v) / len(v) if v else None
+
+    er_min = vals("eff_rank_min")
+    return {"eff_rank_mean": mean("eff_rank_mean"), "eff_rank_min": min(er_min) if er_min else None,
+            "noise_fraction_mean": mean("noise_fraction"), "eps_mean": mean("eps"),
+            "update_rms_mean": mean("update_rms"), "grad_norm_mean": mean("grad_norm")}
+
+
+def _num(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x
+
+
+def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) -> int:
+    """Train; write spec.json, history.csv and metrics.json (last) into out_dir. Returns the exit code:
+    0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved)."""
+    flag = ckpt.PreemptionFlag().install()
+    info = None
+    try:
+        if spec.wandb.mode != "disabled" and spec.wandb.mode_given and not wandb_available():
+            raise TrackingError(f"wandb.mode is {spec.wandb.mode!r} but the wandb package is not installed here; "
+                                f"install it (pip install wandb) or set wandb.mode: disabled in the spec")
+        info = dist_mod.setup(spec.runtime.device)
+        return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
+    finally:
+        flag.restore()
+        if info is not None:
+            dist_mod.cleanup(info)
+
+
+def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag: ckpt.PreemptionFlag) -> int:
+    t_process = time.time()
+    log = _Log(info.is_main)
+    if out.resolve() == ckpt_dir.resolve():
+        raise SpecError([("--checkpoint-dir", str(ckpt_dir), "a directory other than --out-dir")])
+    spec_dict = spec.to_dict()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)  # a stale one must not look like this run's result
+        write_json(out / "spec.json", spec_dict)
+    t = spec.training
+    log(f"run {spec.run_id}: {spec.model.arch} with {spec.optimizer.cls} (arm {spec.optimizer.arm}, alpha "
+        f"{fmt_key(spec.alpha)}), seed {spec.seed}, {t.steps} steps, fingerprint {spec.fingerprint}")
+    sess = Session(spec, info, log)
+    log(f"device {info.device} x {info.world_size} ({info.backend or 'single process'}), "
+        f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}; "
+        f"{sess.n_params:,} parameters; global batch {t.global_batch} x {t.seq_len} tokens = "
+        f"{sess.accum} micro-batch(es) of {t.micro_batch} per rank")
+    log(f"data: {sess.data.description}; validation: {sess.n_val} fixed windows")
+    asg = sess.opt.assignment
+    log(f"optimizer split: {len(asg['muon'])} tensors to {spec.optimizer.cls}, {len(asg['adamw'])} to AdamW "
+        f"({', '.join(asg['adamw'][:6])}{', ...' if len(asg['adamw']) > 6 else ''})")
+
+    # ------------------------------------------------------------------ resume
+    versions = code_versions(spec.optimizer.cls)
+    key = spec.resume_key(versions)
+    start, history, evals = 0, [], {}
+    ref_loss, wall_before, timed_tokens, timed_time, wandb_id = None, 0.0, 0, 0.0, None
+    try:
+        state = ckpt.load(ckpt_dir, map_location="cpu")  # RNG states stay CPU tensors; load_state_dict moves
+    except Exception as e:  # unreadable (e.g. written by another torch): never resume from it
+        log(f"checkpoint {ckpt.path_of(ckpt_dir)} cannot be read ({type(e).__name__}: {e}): starting fresh")
+        state = None
+    if state is not None:
+        if state.get("resume_key") != key:
+            log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
+                f"{state.get('resume_key')} != {key}, fingerprint {state.get('fingerprint')} vs {spec.fingerprint}): "
+                f"not resuming; starting fresh")
+        else:
+            sess.model.load_state_dict(state["model"])
+            sess.opt.load_state_dict(state["optimizer"])
+            ckpt.set_rng_state(state["rng"], info.device)
+            start, history, evals = state["step"], state["history"], {int(k): v for k, v in state["evals"].items()}
+            ref_loss, wall_before = state["ref_loss"], state["wall_time_s"]
+            timed_tokens, timed_time = state["timed_tokens"], state["timed_time"]
+            wandb_id = state.get("wandb_id")
+            log(f"resuming from {ckpt.path_of(ckpt_dir)} at step {start} (world size then {state['world_size']}, "
+                f"now {info.world_size})")
+    del state
+
+    tracker = Tracker(spec.wandb, spec.run_id, spec_dict, info.is_main, resume_id=wandb_id, log=log)
+    if tracker.active:
+        log(f"wandb {tracker.mode}: run id {tracker.id}, dir {tracker.dir}")
+
+    def save_checkpoint(step: int, reason: str):
+        if info.is_main:
+            p = ckpt.save(ckpt_dir, {
+                "resume_key": key, "fingerprint": spec.fingerprint, "step": step,
+                "model": sess.model.state_dict(), "optimizer": sess.opt.state_dict(),
+                "rng": ckpt.rng_state(info.device), "history": history, "evals": evals, "ref_loss": ref_loss,
+                "wall_time_s": wall_before + (time.time() - t_process), "timed_tokens": timed_tokens,
+                "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
+                "torch": torch.__version__})
+            log(f"checkpoint at step {step} ({reason}): {p}")
+        dist_mod.barrier(info)
+
+    def do_eval(step: int) -> float:
+        v = sess.evaluate()
+        evals[step] = v
+        log(f"step {step}: val_loss {v:.4f}")
+        return v
+
+    # ------------------------------------------------------------------ loop
+    tokens_per_step = t.global_batch * t.seq_len
+    esteps = set(eval_steps(spec))
+    status, diverged_step, preempted = "ok", None, False
+    pbar = None
+    if info.is_main:
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr, desc=spec.run_id[-40:], unit="step",
+                    dynamic_ncols=True, mininterval=0.5 if tty else 30.0, disable=False)
+        log.pbar = pbar
+    try:
+        if start == 0:
+            v0 = do_eval(0)
+            row0 = {c: None for c in HISTORY_COLUMNS}
+            row0.update(step=0, val_loss=v0)
+            history.append(row0)
+            tracker.log({"val_loss": v0}, step=0)
+        seg_steps = 0
+        for step0 in range(start, t.steps):
+            step = step0 + 1
+            t0 = time.perf_counter()
+            r = sess.train_step(step0, stop_requested=flag.requested)
+            dt = time.perf_counter() - t0
+            seg_steps += 1
+            if seg_steps > TIMING_SKIP_STEPS or t.steps - start <= TIMING_SKIP_STEPS:
+                timed_tokens += tokens_per_step
+                timed_time += dt
+            tps = tokens_per_step / dt if dt > 0 else None
+            d = r.diag
+            row = {"step": step, "train_loss": r.loss, "val_loss": None, "lr_scale": r.lr_scale,
+                   "grad_norm": r.grad_norm, "update_rms": _num(d.get("update_rms")),
+                   "eff_rank_mean": _num(d.get("eff_rank_mean")), "eff_rank_min": _num(d.get("eff_rank_min")),
+                   "noise_fraction": _num(d.get("noise_fraction")), "eps": _num(d.get("eps_mean")),
+                   "tokens_per_s": tps}
+            if ref_loss is None and math.isfinite(r.loss):
+                ref_loss = r.loss
+            bad = not math.isfinite(r.loss) or (ref_loss is not None and r.loss > spec.training.divergence_factor
+                                                 * ref_loss)
+            if not bad and step in esteps:
+                row["val_loss"] = do_eval(step)
+                bad = not math.isfinite(row["val_loss"])
+            history.append(row)
+            tracker.log(row, step=step)
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{r.loss:.4f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
+            if bad:
+                status, diverged_step = "diverged", step
+                log(f"diverged at step {step}: train loss {r.loss} (start {ref_loss}, limit "
+                    f"{spec.training.divergence_factor} x start){'' if row['val_loss'] is None else ', val loss ' + str(row['val_loss'])}")
+                break
+            if r.stop:
+                preempted = True
+                save_checkpoint(step, f"preemption signal {flag.name() or 'on another rank'}")
+                break
+            if spec.checkpoint.every and step % spec.checkpoint.every == 0 and step < t.steps:
+                save_checkpoint(step, "periodic")
+    finally:
+        if pbar is not None:
+            pbar.close()
+            log.pbar = None
+
+    if preempted:
+        if info.is_main:
+            write_csv(out / "history.csv", HISTORY_COLUMNS, history)
+        tracker.finish(exit_code=ckpt.PREEMPTED_EXIT_CODE, preempted=True)
+        log(f"preempted: exiting with code {ckpt.PREEMPTED_EXIT_CODE} so that the job is retried; the next start "
+            f"resumes from the checkpoint")
+        return ckpt.PREEMPTED_EXIT_CODE
+
+    # ------------------------------------------------------------------ records
+    sess.check_replicas()
+    steps_completed = history[-1]["step"] if history else 0
+    wall = wall_before + (time.time() - t_process)
+    finite = {s: v for s, v in evals.items() if v is not None and math.isfinite(v)}
+    final = evals.get(t.steps) if status == "ok" else None
+    metrics: dict[str, Any] = {
+        "status": status,
+        "diverged_step": diverged_step,
+        "final_val_loss": final,
+        "best_val_loss": min(finite.values()) if finite else None,
+        "val_loss_at": {str(s): finite[s] for s in spec.eval.at_steps if s in finite},
+        "steps_to_loss": {fmt_key(x): next((s for s in sorted(finite) if finite[s] <= x), None)
+                          for x in spec.eval.target_losses},
+        "steps_completed": steps_completed,
+        "tokens_per_s": timed_tokens / timed_time if timed_time > 0 else None,
+        "wall_time_s": wall,
+        "gpu_hours": info.world_size * wall / 3600.0 if info.device.type == "cuda" else 0.0,
+        "world_size": info.world_size,
+        "device": info.device.type,
+        "diagnostics": _summarise([r for r in history if r["step"] > 0]),
+        "wandb": tracker.record(),
+        "spec": spec_dict,
+        "fingerprint": spec.fingerprint,
+        "package_version": package_version(),
+        "git_commit": git_commit(),
+        "versions": library_versions(info.device, sess.data.checksum, sess.model),
+    }
+    tracker.summary(metrics)
+    tracker.finish(exit_code=0)
+    if spec.checkpoint.keep and status == "ok":
+        save_checkpoint(steps_completed, "final (checkpoint.keep)")
+    if info.is_main:
+        write_csv(out / "history.csv", HISTORY_COLUMNS, history)
+        write_json(out / "metrics.json", metrics)  # last: its presence means the run is done
+        if not spec.checkpoint.keep:
+            ckpt.remove(ckpt_dir)
+    dist_mod.barrier(info)
+    log(f"done: status {status}, final val loss {final}, best {metrics['best_val_loss']}, "
+        f"{metrics['tokens_per_s'] or 0:,.0f} tokens/s, {wall:.1f} s -> {out / 'metrics.json'}")
+    return 0
