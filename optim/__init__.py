@@ -1,0 +1,21 @@
+"""The Muon family of optimizers (pure PyTorch). See docs/optim.md."""
+
+from .factory import DEFAULT_ADAMW_PATTERNS, OPTIMIZERS, MuonWithAdamW, build_optimizer, split_parameters
+from .muon import DIAGNOSTIC_KEYS, Muon
+from .nolah import MuonNOLAH
+from .orthonoise import MuonIsotropic, MuonOrthoNoise
+from .versions import ALGORITHM_VERSIONS
+
+__all__ = [
+    "ALGORITHM_VERSIONS",
+    "DEFAULT_ADAMW_PATTERNS",
+    "DIAGNOSTIC_KEYS",
+    "OPTIMIZERS",
+    "Muon",
+    "MuonIsotropic",
+    "MuonNOLAH",
+    "MuonOrthoNoise",
+    "MuonWithAdamW",
+    "build_optimizer",
+    "split_parameters",
+]

@@ -1,0 +1,414 @@
+"""Muon (MomentUm Orthogonalized by Newton-Schulz), batched by shape, with hooks for the variants.
+
+One optimizer step, for each parameter group:
+
+    g_t  = grad                                   (_transform_grads: NOLAH gates it)
+    B_t  = lerp(B_{t-1}, g_t, 1 - momentum)       the EMA form of torch.optim.Muon
+                                                  (_after_momentum: NOLAH rescales it)
+    U_t  = lerp(g_t, B_t, momentum) if nesterov else B_t
+    O_t  = orthogonalize(_perturb(U_t))           (_perturb: the noise arms, NOLAH's sigmoid)
+    W_t  = W_{t-1} * (1 - lr * weight_decay) - lr * adjust(shape) * O_t
+
+Matrices of the same shape, dtype and group are stacked and orthogonalized in one batched call
+("buckets"). Conv weights (>2-D) are viewed as (out, in * k * k). Nothing in a step reads a GPU
+value back to the host except on effective-rank steps (every `rank_every` steps), whose SVD syncs
+anyway; diagnostics stay tensors until read.
+
+With `shard_across_ranks=True` and torch.distributed initialized, each rank runs the per-matrix
+work (rank check, noise, orthogonalization) for a contiguous share of every bucket and the results
+are all-gathered, so every rank applies the same updates as without sharding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize
+from .rank import effective_rank
+from .versions import ALGORITHM_VERSIONS
+
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+def _invalid(cls: str, name: str, value, allowed: str) -> ValueError:
+    return ValueError(f"{cls}: {name}={value!r} is not allowed; {allowed}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def adjust_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    """torch.optim.Muon's update scale for a (rows, cols) matrix."""
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    return 0.2 * math.sqrt(max(rows, cols))
+
+
+@dataclass
+class Bucket:
+    """Same-shape matrices of one parameter group, in parameter order."""
+
+    positions: list[int]  # positions in the step's list of parameters with a gradient
+    params: list[Tensor]
+    indices: list[int]  # global parameter indices (order of all groups' params at construction)
+    shape: tuple[int, int]  # the 2-D view (rows, cols)
+
+
+@dataclass
+class BucketContext:
+    """What the hooks see of one bucket in one step. `rows` is this rank's share of the bucket."""
+
+    step: int
+    group: dict
+    bucket: Bucket
+    states: list[dict]
+    grads: list[Tensor]  # the raw gradients (p.grad), 2-D views
+    bufs: list[Tensor]  # momentum buffers, 2-D views
+    grad_norms: Tensor  # (B,) float32 Frobenius norms of the raw gradients
+    rows: range
+    noised: list[int] = field(default_factory=list)  # bucket positions that received noise (all ranks)
+    alpha: float = 0.0
+    persist: bool = False  # whether buffer_delta is gathered and added (decided alike on all ranks)
+    buffer_delta: Tensor | None = None  # (len(rows), r, c) added to the momentum buffers (None: zeros)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for hidden weight matrices; use AdamW for embeddings, heads, norms, gains and biases.
+
+    Args:
+        lr: learning rate (spectral-norm units with adjust_lr_fn=None/'original').
+        momentum: EMA coefficient of the momentum buffer (0.95).
+        nesterov: use lerp(g, B, momentum) instead of B (True).
+        weight_decay: decoupled, W *= 1 - lr * weight_decay (0.0).
+        adjust_lr_fn: None or 'original' (sqrt(max(1, rows/cols))), 'match_rms_adamw'
+            (0.2 * sqrt(max(rows, cols))), as torch.optim.Muon.
+        orthogonalizer: 'newton_schulz' | 'polar_express' | 'svd'.
+        ns_steps: iterations of the (quintic) orthogonalizer (5).
+        ns_precision: 'bf16' | 'fp32' for the iterations.
+        eps: floor of the normalising norm (1e-7).
+        seed: run seed; the noise arms draw from (seed, step, parameter index).
+        rank_every: compute the momentum's effective rank every this many steps (first at step 1;
+            0 disables).
+        shard_across_ranks: split the per-matrix work across torch.distributed ranks.
+    """
+
+    # How the effective rank's singular values are computed (optim.rank.singular_values). A change of
+    # this default can flip a noise trigger (by rounding): bump the versions of all classes.
+    rank_method = "gram"
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        adjust_lr_fn: str | None = None,
+        orthogonalizer: str = "newton_schulz",
+        ns_steps: int = 5,
+        ns_precision: str = "bf16",
+        eps: float = 1e-7,
+        seed: int = 0,
+        rank_every: int = 10,
+        shard_across_ranks: bool = False,
+    ):
+        name = type(self).__name__
+        if not _is_real(lr) or lr < 0:
+            raise _invalid(name, "lr", lr, "use a finite number >= 0")
+        if not _is_real(momentum) or not 0 <= momentum < 1:
+            raise _invalid(name, "momentum", momentum, "use a number in [0, 1)")
+        if not isinstance(nesterov, bool):
+            raise _invalid(name, "nesterov", nesterov, "use True or False")
+        if not _is_real(weight_decay) or weight_decay < 0:
+            raise _invalid(name, "weight_decay", weight_decay, "use a finite number >= 0")
+        if adjust_lr_fn not in ADJUST_LR_FNS:
+            raise _invalid(name, "adjust_lr_fn", adjust_lr_fn, f"use one of {list(ADJUST_LR_FNS)}")
+        if orthogonalizer not in ORTHOGONALIZERS:
+            raise _invalid(name, "orthogonalizer", orthogonalizer, f"use one of {list(ORTHOGONALIZERS)}")
+        if not _is_int(ns_steps) or not 1 <= ns_steps <= 100:
+            raise _invalid(name, "ns_steps", ns_steps, "use an int in [1, 100]")
+        if ns_precision not in PRECISIONS:
+            raise _invalid(name, "ns_precision", ns_precision, f"use one of {sorted(PRECISIONS)}")
+        if not _is_real(eps) or eps <= 0:
+            raise _invalid(name, "eps", eps, "use a finite number > 0")
+        if not _is_int(seed):
+            raise _invalid(name, "seed", seed, "use an int")
+        if not _is_int(rank_every) or rank_every < 0:
+            raise _invalid(name, "rank_every", rank_every, "use an int >= 0 (0 disables)")
+        if not isinstance(shard_across_ranks, bool):
+            raise _invalid(name, "shard_across_ranks", shard_across_ranks, "use True or False")
+
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn
+        )
+        super().__init__(params, defaults)
+        self.orthogonalizer = orthogonalizer
+        self.ns_steps = ns_steps
+        self.ns_precision = ns_precision
+        self.eps = eps
+        self.seed = seed
+        self.rank_every = rank_every
+        self.shard_across_ranks = shard_across_ranks
+        self.algorithm_version = ALGORITHM_VERSIONS[type(self).__name__]
+        self._step = 0
+        self._bucket_cache: dict = {}
+        self._diag: dict = {}
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group plus validation, "initial_lr" and the global parameter indices."""
+        super().add_param_group(param_group)
+        name = type(self).__name__
+        group = self.param_groups[-1]
+        group.setdefault("initial_lr", group["lr"])
+        self._check_group(group)
+        if not hasattr(self, "_index"):
+            self._index: dict[int, int] = {}
+        for p in group["params"]:
+            if p.ndim < 2:
+                raise _invalid(name, "params", tuple(p.shape), "Muon takes only >=2-D parameters (use AdamW)")
+            if torch.is_complex(p):
+                raise _invalid(name, "params", p.dtype, "complex parameters are not supported")
+            self._index[id(p)] = len(self._index)
+
+    def _check_group(self, group: dict) -> None:
+        name = type(self).__name__
+        for key, ok, allowed in (
+            ("lr", lambda v: _is_real(v) and v >= 0, "use a finite number >= 0"),
+            ("momentum", lambda v: _is_real(v) and 0 <= v < 1, "use a number in [0, 1)"),
+            ("weight_decay", lambda v: _is_real(v) and v >= 0, "use a finite number >= 0"),
+            ("nesterov", lambda v: isinstance(v, bool), "use True or False"),
+            ("adjust_lr_fn", lambda v: v in ADJUST_LR_FNS, f"use one of {list(ADJUST_LR_FNS)}"),
+        ):
+            if not ok(group[key]):
+                raise _invalid(name, f"param_group[{key!r}]", group[key], allowed)
+
+    # ------------------------------------------------------------------ hooks for the variants
+    def _begin_step(self, step: int) -> None:
+        """Called once per optimizer step before any parameter is touched."""
+
+    def _transform_grads(self, grads: list[Tensor], group: dict) -> list[Tensor]:
+        """The gradients the momentum sees (NOLAH gates them). Must not modify p.grad in place."""
+        return grads
+
+    def _after_momentum(self, grads: list[Tensor], bufs: list[Tensor], group: dict) -> None:
+        """Called after the momentum update with the (transformed) gradients and the buffers."""
+
+    def _on_effective_ranks(self, ctx: BucketContext, ranks: Tensor) -> None:
+        """Called on rank steps with the (B,) effective ranks of the bucket's momentum buffers."""
+
+    def _plan(self, ctx: BucketContext) -> None:
+        """Called for every bucket on every rank (also one with no rows here): set ctx.noised,
+        ctx.alpha and ctx.persist, which must not depend on the rank."""
+
+    def _perturb(self, updates: Tensor, ctx: BucketContext) -> Tensor:
+        """The stack of momentum updates (this rank's rows of the bucket) before orthogonalization."""
+        return updates
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step += 1
+        step = self._step
+        rank_step = self.rank_every > 0 and (step - 1) % self.rank_every == 0
+        self._begin_step(step)
+        stats = _StepStats(rank_step)
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            states = [self.state[p] for p in params]
+            for p, s in zip(params, states):
+                if "momentum_buffer" not in s:
+                    s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            raw = [p.grad for p in params]
+            grads = self._transform_grads(raw, group)
+            bufs = [s["momentum_buffer"] for s in states]
+            beta = group["momentum"]
+            torch._foreach_lerp_(bufs, grads, 1 - beta)
+            self._after_momentum(grads, bufs, group)
+            updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
+            for bucket in self._buckets(gi, params):
+                self._step_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats)
+        self._diag = stats.finish()
+        return loss
+
+    def _buckets(self, gi: int, params: list[Tensor]) -> list[Bucket]:
+        key = (gi, tuple(id(p) for p in params))
+        cached = self._bucket_cache.get(key)
+        if cached is not None:
+            return cached
+        by_key: dict = {}
+        for pos, p in enumerate(params):
+            shape = (p.shape[0], p.numel() // p.shape[0])
+            k = (shape, p.dtype, p.device)
+            if k not in by_key:
+                by_key[k] = Bucket([], [], [], shape)
+            b = by_key[k]
+            b.positions.append(pos)
+            b.params.append(p)
+            b.indices.append(self._index[id(p)])
+        buckets = list(by_key.values())
+        if len(self._bucket_cache) > 64:
+            self._bucket_cache.clear()
+        self._bucket_cache[key] = buckets
+        return buckets
+
+    def _world(self) -> tuple[int, int]:
+        if self.shard_across_ranks and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    def _step_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats):
+        r, c = bucket.shape
+        n = len(bucket.params)
+        world, rank = self._world()
+        per = -(-n // world)
+        rows = range(min(rank * per, n), min((rank + 1) * per, n))
+        pos = bucket.positions
+        ctx = BucketContext(
+            step=step,
+            group=group,
+            bucket=bucket,
+            states=[states_all[i] for i in pos],
+            grads=[raw[i].view(r, c) for i in pos],
+            bufs=[bufs_all[i].view(r, c) for i in pos],
+            grad_norms=torch.stack(torch._foreach_norm([raw[i] for i in pos], 2, dtype=torch.float32)),
+            rows=rows,
+        )
+        if rank_step:
+            if len(rows):
+                ranks = effective_rank(torch.stack([ctx.bufs[i] for i in rows]), self.rank_method)
+            else:
+                ranks = ctx.grad_norms.new_zeros(0)
+            ranks = self._gather(ranks, per, n, world)
+            self._on_effective_ranks(ctx, ranks)
+            stats.ranks.append(ranks)
+        self._plan(ctx)
+        if len(rows):
+            U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
+            U = self._perturb(U, ctx)
+            O = orthogonalize(U, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps)
+        else:
+            O = torch.zeros((0, r, c), device=bucket.params[0].device, dtype=PRECISIONS[self.ns_precision])
+        O = self._gather(O, per, n, world)
+        if ctx.persist:
+            delta = ctx.buffer_delta
+            if delta is None:
+                delta = torch.zeros((len(rows), r, c), device=O.device, dtype=torch.float32)
+            delta = self._gather(delta.to(ctx.bufs[0].dtype), per, n, world)
+            torch._foreach_add_(ctx.bufs, list(delta.unbind(0)))
+
+        lr, wd = group["lr"], group["weight_decay"]
+        ratio = adjust_ratio(group["adjust_lr_fn"], r, c)
+        stats.update_sq.append(torch.linalg.vector_norm(O, dtype=torch.float32).square() * ratio**2)
+        views = [p.view(r, c) for p in bucket.params]
+        if wd != 0:
+            torch._foreach_mul_(views, 1 - lr * wd)
+        upd = list(O.to(views[0].dtype, copy=True).unbind(0))
+        torch._foreach_mul_(upd, -lr * ratio)
+        torch._foreach_add_(views, upd)
+
+        stats.count += n
+        stats.noised += len(ctx.noised)
+        stats.grad_sq.append(ctx.grad_norms.square().sum())
+        stats.numel += O.numel()
+        if ctx.noised:
+            stats.eps_sum.append(ctx.alpha * torch.stack([ctx.grad_norms[i] for i in ctx.noised]).sum())
+
+    def _gather(self, x: Tensor, per: int, n: int, world: int) -> Tensor:
+        """All-gather each rank's rows (padded to `per`) of a bucket-sized tensor; identity unsharded."""
+        if world == 1:
+            return x
+        if x.shape[0] < per:
+            x = torch.cat([x, x.new_zeros((per - x.shape[0], *x.shape[1:]))])
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)[:n]
+
+    # ------------------------------------------------------------------ diagnostics and state
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken (the clock of the schedules and of the noise draws)."""
+        return self._step
+
+    @property
+    def diagnostics(self) -> dict:
+        """Last step's diagnostics as Python numbers (reading them syncs with the GPU once).
+
+        eff_rank_mean, eff_rank_min: over all matrices, on rank steps, else None.
+        noise_fraction: fraction of matrices that received noise this step (0 for Muon).
+        eps_mean: mean eps = alpha_t * ||g||_F over the matrices that received noise (0 if none).
+        grad_norm: Frobenius norm of all Muon gradients together (raw p.grad).
+        update_rms: RMS over all elements of adjust(shape) * O, the update before the lr.
+        """
+        d = self._diag
+        if not d:
+            return {k: None for k in DIAGNOSTIC_KEYS}
+        out = {}
+        for k in DIAGNOSTIC_KEYS:
+            v = d.get(k)
+            out[k] = float(v) if isinstance(v, Tensor) else v
+        return out
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["muon_global"] = {"step": self._step, "class": type(self).__name__, "version": self.algorithm_version}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        g = state_dict.pop("muon_global", None)
+        if g is not None and g.get("class") not in (None, type(self).__name__):
+            raise ValueError(f"{type(self).__name__}: state_dict was saved by {g['class']}")
+        super().load_state_dict(state_dict)
+        self._step = int(g["step"]) if g is not None else 0
+        self._bucket_cache.clear()
+
+
+DIAGNOSTIC_KEYS = ("eff_rank_mean", "eff_rank_min", "noise_fraction", "eps_mean", "grad_norm", "update_rms")
+
+
+class _StepStats:
+    def __init__(self, rank_step: bool):
+        self.rank_step = rank_step
+        self.ranks: list[Tensor] = []
+        self.grad_sq: list[Tensor] = []
+        self.update_sq: list[Tensor] = []
+        self.eps_sum: list[Tensor] = []
+        self.count = 0
+        self.noised = 0
+        self.numel = 0
+
+    def finish(self) -> dict:
+        if self.count == 0:
+            return {}
+        d = {
+            "noise_fraction": self.noised / self.count,
+            "grad_norm": torch.stack(self.grad_sq).sum().sqrt(),
+            "update_rms": (torch.stack(self.update_sq).sum() / self.numel).sqrt(),
+            "eps_mean": torch.stack(self.eps_sum).sum() / self.noised if self.noised else 0.0,
+            "eff_rank_mean": None,
+            "eff_rank_min": None,
+        }
+        if self.ranks:
+            ranks = torch.cat(self.ranks)
+            d["eff_rank_mean"] = ranks.mean()
+            d["eff_rank_min"] = ranks.min()
+        return d

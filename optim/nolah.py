@@ -1,0 +1,67 @@
+"""MuonNOLAH: the archived heuristics of seeds 000/001, kept as a comparison arm.
+
+1. gradient gating: g <- tanh(g) * |g|                                  (gating)
+2. after the momentum update, the buffer is multiplied by percentile_scale (0.9) where |g| (the gated
+   gradient) is above its per-matrix percentile (0.95: the k-th smallest |g| with
+   k = ceil(0.95 * numel))                                              (percentile, percentile_scale)
+3. U <- U * sigmoid(U) before orthogonalization                        (sigmoid_projection)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .muon import BucketContext, Muon, _invalid, _is_real
+
+
+class MuonNOLAH(Muon):
+    def __init__(
+        self,
+        params,
+        gating: bool = True,
+        percentile: float = 0.95,
+        percentile_scale: float = 0.9,
+        sigmoid_projection: bool = True,
+        **muon_kwargs,
+    ):
+        super().__init__(params, **muon_kwargs)
+        name = type(self).__name__
+        if not isinstance(gating, bool):
+            raise _invalid(name, "gating", gating, "use True or False")
+        if not _is_real(percentile) or not 0 < percentile <= 1:
+            raise _invalid(name, "percentile", percentile, "use a number in (0, 1]")
+        if not _is_real(percentile_scale) or percentile_scale < 0:
+            raise _invalid(name, "percentile_scale", percentile_scale, "use a finite number >= 0")
+        if not isinstance(sigmoid_projection, bool):
+            raise _invalid(name, "sigmoid_projection", sigmoid_projection, "use True or False")
+        self.gating = gating
+        self.percentile = percentile
+        self.percentile_scale = percentile_scale
+        self.sigmoid_projection = sigmoid_projection
+
+    def _transform_grads(self, grads: list[Tensor], group: dict) -> list[Tensor]:
+        if not self.gating:
+            return grads
+        return torch._foreach_mul(torch._foreach_tanh(grads), torch._foreach_abs(grads))
+
+    def _after_momentum(self, grads: list[Tensor], bufs: list[Tensor], group: dict) -> None:
+        if self.percentile_scale == 1.0:
+            return
+        by_shape: dict = {}
+        for g, buf in zip(grads, bufs):
+            by_shape.setdefault((tuple(g.shape), g.dtype), []).append((g, buf))
+        for pairs in by_shape.values():  # one batched selection per shape
+            mag = torch.stack([g for g, _ in pairs]).abs().float()
+            flat = mag.reshape(len(pairs), -1)
+            k = min(max(math.ceil(self.percentile * flat.shape[1]), 1), flat.shape[1])
+            threshold = flat.kthvalue(k, dim=1).values.view(-1, *([1] * (mag.ndim - 1)))
+            scale = torch.where(mag > threshold, self.percentile_scale, 1.0)
+            torch._foreach_mul_([b for _, b in pairs], list(scale.to(pairs[0][1].dtype).unbind(0)))
+
+    def _perturb(self, updates: Tensor, ctx: BucketContext) -> Tensor:
+        if not self.sigmoid_projection:
+            return updates
+        return updates * torch.sigmoid(updates)

@@ -1,0 +1,137 @@
+"""Orthogonalizers: map a matrix G = U S V^T (or a stack of them) to (about) its polar factor U V^T.
+
+Every function takes a tensor of shape (..., m, n) and returns one of the same shape, in the precision
+it computed in (bfloat16 or float32); the caller casts. Tall matrices are transposed inside, so the
+Gram matrices are always the small side.
+
+- `newton_schulz`: Keller Jordan's quintic iteration (coefficients 3.4445, -4.7750, 2.0315), written
+  with addmm/baddbmm like torch.optim.Muon so that it follows it step for step. It does not converge
+  to U V^T but to U S' V^T with S' roughly in [0.7, 1.2], which is what Muon uses.
+- `polar_express`: the per-step coefficients of Amsel et al. 2025 as modded-nanogpt uses them
+  (5 iterations, safety factor 2e-2, cushion 2; normalised by ||X||_F * 1.02).
+- `svd_orthogonalize`: exact U V^T in float32 (the seeds' version; the reference).
+- `cubic_newton_schulz`: the seed's re-orthogonalization X <- 1.5 X - 0.5 X X^T X, after
+  normalising X by its Frobenius norm. Unnormalised it diverges once ||X||_2 > sqrt(3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+# Polar Express, num_iters=5, safety_factor=2e-2, cushion=2 (Amsel, Persson, Musco, Gower 2025),
+# the coefficients modded-nanogpt uses. More than 5 steps repeat the last triple.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 1.02
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+ORTHOGONALIZERS = ("newton_schulz", "polar_express", "svd")
+
+
+def _dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not allowed; use one of {sorted(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def _addmm(inp: Tensor, m1: Tensor, m2: Tensor, *, beta: float, alpha: float = 1.0) -> Tensor:
+    """beta * inp + alpha * m1 @ m2 for one matrix or a stack (any number of leading dims)."""
+    if inp.ndim == 2:
+        return torch.addmm(inp, m1, m2, beta=beta, alpha=alpha)
+    lead = inp.shape[:-2]
+    out = torch.baddbmm(
+        inp.reshape(-1, *inp.shape[-2:]),
+        m1.reshape(-1, *m1.shape[-2:]),
+        m2.reshape(-1, *m2.shape[-2:]),
+        beta=beta,
+        alpha=alpha,
+    )
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def _wide(G: Tensor, dtype: torch.dtype) -> tuple[Tensor, bool]:
+    if G.ndim < 2:
+        raise ValueError(f"orthogonalization needs a matrix or a stack of matrices, got shape {tuple(G.shape)}")
+    X = G.to(dtype)
+    tall = G.size(-2) > G.size(-1)
+    return (X.mT if tall else X), tall
+
+
+def newton_schulz(
+    G: Tensor,
+    steps: int = 5,
+    precision: str = "bf16",
+    eps: float = 1e-7,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+) -> Tensor:
+    """Quintic Newton-Schulz: X <- a X + (b A + c A^2) X with A = X X^T, after X <- G / ||G||_F."""
+    a, b, c = coefficients
+    X, tall = _wide(G, _dtype(precision))
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = _addmm(A, A, A, beta=b, alpha=c)
+        X = _addmm(X, B, X, beta=a)
+    return X.mT if tall else X
+
+
+def polar_express(G: Tensor, steps: int = 5, precision: str = "bf16", eps: float = 1e-7) -> Tensor:
+    """Polar Express: the quintic iteration with per-step coefficients (modded-nanogpt's)."""
+    X, tall = _wide(G, _dtype(precision))
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * POLAR_EXPRESS_SAFETY + eps)
+    for i in range(steps):
+        a, b, c = POLAR_EXPRESS_COEFFICIENTS[min(i, len(POLAR_EXPRESS_COEFFICIENTS) - 1)]
+        A = X @ X.mT
+        B = _addmm(A, A, A, beta=b, alpha=c)
+        X = _addmm(X, B, X, beta=a)
+    return X.mT if tall else X
+
+
+def svd_orthogonalize(G: Tensor) -> Tensor:
+    """Exact polar factor U V^T in float32, over the singular values above the numerical rank cutoff.
+
+    Directions whose singular value is below max(m, n) * float32-epsilon * s_max (and all of a zero
+    matrix) get 0, as a pseudo-inverse would: SVD's basis for a null space is arbitrary.
+    """
+    X = G.float()
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    cutoff = S[..., :1] * (max(X.shape[-2:]) * torch.finfo(torch.float32).eps)
+    keep = ((S > cutoff) & (S > 0)).to(X.dtype)
+    return (U * keep.unsqueeze(-2)) @ Vh
+
+
+def cubic_newton_schulz(
+    X: Tensor, steps: int = 3, precision: str = "fp32", eps: float = 1e-7, normalize: bool = True
+) -> Tensor:
+    """The seed's cubic iteration X <- 1.5 X - 0.5 X X^T X.
+
+    It converges to the polar factor only for singular values in (0, sqrt(3)); `normalize` (the
+    default; the seed's pseudocode omits it) first divides X by its Frobenius norm, which bounds the
+    spectral norm by 1. `normalize=False` exists to show the divergence in the tests.
+    """
+    Y, tall = _wide(X, _dtype(precision))
+    if normalize:
+        Y = Y / Y.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        A = Y @ Y.mT
+        Y = _addmm(Y, A, Y, beta=1.5, alpha=-0.5)
+    return Y.mT if tall else Y
+
+
+def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5, precision: str = "bf16", eps: float = 1e-7) -> Tensor:
+    """Dispatch by name (see ORTHOGONALIZERS); `svd` ignores steps and precision (always float32)."""
+    if method == "newton_schulz":
+        return newton_schulz(G, steps=steps, precision=precision, eps=eps)
+    if method == "polar_express":
+        return polar_express(G, steps=steps, precision=precision, eps=eps)
+    if method == "svd":
+        return svd_orthogonalize(G)
+    raise ValueError(f"orthogonalizer={method!r} is not allowed; use one of {list(ORTHOGONALIZERS)}")

@@ -1,0 +1,176 @@
+"""The noise arms (seed 000_91d92a7bba3aba98.txt): MuonOrthoNoise and its control MuonIsotropic.
+
+Before orthogonalization, a matrix whose noise trigger is on gets
+
+    U~ = U + eps * N,   eps = alpha_t * ||g||_F   (g: this step's raw gradient of that matrix)
+
+- MuonOrthoNoise: N is a Haar-random orthonormal matrix of U's shape ('qr': QR of a Gaussian with the
+  sign fix; 'polar': the Polar Express polar factor of a Gaussian), and U~ is re-orthogonalized by
+  the seed's cubic Newton-Schulz (normalised first) before the chosen orthogonalizer makes the update.
+- MuonIsotropic: N is the same Gaussian scaled to ||N||_F = sqrt(min(m, n)) (the norm of an
+  orthonormal matrix), with no QR and no re-orthogonalization: only the structure of the noise differs.
+
+Shared: alpha_t from the schedule (optim.schedules), no noise during noise_warmup_steps, and the
+adaptive trigger: every rank_every steps the momentum buffer's effective rank is measured and a matrix
+is noised until the next measurement iff erank < rank_threshold * min(m, n) (rank_threshold=None:
+always). Before a matrix's first measurement its trigger is off.
+
+persist_noise=False: the noise only feeds this step's update. True: eps * N is also added to the
+momentum buffer (the seed's pseudocode wrote the perturbed matrix back); this step's update is the
+same either way. (The seed also wrote the *re-orthogonalized* matrix back, which would replace the
+momentum's gradient-scale values by singular values near 1; that is not done.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .muon import BucketContext, Muon, _invalid, _is_int, _is_real
+from .noise import NOISE_METHODS, NoiseSource, haar_polar, haar_qr, isotropic
+from .orthogonalize import cubic_newton_schulz
+from .schedules import AlphaSchedule
+
+
+class _NoisyMuon(Muon):
+    """Schedule, warm-up, trigger and the noise step; subclasses choose the noise and re-orthogonalization."""
+
+    def __init__(
+        self,
+        params,
+        alpha: float = 1e-3,
+        schedule: str = "constant",
+        alpha_end: float | None = None,
+        schedule_steps: int = 1000,
+        half_life: float | None = None,
+        noise_warmup_steps: int = 0,
+        rank_threshold: float | None = 0.5,
+        persist_noise: bool = False,
+        **muon_kwargs,
+    ):
+        super().__init__(params, **muon_kwargs)
+        name = type(self).__name__
+        try:
+            self.schedule = AlphaSchedule(
+                alpha=alpha,
+                schedule=schedule,
+                alpha_end=alpha_end,
+                schedule_steps=schedule_steps,
+                half_life=half_life,
+                noise_warmup_steps=noise_warmup_steps,
+            )
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if rank_threshold is not None and not (_is_real(rank_threshold) and 0 < rank_threshold <= 1):
+            raise _invalid(name, "rank_threshold", rank_threshold, "use a number in (0, 1] or None (always noise)")
+        if rank_threshold is not None and self.rank_every == 0:
+            raise _invalid(name, "rank_every", 0, "the trigger (rank_threshold set) needs rank_every >= 1")
+        if not isinstance(persist_noise, bool):
+            raise _invalid(name, "persist_noise", persist_noise, "use True or False")
+        self.rank_threshold = rank_threshold
+        self.persist_noise = persist_noise
+        self.noise = NoiseSource(self.seed)
+        self._alpha_t = 0.0
+
+    def alpha_at(self, step: int) -> float:
+        return self.schedule(step)
+
+    def _begin_step(self, step: int) -> None:
+        self._alpha_t = self.schedule(step)
+
+    def _on_effective_ranks(self, ctx: BucketContext, ranks: Tensor) -> None:
+        if self.rank_threshold is None:
+            return
+        limit = self.rank_threshold * min(ctx.bucket.shape)
+        for state, on in zip(ctx.states, (ranks < limit).tolist()):  # one sync, on rank steps only
+            state["noise_on"] = bool(on)
+
+    def _noise_on(self, state: dict) -> bool:
+        return True if self.rank_threshold is None else state.get("noise_on", False)
+
+    def _noise_matrices(self, Z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _reorthogonalize(self, X: Tensor) -> Tensor:
+        return X
+
+    def _plan(self, ctx: BucketContext) -> None:
+        if self._alpha_t <= 0:
+            return
+        ctx.alpha = self._alpha_t
+        ctx.noised = [i for i, s in enumerate(ctx.states) if self._noise_on(s)]
+        ctx.persist = self.persist_noise and bool(ctx.noised)
+
+    def _perturb(self, updates: Tensor, ctx: BucketContext) -> Tensor:
+        alpha = ctx.alpha
+        if not ctx.noised:
+            return updates
+        noised = set(ctx.noised)
+        mine = [i for i in ctx.rows if i in noised]
+        if not mine:
+            return updates
+        start = ctx.rows.start
+        Z = self.noise.gaussian(ctx.bucket.shape, updates.device, ctx.step, [ctx.bucket.indices[i] for i in mine])
+        everyone = len(mine) == len(ctx.rows)
+        if everyone:
+            eps = alpha * ctx.grad_norms[ctx.rows.start : ctx.rows.stop]
+        else:
+            eps = alpha * torch.stack([ctx.grad_norms[i] for i in mine])
+        term = self._noise_matrices(Z) * eps[:, None, None]
+        base = updates if everyone else torch.stack([updates[i - start] for i in mine])
+        X = self._reorthogonalize(base.float() + term).to(updates.dtype)
+        if ctx.persist:
+            if everyone:
+                ctx.buffer_delta = term
+            else:
+                zero = term.new_zeros(term.shape[1:])
+                k = {i: j for j, i in enumerate(mine)}
+                ctx.buffer_delta = torch.stack([term[k[i]] if i in k else zero for i in ctx.rows])
+        if everyone:
+            return X
+        k = {i: j for j, i in enumerate(mine)}
+        return torch.stack([X[k[i]] if i in k else updates[i - start] for i in ctx.rows])
+
+
+class MuonOrthoNoise(_NoisyMuon):
+    """Muon with Haar-orthonormal noise on the momentum update before orthogonalization.
+
+    Args (beyond Muon's): alpha, schedule ('constant'|'exponential'|'linear'), alpha_end,
+    schedule_steps, half_life, noise_warmup_steps, rank_threshold (float in (0, 1] or None),
+    noise_method ('qr'|'polar'), persist_noise, reortho_steps (cubic Newton-Schulz steps, 3).
+    """
+
+    # How 'qr' noise is computed (both give the QR factor with a positive diagonal of R; see
+    # optim.noise.haar_qr). A change of this default changes results (by rounding): bump the version.
+    qr_algorithm = "cholesky"
+
+    def __init__(self, params, noise_method: str = "qr", reortho_steps: int = 3, **kwargs):
+        super().__init__(params, **kwargs)
+        name = type(self).__name__
+        if noise_method not in NOISE_METHODS:
+            raise _invalid(name, "noise_method", noise_method, f"use one of {list(NOISE_METHODS)}")
+        if not _is_int(reortho_steps) or not 0 <= reortho_steps <= 100:
+            raise _invalid(name, "reortho_steps", reortho_steps, "use an int in [0, 100]")
+        self.noise_method = noise_method
+        self.reortho_steps = reortho_steps
+
+    def _noise_matrices(self, Z: Tensor) -> Tensor:
+        if self.noise_method == "qr":
+            return haar_qr(Z, algorithm=self.qr_algorithm)
+        return haar_polar(Z, precision=self.ns_precision)
+
+    def _reorthogonalize(self, X: Tensor) -> Tensor:
+        if self.reortho_steps == 0:
+            return X
+        return cubic_newton_schulz(X, steps=self.reortho_steps, precision=self.ns_precision, eps=self.eps)
+
+
+class MuonIsotropic(_NoisyMuon):
+    """The control: Gaussian noise scaled to Frobenius norm sqrt(min(m, n)); no QR, no re-orthogonalization.
+
+    Args (beyond Muon's): alpha, schedule, alpha_end, schedule_steps, half_life, noise_warmup_steps,
+    rank_threshold, persist_noise (as MuonOrthoNoise).
+    """
+
+    def _noise_matrices(self, Z: Tensor) -> Tensor:
+        return isotropic(Z)

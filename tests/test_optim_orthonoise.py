@@ -1,0 +1,235 @@
+"""MuonOrthoNoise, MuonIsotropic and MuonNOLAH: the noise step, trigger, warm-up, persistence, counters."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import optim
+from optim.noise import NoiseSource, haar_qr, isotropic
+from optim.orthogonalize import svd_orthogonalize
+
+SHAPES = [(12, 20), (20, 12), (12, 20)]
+
+
+def _params(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return [nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in SHAPES]
+
+
+def _grad_seq(t, shapes=SHAPES, low_rank=()):
+    g = torch.Generator().manual_seed(100 + t)
+    out = []
+    for i, s in enumerate(shapes):
+        if i in low_rank:
+            out.append(torch.randn(s[0], 1, generator=g) @ torch.randn(1, s[1], generator=g))
+        else:
+            out.append(torch.randn(s, generator=g))
+    return out
+
+
+def _run(opt, ps, steps, low_rank=(), start=0):
+    diags = []
+    for t in range(start, start + steps):
+        for p, g in zip(ps, _grad_seq(t, low_rank=low_rank)):
+            p.grad = g.to(p.dtype)
+        opt.step()
+        diags.append(opt.diagnostics)
+    return diags
+
+
+def test_noise_step_is_polar_of_momentum_update_plus_eps_q():
+    """With the exact (svd) orthogonalizer, the update is polar(U + eps Q), Q from (seed, step, index)."""
+    ps = _params()
+    p0 = [p.detach().clone() for p in ps]
+    alpha, lr, beta = 0.3, 0.05, 0.9
+    opt = optim.MuonOrthoNoise(
+        ps, lr=lr, momentum=beta, alpha=alpha, rank_threshold=None, orthogonalizer="svd", ns_precision="fp32", seed=11
+    )
+    grads = _grad_seq(0)
+    for p, g in zip(ps, grads):
+        p.grad = g
+    opt.step()
+    src = NoiseSource(11)
+    for i, (p, g, w0) in enumerate(zip(ps, grads, p0)):
+        buf = (1 - beta) * g
+        U = g + beta * (buf - g)  # Nesterov
+        Q = haar_qr(src.gaussian(g.shape, "cpu", step=1, indices=[i]))[0]
+        expected = svd_orthogonalize(U + alpha * g.norm() * Q)
+        ratio = math.sqrt(max(1, g.shape[0] / g.shape[1]))
+        assert torch.allclose((w0 - p.detach()) / (lr * ratio), expected, atol=2e-4)
+    assert opt.diagnostics["noise_fraction"] == 1.0
+    assert opt.diagnostics["eps_mean"] == pytest.approx(alpha * sum(g.norm().item() for g in grads) / 3, rel=1e-5)
+
+
+def test_alpha_zero_and_warmup_are_bitwise_muon():
+    a, b, c = _params(), _params(), _params()
+    muon = optim.Muon(a, lr=0.02)
+    zero = optim.MuonOrthoNoise(b, lr=0.02, alpha=0.0, rank_threshold=None)
+    warm = optim.MuonIsotropic(c, lr=0.02, alpha=0.5, rank_threshold=None, noise_warmup_steps=3)
+    for t in range(3):
+        _run(muon, a, 1, start=t)
+        _run(zero, b, 1, start=t)
+        d = _run(warm, c, 1, start=t)[0]
+        assert d["noise_fraction"] == 0.0
+        assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a, b, c))
+    d = _run(warm, c, 1, start=3)[0]  # step 4: the noise starts
+    assert d["noise_fraction"] == 1.0
+    _run(muon, a, 1, start=3)
+    assert not torch.equal(a[0], c[0])
+
+
+def test_annealing_counts_optimizer_steps_not_parameters():
+    ps = [nn.Parameter(torch.randn(8, 8)) for _ in range(10)]
+    opt = optim.MuonOrthoNoise(
+        ps, alpha=1e-2, schedule="exponential", alpha_end=1e-3, schedule_steps=4, rank_threshold=None
+    )
+    for t in range(1, 6):
+        grads = [torch.randn(8, 8) for _ in ps]
+        for p, g in zip(ps, grads):
+            p.grad = g
+        opt.step()
+        mean_norm = sum(g.norm().item() for g in grads) / len(grads)
+        expected_alpha = 1e-2 * 0.1 ** ((t - 1) / 4)  # 10 parameters, still one tick per step
+        assert opt.diagnostics["eps_mean"] == pytest.approx(expected_alpha * mean_norm, rel=1e-5)
+        assert opt.step_count == t
+
+
+def test_trigger_is_cached_between_rank_steps(monkeypatch):
+    calls = []
+    real = optim.muon.effective_rank
+
+    def counting(M, method="gram"):
+        calls.append(M.shape[0])
+        return real(M, method)
+
+    monkeypatch.setattr(optim.muon, "effective_rank", counting)
+    ps = _params()
+    opt = optim.MuonOrthoNoise(ps, alpha=1e-2, rank_threshold=0.5, rank_every=4)
+    # matrix 0 gets rank-1 gradients (low effective rank: noise), the others full-rank ones
+    d = _run(opt, ps, 3, low_rank=(0,))
+    assert [x["noise_fraction"] for x in d] == [pytest.approx(1 / 3)] * 3
+    assert opt.state[ps[0]]["noise_on"] is True and opt.state[ps[1]]["noise_on"] is False
+    # now all gradients are full rank, but the cached trigger holds until the next rank step (5)
+    d = _run(opt, ps, 1, start=3)
+    assert d[0]["noise_fraction"] == pytest.approx(1 / 3) and d[0]["eff_rank_mean"] is None
+    n_calls = len(calls)
+    for t in range(4, 60):
+        _run(opt, ps, 1, start=t)
+        if opt.diagnostics["eff_rank_mean"] is not None:
+            assert (opt.step_count - 1) % 4 == 0
+        if opt.diagnostics["noise_fraction"] == 0.0:
+            break
+    assert opt.diagnostics["noise_fraction"] == 0.0  # re-measured: the momentum's rank recovered
+    assert len(calls) > n_calls
+    # rank checks ran on steps 1, 5, 9, ... only: one call per bucket (two shapes)
+    assert len(calls) == 2 * len(range(1, opt.step_count + 1, 4))
+
+
+@pytest.mark.parametrize("cls", [optim.MuonOrthoNoise, optim.MuonIsotropic])
+def test_persist_noise_both_ways(cls):
+    a, b, c = _params(), _params(), _params()
+    kw = dict(lr=0.02, alpha=0.2, rank_threshold=None, seed=3)
+    plain = optim.Muon(a, lr=0.02)
+    keep = cls(b, persist_noise=True, **kw)
+    drop = cls(c, persist_noise=False, **kw)
+    for opt, ps in ((plain, a), (keep, b), (drop, c)):
+        _run(opt, ps, 1)
+    # the update of step 1 is the same with and without persistence
+    assert all(torch.equal(x, y) for x, y in zip(b, c))
+    src = NoiseSource(3)
+    for i, (pa, pb, pc) in enumerate(zip(a, b, c)):
+        buf_plain = plain.state[pa]["momentum_buffer"]
+        assert torch.equal(drop.state[pc]["momentum_buffer"], buf_plain)  # the noise did not persist
+        g = _grad_seq(0)[i]
+        Z = src.gaussian(g.shape, "cpu", step=1, indices=[i])
+        N = haar_qr(Z, cls.qr_algorithm)[0] if cls is optim.MuonOrthoNoise else isotropic(Z)[0]
+        expected = buf_plain + 0.2 * g.norm() * N
+        assert torch.allclose(keep.state[pb]["momentum_buffer"], expected, atol=1e-6)
+    _run(keep, b, 1, start=1)
+    _run(drop, c, 1, start=1)
+    assert not torch.equal(b[0], c[0])  # from step 2 on, the persisted noise changes the path
+
+
+def test_isotropic_step_is_polar_of_update_plus_scaled_gaussian():
+    """The same eps and draw as OrthoNoise, but the Gaussian itself scaled to sqrt(min(m, n)), no re-ortho."""
+    ps = _params()
+    p0 = [p.detach().clone() for p in ps]
+    alpha, lr, beta = 0.3, 0.05, 0.9
+    opt = optim.MuonIsotropic(
+        ps, lr=lr, momentum=beta, alpha=alpha, rank_threshold=None, orthogonalizer="svd", seed=11
+    )
+    grads = _grad_seq(0)
+    for p, g in zip(ps, grads):
+        p.grad = g
+    opt.step()
+    src = NoiseSource(11)
+    for i, (p, g, w0) in enumerate(zip(ps, grads, p0)):
+        U = g + beta * ((1 - beta) * g - g)
+        N = isotropic(src.gaussian(g.shape, "cpu", step=1, indices=[i]))[0]
+        expected = svd_orthogonalize(U + alpha * g.norm() * N)
+        ratio = math.sqrt(max(1, g.shape[0] / g.shape[1]))
+        assert torch.allclose((w0 - p.detach()) / (lr * ratio), expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("method", ["qr", "polar"])
+def test_bf16_parameters(method):
+    ps = _params(torch.bfloat16)
+    opt = optim.MuonOrthoNoise(ps, alpha=0.1, rank_threshold=1.0, rank_every=2, noise_method=method)
+    d = _run(opt, ps, 3)
+    assert all(torch.isfinite(p).all() and p.dtype == torch.bfloat16 for p in ps)
+    assert d[0]["eff_rank_mean"] is not None and d[-1]["noise_fraction"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,name",
+    [
+        (optim.MuonOrthoNoise, dict(alpha=-1.0), "alpha"),
+        (optim.MuonOrthoNoise, dict(schedule="step"), "schedule"),
+        (optim.MuonOrthoNoise, dict(schedule="linear"), "alpha_end"),
+        (optim.MuonOrthoNoise, dict(rank_threshold=0.0), "rank_threshold"),
+        (optim.MuonOrthoNoise, dict(rank_threshold=1.5), "rank_threshold"),
+        (optim.MuonOrthoNoise, dict(rank_every=0), "rank_every"),
+        (optim.MuonOrthoNoise, dict(noise_method="svd"), "noise_method"),
+        (optim.MuonOrthoNoise, dict(persist_noise="no"), "persist_noise"),
+        (optim.MuonOrthoNoise, dict(reortho_steps=-1), "reortho_steps"),
+        (optim.MuonIsotropic, dict(noise_warmup_steps=1.5), "noise_warmup_steps"),
+        (optim.MuonNOLAH, dict(percentile=0.0), "percentile"),
+        (optim.MuonNOLAH, dict(percentile_scale=-1), "percentile_scale"),
+        (optim.MuonNOLAH, dict(gating=1), "gating"),
+        (optim.MuonNOLAH, dict(sigmoid_projection=None), "sigmoid_projection"),
+    ],
+)
+def test_bad_kwargs(cls, kwargs, name):
+    with pytest.raises(ValueError, match=name) as e:
+        cls([nn.Parameter(torch.randn(4, 4))], **kwargs)
+    assert type(e.value) is ValueError and cls.__name__ in str(e.value)
+
+
+def test_nolah_pieces():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(10, 20))
+    g = torch.randn(10, 20)
+    beta = 0.9
+    opt = optim.MuonNOLAH([p], lr=0.01, momentum=beta, nesterov=False, orthogonalizer="svd", ns_precision="fp32")
+    w0 = p.detach().clone()
+    p.grad = g.clone()
+    opt.step()
+    assert torch.equal(p.grad, g)  # the gating does not touch p.grad
+    gated = torch.tanh(g) * g.abs()
+    buf = (1 - beta) * gated
+    thr = gated.abs().flatten().kthvalue(math.ceil(0.95 * 200)).values
+    mask = gated.abs() > thr
+    assert mask.sum() == 10  # the top 5% of 200 entries
+    buf = torch.where(mask, buf * 0.9, buf)
+    assert torch.allclose(opt.state[p]["momentum_buffer"], buf, atol=1e-7)
+    expected = svd_orthogonalize(buf * torch.sigmoid(buf))
+    assert torch.allclose((w0 - p.detach()) / 0.01, expected, atol=1e-4)
+    # every piece can be switched off: then it is plain Muon
+    a, b = _params(), _params()
+    off = optim.MuonNOLAH(a, gating=False, percentile_scale=1.0, sigmoid_projection=False)
+    muon = optim.Muon(b)
+    _run(off, a, 3)
+    _run(muon, b, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
