@@ -33,9 +33,10 @@ rule train:
         slurm_extra=lambda w: slurm_extra(run_resources(w)),
         cpus_per_task=lambda w: run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"],
         mem_mb=lambda w: run_resources(w)["mem_mb_per_gpu"] * run_resources(w)["gpus"],
-        # A retried job (after a failure or a preemption) resumes from its checkpoint with more time.
+        # A resubmitted job (after a failure or a preemption; the profiles set `retries`) resumes from
+        # its checkpoint with more time. Not a rule-level `retries:`: that would also retry inside the
+        # Slurm job, in an allocation that is being preempted or has run out of time.
         runtime=lambda w, attempt: run_resources(w)["runtime_min"] * attempt,
-    retries: 2
     conda:
         "../envs/train.yaml"
     shell:

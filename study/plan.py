@@ -22,7 +22,7 @@ MUON_KEYS = {"lr", "momentum", "nesterov", "weight_decay", "adjust_lr_fn", "orth
              "ns_steps", "ns_precision", "rank_every", "shard_across_ranks"}
 NOISE_KEYS = {"schedule", "alpha_end_ratio", "schedule_steps", "half_life", "noise_warmup_steps",
               "rank_threshold", "noise_method", "persist_noise", "reortho_steps"}
-NOLAH_KEYS = {"gate_percentile", "damp", "gradient_gating", "percentile_scaling", "sigmoid_projection"}
+NOLAH_KEYS = {"gating", "percentile", "percentile_scale", "sigmoid_projection"}
 ALLOWED_KEYS = {
     "Muon": MUON_KEYS,
     "MuonOrthoNoise": MUON_KEYS | NOISE_KEYS,

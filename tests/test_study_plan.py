@@ -152,3 +152,27 @@ def test_launcher_single_and_multi_node():
     assert '--rdzv-id "$SLURM_JOB_ID"' in multi
     with pytest.raises(ValueError):
         launcher(0, 1)
+
+
+def test_config_keys_are_the_optimizers_arguments():
+    """The schema and the plan accept exactly the keyword arguments of the optim/ classes (alpha and
+    alpha_end come from the phase; alpha_end_ratio is the config's relative form of alpha_end)."""
+    import inspect
+
+    import optim
+    from study.plan import ALLOWED_KEYS
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    schema_keys = set(schema["$defs"]["muon_settings"]["properties"])
+    config_only = {"alpha_end_ratio"}
+    set_per_run = {"alpha", "alpha_end", "seed", "eps", "params", "self"}
+    def arguments(cls):  # the keyword arguments along the class chain (subclasses pass **kwargs up)
+        return {name for k in cls.__mro__ if "__init__" in vars(k) and issubclass(k, optim.Muon)
+                for name, p in inspect.signature(k.__init__).parameters.items()
+                if p.kind is not p.VAR_KEYWORD}
+
+    for cls, allowed in ALLOWED_KEYS.items():
+        accepted = arguments(getattr(optim, cls)) - set_per_run
+        assert allowed - config_only == accepted, (cls, allowed ^ accepted)
+        assert allowed <= schema_keys, (cls, allowed - schema_keys)
+    assert schema_keys == set().union(*ALLOWED_KEYS.values())

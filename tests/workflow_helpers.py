@@ -16,6 +16,17 @@ WORKFLOW_PARTS = ["Snakefile", "rules", "config", "profiles", "envs", "report", 
                   "optim", "trainer", "study", "analysis"]
 
 
+# The CPU twin's phase 1 shortened to 60 steps: what the workflow tests run for real.
+SHORT_TINY = {
+    "training_defaults": {"eval_every": 20, "eval_at_steps": [20, 40, 60], "checkpoint_every": 20,
+                          "warmup_steps": 5},
+    "models": {"tiny": {"steps": 60}},
+    "wandb": {"mode": "disabled"},
+    "phases": {"phase1": {"gates": {"no_crashes": {}, "loss_within_baseline": {"max_rel_diff": 0.05},
+                                    "effective_rank_logged": {}, "early_loss_not_worse": {"step": 20}}}},
+}
+
+
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:

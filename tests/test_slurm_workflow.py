@@ -1,0 +1,140 @@
+"""The workflow through the local Slurm cluster: the tiny phase as Slurm jobs, the same numbers as the
+local executor, a preempted train job that resumes, and the sbatch arguments of a multi-node run.
+
+Needs `scripts/slurm_local.sh up` (scripts/test.sh does it); skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.slurm_helpers import PARTITION, PROFILE, cluster_problem
+from tests.workflow_helpers import SHORT_TINY, copy_workflow, snakemake, write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+PROFILE_ARGS = ["--profile", str(PROFILE)]
+TINY = ["--configfile", "config/tiny.yaml", "short.yaml"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    problem = cluster_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+def workflow(tmp_path_factory, name, config=SHORT_TINY):
+    wf = copy_workflow(tmp_path_factory.mktemp(name))
+    write_config(wf / "short.yaml", config)
+    return wf
+
+
+def records(wf, key):
+    run = wf / "results" / "runs" / key
+    metrics = json.loads((run / "metrics.json").read_text())
+    with open(run / "history.csv") as fh:
+        # tokens/s is a measurement of the machine, not of the run
+        history = [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in csv.DictReader(fh)]
+    return metrics, history
+
+
+@pytest.fixture(scope="module")
+def slurm_phase1(tmp_path_factory):
+    wf = workflow(tmp_path_factory, "slurm_phase1")
+    result = snakemake(wf, "phase1", *TINY, *PROFILE_ARGS, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return wf
+
+
+def test_tiny_phase_runs_as_slurm_jobs(slurm_phase1):
+    wf = slurm_phase1
+    assert (wf / "results" / "ABLATION_RESULTS.md").exists()
+    # every train job (and the corpus) went through sbatch and left its Slurm log; the analysis ran locally
+    slurm_logs = wf / ".snakemake" / "slurm_logs"
+    assert len(list((slurm_logs / "rule_train").rglob("*.log"))) == 8
+    assert list((slurm_logs / "rule_stdlib_corpus").rglob("*.log"))
+    assert not (slurm_logs / "rule_aggregate").exists()
+    train_log = next((wf / "logs" / "train").rglob("*.log")).read_text()
+    assert "device cpu" in train_log.lower() or "cpu" in train_log  # the fake GPU falls back to CPU
+
+
+def test_slurm_runs_equal_local_runs(slurm_phase1, tmp_path_factory):
+    local = workflow(tmp_path_factory, "local_phase1")
+    keys = ["tiny/muon/alpha0/seed42", "tiny/orthonoise/alpha0.001/seed123"]
+    targets = [f"results/runs/{k}/metrics.json" for k in keys]
+    result = snakemake(local, *targets, *TINY, "--cores", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in keys:
+        slurm_metrics, slurm_history = records(slurm_phase1, key)
+        local_metrics, local_history = records(local, key)
+        assert slurm_metrics["final_val_loss"] == local_metrics["final_val_loss"], key
+        assert slurm_metrics["val_loss_at"] == local_metrics["val_loss_at"], key
+        assert slurm_history == local_history, key
+
+
+def running_job() -> str | None:
+    out = subprocess.run(["squeue", "-h", "-p", PARTITION, "-t", "RUNNING", "-o", "%i %k"],
+                         capture_output=True, text=True).stdout.split()
+    return out[0] if out else None
+
+
+def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory):
+    config = {**SHORT_TINY, "models": {"tiny": {"steps": 500}},
+              "training_defaults": {**SHORT_TINY["training_defaults"], "checkpoint_every": 25,
+                                    "eval_at_steps": [100, 500]}}
+    key = "tiny/orthonoise/alpha0.001/seed42"
+    target = f"results/runs/{key}/metrics.json"
+    wf = workflow(tmp_path_factory, "preempt", config)
+    checkpoint = wf / "results" / "checkpoints" / key / "latest.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, *TINY, *PROFILE_ARGS],
+                            cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, job = time.time() + 240, None
+        while time.time() < deadline and not (checkpoint.exists() and (job := running_job())):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        assert job, "the train job never ran long enough to checkpoint"
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    log = (wf / "logs" / "train" / f"{key}.log").read_text()
+    assert "resuming from" in log, log[-3000:]
+    # resubmitted by the submitting Snakemake as a new Slurm job, not retried inside the old one
+    train_jobs = list((wf / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
+    assert len(train_jobs) == 2, out[-3000:]
+    assert "Trying to restart job" in out, out[-3000:]
+    # the uninterrupted twin, locally
+    twin = workflow(tmp_path_factory, "preempt_twin", config)
+    result = snakemake(twin, target, *TINY, "--cores", "1", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_metrics, resumed_history = records(wf, key)
+    twin_metrics, twin_history = records(twin, key)
+    assert resumed_metrics["final_val_loss"] == twin_metrics["final_val_loss"]
+    assert resumed_metrics["val_loss_at"] == twin_metrics["val_loss_at"]
+    assert resumed_history == twin_history
+
+
+def test_multi_node_run_asks_slurm_for_gpus_per_node(tmp_path_factory):
+    """No multi-node cluster here: the one-node cluster refuses the job, and its sbatch call is checked."""
+    config = {**SHORT_TINY, "models": {"tiny": {"global_batch": 64, "micro_batch": 16,
+                                                "resources": {"gpus": 2, "nodes": 2}}}}
+    wf = workflow(tmp_path_factory, "multinode", config)
+    target = "results/runs/tiny/muon/alpha0/seed42/metrics.json"
+    result = snakemake(wf, target, *TINY, *PROFILE_ARGS, "--verbose", "--retries", "0", timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0  # one node cannot hold a two-node job
+    call = next(line for line in out.splitlines() if "sbatch" in line and "--nodes=2" in line)
+    assert "--gpus=fake:4" in call
+    assert "--gpus-per-node=2 --ntasks-per-node=1" in call
+    assert "--ntasks-per-gpu" not in call
+    assert "--signal=USR1@120" in call

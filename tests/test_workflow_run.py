@@ -1,0 +1,108 @@
+"""A complete tiny phase through the real workflow, then what re-runs after each kind of change.
+
+One module-scoped run of phase 1 of the CPU twin (shortened to 60 steps), reused by the tests below in
+order: a no-op second run, operational changes that re-run nothing, a one-arm change that re-runs
+exactly that arm, a behaviour-version bump, an added alpha.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.workflow_helpers import SHORT_TINY, copy_workflow, job_counts, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+def configs(wf, *extra):
+    return ["--configfile", "config/tiny.yaml", "short.yaml", *extra]
+
+
+def stale_runs(output: str) -> set[str]:
+    return set(re.findall(r"results/runs/(\S+?)/metrics\.json", "\n".join(
+        line for line in output.splitlines() if line.strip().startswith("output:"))))
+
+
+def mtimes(wf):
+    return {p.relative_to(wf).as_posix(): p.stat().st_mtime_ns for p in (wf / "results" / "runs").rglob("metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    wf = copy_workflow(tmp_path_factory.mktemp("wfrun"))
+    write_config(wf / "short.yaml", SHORT_TINY)
+    result = snakemake(wf, "phase1", *configs(wf), "--cores", "2", timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return wf
+
+
+def test_phase1_produces_the_report(done):
+    report = (done / "results" / "ABLATION_RESULTS.md").read_text()
+    # the copy under reports/ differs only in its image links, which point one level up
+    copy = (done / "results" / "reports" / "phase1.md").read_text()
+    assert copy.replace("../phase1/plots/", "phase1/plots/") == report
+    for needle in ("phase1", "muon", "orthonoise", "isotropic", "no_crashes", "phase1/plots/val_loss.png"):
+        assert needle in report, needle
+    gates = json.loads((done / "results" / "phase1" / "gates.json").read_text())
+    assert {g["name"] for g in gates["gates"]} == {"no_crashes", "loss_within_baseline",
+                                                   "effective_rank_logged", "early_loss_not_worse"}
+    for run in (done / "results" / "runs").rglob("metrics.json"):
+        metrics = json.loads(run.read_text())
+        assert metrics["status"] in ("ok", "diverged")
+        assert metrics["spec"]["fingerprint"] == metrics["fingerprint"]
+    assert len(mtimes(done)) == 8
+    for png in (done / "results" / "phase1" / "plots").glob("*.png"):
+        assert png.stat().st_size > 1000
+
+
+def test_second_run_does_nothing(done):
+    result = snakemake(done, "phase1", *configs(done), "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_operational_changes_rerun_nothing(done):
+    write_config(done / "ops.yaml", {"wandb": {"mode": "offline", "project": "elsewhere"},
+                                     "training_defaults": {"checkpoint_every": 7, "keep_checkpoints": True},
+                                     "models": {"tiny": {"resources": {"cpus_per_gpu": 2, "runtime_min": 99}}}})
+    result = snakemake(done, "phase1", *configs(done, "ops.yaml"), "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_one_arm_change_reruns_exactly_that_arm(done):
+    write_config(done / "arm.yaml", {"arms": {"isotropic": {"muon": {"rank_threshold": 0.6}}}})
+    dry = snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n")
+    assert stale_runs(dry.stdout) == {"tiny/isotropic/alpha0.001/seed42", "tiny/isotropic/alpha0.001/seed123"}
+    counts = job_counts(dry.stdout)
+    assert counts["train"] == 2 and "stdlib_corpus" not in counts
+    before = mtimes(done)
+    real = snakemake(done, "phase1", *configs(done, "arm.yaml"), "--cores", "2", timeout=900)
+    assert real.returncode == 0, real.stderr[-3000:]
+    after = mtimes(done)
+    changed = {k for k in before if after[k] != before[k]}
+    assert changed == {f"results/runs/tiny/isotropic/alpha0.001/seed{s}/metrics.json" for s in (42, 123)}
+    assert "Nothing to be done" in snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n").stdout
+
+
+def test_behaviour_version_bump_reruns_that_optimizer_only(done):
+    versions = done / "optim" / "versions.py"
+    original = versions.read_text()
+    versions.write_text(original.replace('"MuonIsotropic": 1', '"MuonIsotropic": 2'))
+    try:
+        dry = snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n")
+        assert stale_runs(dry.stdout) == {"tiny/isotropic/alpha0.001/seed42",
+                                          "tiny/isotropic/alpha0.001/seed123"}
+    finally:
+        versions.write_text(original)
+
+
+def test_adding_an_alpha_adds_only_its_runs(done):
+    write_config(done / "alpha.yaml", {"arms": {"isotropic": {"muon": {"rank_threshold": 0.6}}},
+                                       "phases": {"phase1": {"runs": [
+                                           {"arm": "orthonoise", "alphas": [1.0e-3, 5.0e-3]},
+                                           {"arm": "isotropic", "alphas": [1.0e-3]},
+                                           {"arm": "orthonoise-anneal", "alphas": [1.0e-2]}]}}})
+    dry = snakemake(done, "phase1", *configs(done, "alpha.yaml"), "-n")
+    assert stale_runs(dry.stdout) == {"tiny/orthonoise/alpha0.005/seed42", "tiny/orthonoise/alpha0.005/seed123"}
