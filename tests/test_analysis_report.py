@@ -1,6 +1,7 @@
 """plots (non-empty PNGs in awkward cases), section and report, and the Snakemake entry scripts end to end."""
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,10 @@ def sm(input, output, params, log):
 
 
 def script(name, snakemake):
+    # Snakemake puts the script's directory on sys.path (for workflow/scripts/_script.py); so does this
+    scripts = str(ROOT / "workflow" / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
     runpy.run_path(str(ROOT / "workflow" / "scripts" / f"{name}.py"), init_globals={"snakemake": snakemake})
 
 

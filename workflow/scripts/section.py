@@ -1,22 +1,16 @@
 """Snakemake script: one phase's tables, gates and plots -> results/{phase}/section.md."""
 import json
 import os
-import sys
-from pathlib import Path
 
-try:
-    import analysis  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821
+from _script import logged
 
 from analysis.aggregate import read_runs
-from analysis.io import as_list, atomic_write_text, setup_logging
+from analysis.io import as_list, atomic_write_text
 from analysis.report import section_markdown
 from analysis.stats import read_significance
 
 sm = snakemake  # noqa: F821
-log = setup_logging(sm.log[0] if sm.log else None)
-try:
+with logged(sm, "section") as log:
     p = sm.params
     with open(sm.input.gates, encoding="utf-8") as fh:
         gates = json.load(fh)
@@ -34,6 +28,3 @@ try:
         power=float(getattr(p, "power", 0.8)), alpha_level=float(getattr(p, "alpha_level", 0.05)))
     atomic_write_text(out, text)
     log.info("wrote %s", out)
-except Exception:
-    log.exception("section failed")
-    raise

@@ -1,21 +1,15 @@
 """Snakemake checkpoint script: phase-2 significance + gates -> results/phase3/selection.json (always written;
 the Snakefile decides whether phase 3 may go on)."""
 import json
-import sys
-from pathlib import Path
 
-try:
-    import analysis  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821
+from _script import logged
 
-from analysis.io import setup_logging, write_json
+from analysis.io import write_json
 from analysis.selection import select_arm
 from analysis.stats import read_significance
 
 sm = snakemake  # noqa: F821
-log = setup_logging(sm.log[0] if sm.log else None)
-try:
+with logged(sm, "select_arm") as log:
     with open(sm.input.gates, encoding="utf-8") as fh:
         gates = json.load(fh)
     arms = getattr(sm.params, "candidate_arms", None)  # optional: restrict the candidates
@@ -24,6 +18,3 @@ try:
     write_json(sel, sm.output.json)
     log.info("selection: arm=%s alpha=%s gate_passed=%s forced=%s: %s", sel["arm"], sel["alpha"],
              sel["gate_passed"], sel["forced"], sel["reason"])
-except Exception:
-    log.exception("select_arm failed")
-    raise
