@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,hf]"   # hf: transformers, so the hf: model test runs
 .venv/bin/python -c "import torch, snakemake, optim, trainer, analysis, study; print('setup ok: torch', torch.__version__)"
