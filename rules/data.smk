@@ -1,4 +1,9 @@
 # The embedded corpus: bytes of this Python's standard library, built on the machine itself.
+# Seconds of work: it runs where Snakemake runs, never waiting in a cluster queue.
+
+
+localrules:
+    stdlib_corpus,
 
 
 rule stdlib_corpus:

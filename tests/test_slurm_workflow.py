@@ -56,13 +56,14 @@ def slurm_phase1(tmp_path_factory):
 def test_tiny_phase_runs_as_slurm_jobs(slurm_phase1):
     wf = slurm_phase1
     assert (wf / "results" / "ABLATION_RESULTS.md").exists()
-    # every train job (and the corpus) went through sbatch and left its Slurm log; the analysis ran locally
+    # every train job went through sbatch and left its Slurm log; the corpus and the analysis ran locally
     slurm_logs = wf / ".snakemake" / "slurm_logs"
     assert len(list((slurm_logs / "rule_train").rglob("*.log"))) == 8
-    assert list((slurm_logs / "rule_stdlib_corpus").rglob("*.log"))
+    assert not (slurm_logs / "rule_stdlib_corpus").exists()
     assert not (slurm_logs / "rule_aggregate").exists()
-    train_log = next((wf / "logs" / "train").rglob("*.log")).read_text()
-    assert "device cpu" in train_log.lower() or "cpu" in train_log  # the fake GPU falls back to CPU
+    # Slurm gave each job the fake GPU (CUDA_VISIBLE_DEVICES set), and the trainer fell back to the CPU
+    for metrics in (wf / "results" / "runs").rglob("metrics.json"):
+        assert json.loads(metrics.read_text())["device"] == "cpu"
 
 
 def test_slurm_runs_equal_local_runs(slurm_phase1, tmp_path_factory):
