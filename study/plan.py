@@ -218,6 +218,9 @@ def check(config: dict) -> None:
                 problems.append(f"{where}.scratch: needs select_from (the scratch pair uses the selected arm)")
             if p["scratch"]["model"] not in models:
                 problems.append(f"{where}.scratch.model: {p['scratch']['model']!r} is not in models")
+            elif p["scratch"]["model"] == p["model"]:
+                problems.append(f"{where}.scratch.model: {p['model']!r} is the phase's model too; the scratch "
+                                "pair needs a model entry of its own (its runs would be counted twice)")
         if "select_from" in p:
             if pname != "phase3":
                 problems.append(f"{where}.select_from: only phase3 selects its arm from an earlier phase")

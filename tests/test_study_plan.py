@@ -130,6 +130,7 @@ def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
     (lambda c: c["phases"]["phase2"]["gates"]["effective_rank_higher"]["arms"].append("ghost"),
      "effective_rank_higher.arms: 'ghost'"),
     (lambda c: c["phases"]["phase1"]["gates"].update(scratch_faster={}), "scratch_faster"),
+    (lambda c: c["phases"]["phase3"]["scratch"].update(model="gpt-1b"), "phases.phase3.scratch.model: 'gpt-1b'"),
 ])
 def test_incoherent_configs_name_the_key(full, mutate, message):
     mutate(full)
