@@ -1,15 +1,19 @@
-# muon-ablations: an optimizer ablation study as a DAG.
-#   snakemake --configfile config/tiny.yaml --cores 2 phase1   # the CPU twin, minutes
-#   snakemake --profile slurm phase2                            # the real study on a Slurm cluster
-# The plan (runs per phase, specs, fingerprints) lives in study/; the optimizers in optim/.
+# muon-ablations: optimizer ablation studies as a DAG.
+#   snakemake --config tiny=true --cores 2 phase1          # the default study's CPU twin, minutes
+#   snakemake --config study=ngpt tiny=true --cores 2 all  # another study's CPU twin
+#   snakemake --profile slurm phase2                       # the real study on a Slurm cluster
+# A study is config/studies/NAME.yaml; the plan (runs per phase, specs, fingerprints) lives in study/,
+# the optimizers in optim/, the statistics in analysis/.
 
 import json
 import os
+import re
+import shlex
 import sys
 from glob import glob
 
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -17,19 +21,18 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-from study import Plan, PlanError, launcher, read_selection
-from study.config_errors import explain
+from study import Plan, PlanError, StudyFileError, launcher, load_study, read_selection
 from study.launch import torchrun_executable
 
-# Every config error is reported here, before any job is built or submitted.
+# Every config error is reported here, in one line per problem, before any job is built or submitted.
 try:
-    validate(config, "config/schema.yaml")
-except WorkflowError:
-    raise WorkflowError(explain(config, "config/schema.yaml")) from None
-
-try:
-    PLAN = Plan(config, code_root=workflow.basedir)
-except PlanError as err:
+    STUDY, TINY, STUDY_FILE = load_study(config, workflow.basedir)
+    STUDY_NAME = STUDY["study"]["name"]
+    # The CPU twin has a directory of its own: it never overwrites the real study's tables.
+    RESULTS = f"results/{STUDY_NAME}{'-tiny' if TINY else ''}"
+    LOGS = f"logs/{STUDY_NAME}{'-tiny' if TINY else ''}"
+    PLAN = Plan(STUDY, code_root=workflow.basedir, results=RESULTS)
+except (StudyFileError, PlanError) as err:
     raise WorkflowError(str(err)) from None
 
 
@@ -46,3 +49,6 @@ include: "rules/train.smk"
 include: "rules/analysis.smk"
 include: "rules/report.smk"
 include: "rules/targets.smk"
+
+
+check_targets()

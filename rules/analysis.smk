@@ -1,5 +1,5 @@
-# Per phase: the runs' records -> one table -> significance -> gates -> plots.
-# Cheap, so they run on the submitting machine, never on the cluster.
+# Per phase: the runs' records -> one table -> significance -> gates -> plots; and the selection a later
+# phase takes from an earlier one. Cheap, so they run on the submitting machine, never on the cluster.
 
 
 localrules:
@@ -7,20 +7,19 @@ localrules:
     significance,
     gates,
     plots,
-    select_arm,
+    select,
 
 
 rule aggregate:
     input:
-        metrics=lambda w: [pr.run.metrics for pr in phase_runs(w.phase)],
-        histories=lambda w: [pr.run.history for pr in phase_runs(w.phase)],
+        metrics=lambda w: [PLAN.metrics(pr.run) for pr in phase_runs(w.phase)],
     output:
-        runs="results/{phase}/runs.csv",
-        curves="results/{phase}/curves.csv",
+        runs=R("{phase}/runs.csv"),
+        curves=R("{phase}/curves.csv"),
     log:
-        "logs/{phase}/aggregate.log",
+        L("{phase}/aggregate.log"),
     params:
-        runs=lambda w: [pr.as_record() for pr in phase_runs(w.phase)],
+        runs=lambda w: PLAN.records(phase_runs(w.phase)),
         phase="{phase}",
     conda:
         "../envs/analysis.yaml"
@@ -30,13 +29,13 @@ rule aggregate:
 
 rule significance:
     input:
-        runs="results/{phase}/runs.csv",
+        runs=R("{phase}/runs.csv"),
     output:
-        table="results/{phase}/significance.csv",
+        table=R("{phase}/significance.csv"),
     log:
-        "logs/{phase}/significance.log",
+        L("{phase}/significance.log"),
     params:
-        baseline=lambda w: PLAN.phase(w.phase)["baseline"],
+        baseline=lambda w: PLAN.baseline_arm(w.phase),
         confidence=0.95,
         alpha_level=0.05,
         power=0.8,
@@ -49,18 +48,19 @@ rule significance:
 
 rule gates:
     input:
-        runs="results/{phase}/runs.csv",
-        significance="results/{phase}/significance.csv",
-        curves="results/{phase}/curves.csv",
+        unpack(selection_input),
+        runs=R("{phase}/runs.csv"),
+        significance=R("{phase}/significance.csv"),
+        curves=R("{phase}/curves.csv"),
     output:
-        json="results/{phase}/gates.json",
-        md="results/{phase}/gates.md",
+        json=R("{phase}/gates.json"),
+        md=R("{phase}/gates.md"),
     log:
-        "logs/{phase}/gates.log",
+        L("{phase}/gates.log"),
     params:
         phase="{phase}",
         gates=lambda w: PLAN.phase(w.phase)["gates"],
-        baseline=lambda w: PLAN.phase(w.phase)["baseline"],
+        baseline=lambda w: PLAN.baseline_arm(w.phase),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -69,18 +69,18 @@ rule gates:
 
 rule plots:
     input:
-        runs="results/{phase}/runs.csv",
-        curves="results/{phase}/curves.csv",
+        runs=R("{phase}/runs.csv"),
+        curves=R("{phase}/curves.csv"),
     output:
-        val_loss=report("results/{phase}/plots/val_loss.png", category="{phase}", caption="../report/val_loss.rst"),
-        early=report("results/{phase}/plots/early.png", category="{phase}", caption="../report/early.rst"),
-        alpha=report("results/{phase}/plots/final_vs_alpha.png", category="{phase}", caption="../report/alpha.rst"),
-        eff_rank=report("results/{phase}/plots/eff_rank.png", category="{phase}", caption="../report/eff_rank.rst"),
+        val_loss=report(R("{phase}/plots/val_loss.png"), category="{phase}", caption="../report/val_loss.rst"),
+        early=report(R("{phase}/plots/early.png"), category="{phase}", caption="../report/early.rst"),
+        alpha=report(R("{phase}/plots/final_vs_alpha.png"), category="{phase}", caption="../report/alpha.rst"),
+        eff_rank=report(R("{phase}/plots/eff_rank.png"), category="{phase}", caption="../report/eff_rank.rst"),
     log:
-        "logs/{phase}/plots.log",
+        L("{phase}/plots.log"),
     params:
         phase="{phase}",
-        baseline=lambda w: PLAN.phase(w.phase)["baseline"],
+        baseline=lambda w: PLAN.baseline_arm(w.phase),
         early_steps=lambda w: early_steps(w.phase),
     conda:
         "../envs/analysis.yaml"
@@ -88,19 +88,20 @@ rule plots:
         "../workflow/scripts/plots.py"
 
 
-checkpoint select_arm:
-    # Phase 3's arm comes from phase 2's results, so phase 3's runs are known only after this runs.
+checkpoint select:
+    # A selecting phase's runs depend on an earlier phase's results: they are known only after this runs.
     input:
-        significance=lambda w: f"results/{PLAN.phase(w.phase)['select_from']}/significance.csv",
-        gates=lambda w: f"results/{PLAN.phase(w.phase)['select_from']}/gates.json",
+        significance=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/significance.csv",
+        gates=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/gates.json",
     output:
-        json="results/{phase}/selection.json",
+        json=R("{phase}/selection.json"),
     log:
-        "logs/{phase}/select_arm.log",
+        L("{phase}/select.log"),
     params:
         force=lambda w: PLAN.phase(w.phase).get("force", False),
-        # the arms that may be selected: those the earlier phase's "beats the baseline" gate judged
-        candidate_arms=lambda w: selection_candidates(w.phase),
+        candidate_arms=lambda w: PLAN.phase(w.phase)["select"].get("arms"),
+        rule=lambda w: PLAN.phase(w.phase)["select"].get("rule", "significant_best"),
+        gate=lambda w: PLAN.phase(w.phase)["select"].get("gate"),
     conda:
         "../envs/analysis.yaml"
     script:

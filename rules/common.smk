@@ -1,35 +1,68 @@
-# Wildcard shapes and the helpers every rule file uses.
+# Wildcard shapes (built from the study, so no other path matches) and the helpers every rule file uses.
+
+
+def one_of(names):
+    """A regex matching exactly these names (longest first, so no name matches a prefix of another)."""
+    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+
 
 wildcard_constraints:
-    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    optimizer=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    alpha=r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
+    model=one_of(STUDY["models"]),
+    arm=one_of(STUDY["arms"]),
+    variant=one_of([PLAN.unswept, *PLAN.variants]),
     seed=r"[0-9]+",
-    phase=r"phase[1-3]",
+    phase=one_of(PLAN.phases),
 
 
-RUN_DIR = "results/runs/{model}/{optimizer}/alpha{alpha}/seed{seed}"
+def R(path):
+    """A path under the study's results directory (results/NAME/, or results/NAME-tiny/ for the twin)."""
+    return f"{RESULTS}/{path}"
+
+
+def L(path):
+    """A path under the study's log directory."""
+    return f"{LOGS}/{path}"
+
+
+RUN_DIR = R("runs/{model}/{arm}/{variant}/seed{seed}")
+
+
+def requested_targets():
+    """The targets on the command line (Snakemake hands the workflow its DAG settings only later)."""
+    if workflow.dag_settings is not None:
+        return list(workflow.dag_settings.targets)
+    try:
+        from snakemake.cli import get_argument_parser
+
+        return list(get_argument_parser().parse_known_args(sys.argv[1:])[0].targets or [])
+    except (Exception, SystemExit):  # not started from the command line: nothing to check
+        return []
+
+
+def check_targets():
+    """A target that is no phase of the study, no other target and no path: name the study's phases."""
+    known = {r.name for r in workflow.rules}
+    for target in requested_targets():
+        if os.sep not in target and "." not in target and target not in known:
+            raise WorkflowError(
+                f"{target!r} is not a phase of study {STUDY_NAME} (its phases: {', '.join(PLAN.phases)}; "
+                f"targets: those and all). Another study: snakemake TARGET --config study=NAME "
+                f"(config/studies/).")
 
 
 def selection(phase):
-    """Phase 3's arm, chosen from phase 2 by the select_arm checkpoint; stops when the gate failed."""
-    sel = read_selection(checkpoints.select_arm.get(phase=phase).output.json)
-    forced = PLAN.phase(phase).get("force", False)
-    if sel.get("gate_passed") is not True and not forced:
+    """The arm/value a phase takes from an earlier one (the select checkpoint); stops when its gate failed."""
+    cfg = PLAN.phase(phase)
+    source = cfg["select"]["from"]
+    sel = read_selection(checkpoints.select.get(phase=phase).output.json)
+    if sel.get("gate_passed") is not True and not cfg.get("force", False):
         raise WorkflowError(
-            f"{phase} stops here: the {PLAN.phase(phase)['select_from']} gate did not pass "
-            f"({sel.get('reason', 'no reason recorded')}). See results/{PLAN.phase(phase)['select_from']}/gates.md. "
-            f"To run {phase} anyway, set phases.{phase}.force: true."
-        )
+            f"{phase} stops here: the {source} gate did not pass ({sel.get('reason', 'no reason recorded')}). "
+            f"See {RESULTS}/{source}/gates.md. To run {phase} anyway, set phases.{phase}.force: true.")
     if sel.get("arm") is None:
-        raise WorkflowError(f"{phase} stops here: no arm of {PLAN.phase(phase)['select_from']} could be "
-                            f"selected ({sel.get('reason', 'no reason recorded')}).")
+        raise WorkflowError(f"{phase} stops here: nothing of {source} could be selected "
+                            f"({sel.get('reason', 'no reason recorded')}).")
     return sel
-
-
-def selection_candidates(phase):
-    gate = PLAN.phase(PLAN.phase(phase)["select_from"])["gates"].get("beats_baseline") or {}
-    return gate.get("arms")
 
 
 def phase_runs(phase):
@@ -37,10 +70,10 @@ def phase_runs(phase):
 
 
 def early_steps(phase):
-    """The upper end of the early-training zoom: the gate's step, or a fifth of the run."""
-    gate = PLAN.phase(phase)["gates"].get("early_loss_not_worse")
-    steps = config["models"][PLAN.phase(phase)["model"]]["steps"]
-    return max(gate["step"] if gate else 0, steps // 5)
+    """The upper end of the early-training zoom: the earliest gate step, or a fifth of the run."""
+    steps = STUDY["models"][PLAN.phase(phase)["model"]]["steps"]
+    gate_steps = [g["step"] for g in PLAN.phase(phase)["gates"].values() if isinstance(g.get("step"), int)]
+    return max(max(gate_steps, default=0), steps // 5)
 
 
 class UntrackedArgument:
@@ -60,7 +93,7 @@ class UntrackedArgument:
 
 
 def train_data(wildcards):
-    data = config["data"]
+    data = STUDY["data"]
     if data["kind"] == "stdlib":
         return rules.stdlib_corpus.output
     # User shards: required to exist before submission, but their mtime never re-runs a study.
@@ -90,26 +123,39 @@ def slurm_extra(res):
     return extra
 
 
-def section_inputs(wildcards):
-    phase = wildcards.phase
-    files = {
-        "runs": f"results/{phase}/runs.csv",
-        "significance": f"results/{phase}/significance.csv",
-        "gates": f"results/{phase}/gates.json",
-        "plots": expand("results/{phase}/plots/{name}.png", phase=phase,
-                        name=["val_loss", "early", "final_vs_alpha", "eff_rank"]),
-    }
-    if PLAN.needs_selection(phase):
-        files["selection"] = f"results/{phase}/selection.json"
-    return files
-
-
-def phases_through(phase):
-    return PLAN.phases[: PLAN.phases.index(phase) + 1]
+def run_records(phases):
+    """Every run record of these phases: the phase targets ask for them, so a deleted or missing record
+    is trained again (Snakemake would otherwise keep a report whose inputs are gone)."""
+    return sorted({PLAN.metrics(pr.run) for p in phases for pr in phase_runs(p)})
 
 
 def script_env(wildcards, threads):
-    """Environment for the shell rules: the repo on PYTHONPATH, one BLAS thread pool per job's CPUs."""
+    """Environment for the shell rules: the repo on PYTHONPATH, one BLAS thread pool per job's CPUs.
+    Quoted: the checkout's path may hold spaces or shell syntax."""
     return UntrackedArgument(
-        f"OMP_NUM_THREADS={threads} PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}"
+        f"OMP_NUM_THREADS={int(threads)} PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
     )
+
+
+def phase_target_inputs(phase):
+    def inputs(wildcards):
+        return [f"{RESULTS}/reports/{phase}.md"] + run_records(PLAN.phases_through(phase))
+
+    return inputs
+
+
+def selection_input(wildcards):
+    return {"selection": f"{RESULTS}/{wildcards.phase}/selection.json"} if PLAN.needs_selection(wildcards.phase) else {}
+
+
+def section_inputs(wildcards):
+    phase = wildcards.phase
+    files = {
+        "runs": f"{RESULTS}/{phase}/runs.csv",
+        "significance": f"{RESULTS}/{phase}/significance.csv",
+        "gates": f"{RESULTS}/{phase}/gates.json",
+        "plots": expand("{results}/{phase}/plots/{name}.png", results=RESULTS, phase=phase,
+                        name=["val_loss", "early", "final_vs_alpha", "eff_rank"]),
+    }
+    files.update(selection_input(wildcards))
+    return files

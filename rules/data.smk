@@ -1,5 +1,6 @@
-# The embedded corpus: bytes of this Python's standard library, built on the machine itself.
-# Seconds of work: it runs where Snakemake runs, never waiting in a cluster queue.
+# The embedded corpus: bytes of this Python's standard library, built on the machine itself. Shared by
+# every study (it depends on nothing a study sets). Seconds of work: it runs where Snakemake runs, never
+# waiting in a cluster queue.
 
 
 localrules:
@@ -15,8 +16,8 @@ rule stdlib_corpus:
         "logs/data/stdlib_corpus.log",
     params:
         env=script_env,
-        python=UntrackedArgument(PYTHON),
+        python=UntrackedArgument(shlex.quote(PYTHON)),
     conda:
         "../envs/train.yaml"
     shell:
-        "{params.env} {params.python} workflow/scripts/build_corpus.py --out-dir results/data/stdlib > {log} 2>&1"
+        "{params.env} {params.python} workflow/scripts/build_corpus.py --out-dir results/data/stdlib > {log:q} 2>&1"

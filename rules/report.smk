@@ -1,4 +1,4 @@
-# The written result: a section per phase, then results/ABLATION_RESULTS.md through the phase asked for.
+# The written result: a section per phase, then RESULTS/ABLATION_RESULTS.md through the phase asked for.
 
 
 localrules:
@@ -10,15 +10,15 @@ rule section:
     input:
         unpack(section_inputs),
     output:
-        md="results/{phase}/section.md",
+        md=R("{phase}/section.md"),
     log:
-        "logs/{phase}/section.log",
+        L("{phase}/section.log"),
     params:
         phase="{phase}",
         question=lambda w: PLAN.phase(w.phase)["question"],
         arms=lambda w: PLAN.arm_settings(phase_runs(w.phase)),
-        usd_per_gpu_hour=config["cost"]["usd_per_gpu_hour"],
-        baseline=lambda w: PLAN.phase(w.phase)["baseline"],
+        usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+        baseline=lambda w: PLAN.baseline_arm(w.phase),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -27,17 +27,19 @@ rule section:
 
 rule report:
     # Phases are cumulative: the report through phase N holds phases 1..N. The same job refreshes
-    # results/ABLATION_RESULTS.md, the latest report, which is a copy and not a tracked output.
+    # RESULTS/ABLATION_RESULTS.md, the latest report, which is a copy and not a tracked output.
     input:
-        sections=lambda w: expand("results/{p}/section.md", p=phases_through(w.phase)),
+        sections=lambda w: expand("{results}/{p}/section.md", results=RESULTS, p=PLAN.phases_through(w.phase)),
     output:
-        md="results/reports/{phase}.md",
+        md=R("reports/{phase}.md"),
     log:
-        "logs/{phase}/report.log",
+        L("{phase}/report.log"),
     params:
-        title=config["study"]["title"],
-        phases=lambda w: phases_through(w.phase),
-        latest="results/ABLATION_RESULTS.md",
+        title=STUDY["study"]["title"],
+        summary=STUDY["study"]["summary"],
+        tiny=TINY,
+        phases=lambda w: PLAN.phases_through(w.phase),
+        latest=R("ABLATION_RESULTS.md"),
     conda:
         "../envs/analysis.yaml"
     script:

@@ -1,29 +1,24 @@
-# What a user asks for: `snakemake phase1`, `phase2`, `phase3`, `all`.
+# What a user asks for: one target per phase of the selected study (`snakemake phase2`,
+# `snakemake --config study=ngpt lr_sweep`), and `all`. Each asks for its report and for the run records
+# of every phase through it, so a record that went missing is trained again.
 
 
 localrules:
     all,
-    phase1,
-    phase2,
-    phase3,
 
 
 rule all:
     default_target: True
     input:
-        f"results/reports/{PLAN.phases[-1]}.md",
+        phase_target_inputs(PLAN.phases[-1]),
 
 
-rule phase1:
-    input:
-        "results/reports/phase1.md",
+for _phase in PLAN.phases:
 
+    rule:
+        name:
+            _phase
+        localrule: True
+        input:
+            phase_target_inputs(_phase),
 
-rule phase2:
-    input:
-        "results/reports/phase2.md",
-
-
-rule phase3:
-    input:
-        "results/reports/phase3.md",

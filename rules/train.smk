@@ -1,4 +1,4 @@
-# One training run per target: results/runs/{model}/{optimizer}/alpha{alpha}/seed{seed}/.
+# One training run per target: results/STUDY/runs/{model}/{arm}/{variant}/seed{seed}/.
 
 
 rule train:
@@ -9,7 +9,7 @@ rule train:
         history=f"{RUN_DIR}/history.csv",
         spec=f"{RUN_DIR}/spec.json",
     log:
-        "logs/train/{model}/{optimizer}/alpha{alpha}/seed{seed}.log",
+        L("train/{model}/{arm}/{variant}/seed{seed}.log"),
     params:
         fingerprint=lambda w: PLAN.fingerprint(PLAN.run_from_wildcards(w)),
         spec=lambda w: UntrackedArgument(json.dumps(PLAN.spec(PLAN.run_from_wildcards(w)))),
@@ -17,7 +17,7 @@ rule train:
             launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job())
         ),
         env=script_env,
-        checkpoint_dir="results/checkpoints/{model}/{optimizer}/alpha{alpha}/seed{seed}",
+        checkpoint_dir=R("checkpoints/{model}/{arm}/{variant}/seed{seed}"),
     threads: lambda w: run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"]
     resources:
         nodes=lambda w: run_resources(w)["nodes"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 
@@ -31,7 +32,8 @@ def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None,
     node, and all of them meet through the c10d rendezvous on the first host of the job's node list;
     the job id names the rendezvous, so that two jobs on the same hosts never meet.
     """
-    torchrun = torchrun or torchrun_executable()
+    # Quoted: the checkout (and so the venv's torchrun) may live under a path with spaces or shell syntax.
+    torchrun = shlex.quote(torchrun or torchrun_executable())
     if gpus_per_node < 1 or nodes < 1:
         raise ValueError(f"gpus_per_node and nodes must be >= 1, got {gpus_per_node} and {nodes}")
     if nodes == 1:

@@ -1,71 +1,58 @@
-"""The study plan: a validated config expanded into runs, per phase.
+"""The study plan: a validated study expanded into runs, per phase.
 
-A run is one training job, identified by (model, arm, alpha, seed). A phase lists runs; a run that
-several phases list is one run, trained once. Nothing here imports torch: the Snakefile builds a
-Plan on every invocation, including inside each cluster job.
+A run is one training job, identified by (model, arm, variant, seed). The variant is the path label of
+the value the run sweeps (`lr0.003`, `alpha0.001`) or the study's unswept label; it maps to exactly one
+(param, value) in the study, so the value trained is the value written in the path. A phase lists
+runs; a run that several phases list is one run, trained once. Nothing here imports torch: the
+Snakefile builds a Plan on every invocation, including inside each cluster job.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from study.checks import PlanError, check, run_entries, variant_table
 from study.spec import build_spec, load_code_versions
 
-PHASES = ("phase1", "phase2", "phase3")
-RUNS_DIR = "results/runs"
-CHECKPOINTS_DIR = "results/checkpoints"
-
-NOISE_CLASSES = {"MuonOrthoNoise", "MuonIsotropic"}
-MUON_KEYS = {"lr", "momentum", "nesterov", "weight_decay", "adjust_lr_fn", "orthogonalizer",
-             "ns_steps", "ns_precision", "rank_every", "shard_across_ranks"}
-NOISE_KEYS = {"schedule", "alpha_end_ratio", "schedule_steps", "half_life", "noise_warmup_steps",
-              "rank_threshold", "noise_method", "persist_noise", "reortho_steps"}
-NOLAH_KEYS = {"gating", "percentile", "percentile_scale", "sigmoid_projection"}
-ALLOWED_KEYS = {
-    "Muon": MUON_KEYS,
-    "MuonOrthoNoise": MUON_KEYS | NOISE_KEYS,
-    "MuonIsotropic": MUON_KEYS | NOISE_KEYS - {"noise_method", "reortho_steps"},
-    "MuonNOLAH": MUON_KEYS | NOLAH_KEYS,
-}
+SELECTED = "selected"
 
 
-class PlanError(ValueError):
-    """A config that passes the schema but does not make a coherent study."""
+def fmt_value(value) -> str:
+    """A swept value as written in run paths, exactly: 1.0e-3 -> '0.001', 3 -> '3', 2.5e-5 -> '2.5e-05'.
+
+    Python's repr is the shortest string that reads back to the same float, so no two values share a
+    label and the value parsed from a path is the value configured.
+    """
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
 
 
-def fmt_alpha(alpha: float) -> str:
-    """The alpha as written in run paths: 1.0e-3 -> '0.001', 5.0e-2 -> '0.05', 0 -> '0'."""
-    return format(float(alpha), "g")
+def variant_label(param: str, value) -> str:
+    short = param.rsplit(".", 1)[-1]
+    text = fmt_value(value)
+    return f"{short}{text}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{short}-{text}"
 
 
 @dataclass(frozen=True, order=True)
 class Run:
     model: str
     arm: str
-    alpha: float
+    variant: str
     seed: int
+    param: str = ""  # the swept setting, e.g. "muon.lr" ("" when the run sweeps nothing)
+    value: float | int | str | bool | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.model}/{self.arm}/alpha{fmt_alpha(self.alpha)}/seed{self.seed}"
-
-    @property
-    def run_dir(self) -> str:
-        return f"{RUNS_DIR}/{self.key}"
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return f"{CHECKPOINTS_DIR}/{self.key}"
-
-    @property
-    def metrics(self) -> str:
-        return f"{self.run_dir}/metrics.json"
-
-    @property
-    def history(self) -> str:
-        return f"{self.run_dir}/history.csv"
+        return f"{self.model}/{self.arm}/{self.variant}/seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -75,74 +62,147 @@ class PhaseRun:
     phase: str
     role: str  # baseline | arm | scratch_baseline | scratch_arm
     run: Run
+    run_dir: str
 
-    def as_record(self) -> dict:
-        return {"phase": self.phase, "role": self.role, **asdict(self.run), "run_dir": self.run.run_dir}
+    def as_record(self, alpha: float) -> dict:
+        r = self.run
+        return {"phase": self.phase, "role": self.role, "model": r.model, "arm": r.arm, "variant": r.variant,
+                "param": r.param, "value": r.value if isinstance(r.value, (int, float)) else None,
+                "alpha": alpha, "seed": r.seed, "run_dir": self.run_dir}
 
 
 class Plan:
-    def __init__(self, config: dict, code_root: str | Path | None = None):
+    def __init__(self, config: dict, code_root: str | Path | None = None, results: str = "results/orthonoise"):
         self.config = config
-        # Where optim/versions.py and trainer/version.py are read: the workflow's own copy of the code.
-        root = Path(code_root) if code_root else Path(__file__).resolve().parent.parent
-        self.versions = load_code_versions(root)
-        check(config)
+        # Where optim/, trainer/ and analysis/ declarations are read: the workflow's own copy of the code.
+        self.root = Path(code_root) if code_root else Path(__file__).resolve().parent.parent
+        self.versions = load_code_versions(self.root)
+        check(config, self.root)
+        self.results = results.rstrip("/")
+        self.variants = variant_table(config)  # label -> (param, value)
         self._specs: dict[Run, dict] = {}
+
+    # -- paths ----------------------------------------------------------------------------------
+    def run_dir(self, run: Run) -> str:
+        return f"{self.results}/runs/{run.key}"
+
+    def checkpoint_dir(self, run: Run) -> str:
+        return f"{self.results}/checkpoints/{run.key}"
+
+    def metrics(self, run: Run) -> str:
+        return f"{self.run_dir(run)}/metrics.json"
 
     # -- phases ---------------------------------------------------------------------------------
     @property
     def phases(self) -> list[str]:
-        return [p for p in PHASES if p in self.config["phases"]]
+        return list(self.config["phases"])  # the file's order is the study's order
 
     def phase(self, name: str) -> dict:
+        if name not in self.config["phases"]:
+            raise PlanError(f"{name!r} is not a phase of study {self.config['study']['name']} "
+                            f"(phases: {', '.join(self.phases)}; or all)")
         return self.config["phases"][name]
 
+    def phases_through(self, phase: str) -> list[str]:
+        self.phase(phase)
+        return self.phases[: self.phases.index(phase) + 1]
+
     def needs_selection(self, phase: str) -> bool:
-        return "select_from" in self.phase(phase)
+        return "select" in self.phase(phase)
 
     def phase_runs(self, phase: str, selection: dict | None = None) -> list[PhaseRun]:
-        """Every run of the phase, once, in a stable order. Phase 3 needs phase 2's selection."""
+        """Every run of the phase, once, in a stable order; a selecting phase needs its selection."""
         cfg = self.phase(phase)
-        model, seeds, baseline = cfg["model"], cfg["seeds"], cfg["baseline"]
-        groups = [(baseline, [0.0])] + [(g["arm"], g["alphas"]) for g in cfg.get("runs", [])]
-        scratch = []
-        if self.needs_selection(phase):
-            if selection is None or selection.get("arm") is None:
-                raise PlanError(f"{phase} needs the arm selected from {cfg['select_from']}")
-            chosen = (selection["arm"], [float(selection["alpha"])])
-            groups.insert(1, chosen)
-            if "scratch" in cfg:
-                sc = cfg["scratch"]
-                scratch = [PhaseRun(phase, "scratch_baseline" if arm == baseline else "scratch_arm",
-                                    Run(sc["model"], arm, self._alpha(arm, a), seed))
-                           for arm, alphas in [(baseline, [0.0]), chosen]
-                           for a in alphas for seed in sc["seeds"]]
+        if self.needs_selection(phase) and (selection is None or selection.get("arm") is None):
+            raise PlanError(f"{phase} needs the arm selected from {cfg['select']['from']}")
         out, seen = [], set()
-        for arm, alphas in groups:
-            for alpha in alphas:
+
+        def add(role, model, seeds, arm, variants):
+            for variant in variants:
                 for seed in seeds:
-                    run = Run(model, arm, self._alpha(arm, alpha), seed)
+                    run = self.make_run(model, arm, variant, seed)
                     if run not in seen:
                         seen.add(run)
-                        out.append(PhaseRun(phase, "baseline" if arm == baseline else "arm", run))
-        return out + scratch
+                        out.append(PhaseRun(phase, role, run, self.run_dir(run)))
 
-    def _alpha(self, arm: str, alpha: float) -> float:
-        # Arms without noise ignore alpha; one directory (alpha0) keeps them from being trained twice.
-        return float(alpha) if self.arm_class(arm) in NOISE_CLASSES else 0.0
+        base_arm, base_variants = self.baseline_of(phase, selection)
+        add("baseline", cfg["model"], cfg["seeds"], base_arm, base_variants)
+        for arm, variants in self._groups(phase, selection):
+            add("arm", cfg["model"], cfg["seeds"], arm, variants)
+        if "scratch" in cfg:  # the baseline and the selected arm again, trained from scratch
+            sc = cfg["scratch"]
+            add("scratch_baseline", sc["model"], sc["seeds"], base_arm, base_variants)
+            add("scratch_arm", sc["model"], sc["seeds"], selection["arm"], [selection["variant"]])
+        return out
+
+    def baseline_of(self, phase: str, selection: dict | None = None) -> tuple[str, list[str]]:
+        entry = self.phase(phase)["baseline"]
+        if isinstance(entry, str):
+            entry = {"arm": entry}
+        return next(iter(self._entry_variants(entry, selection)))
+
+    def baseline_arm(self, phase: str) -> str:
+        entry = self.phase(phase)["baseline"]
+        return entry if isinstance(entry, str) else entry["arm"]
+
+    def _groups(self, phase: str, selection: dict | None):
+        for entry in self.phase(phase)["runs"]:
+            yield from self._entry_variants(entry, selection)
+
+    def _entry_variants(self, entry: dict, selection: dict | None):
+        unswept = self.unswept
+        if entry["arm"] == SELECTED:
+            yield selection["arm"], [selection["variant"]]
+        elif entry.get("value") == SELECTED:
+            yield entry["arm"], [selection["variant"] if selection.get("param") else unswept]
+        elif "sweep" in entry:
+            yield entry["arm"], [variant_label(entry["sweep"]["param"], v) for v in entry["sweep"]["values"]]
+        else:
+            yield entry["arm"], [unswept]
+
+    @property
+    def unswept(self) -> str:
+        return self.config["study"].get("unswept_variant", "default")
 
     # -- runs -----------------------------------------------------------------------------------
-    def arm_class(self, arm: str) -> str:
-        return self.config["arms"][arm]["class"]
+    def make_run(self, model: str, arm: str, variant: str, seed: int) -> Run:
+        param, value = ("", None) if variant == self.unswept else self.variants[variant]
+        return Run(model, arm, variant, int(seed), param, value)
+
+    def all_runs(self) -> list[Run]:
+        """Every run any phase can ask for, whatever an earlier phase selects (for the wildcards)."""
+        runs = set()
+        for phase in self.phases:
+            for sel in self.possible_selections(phase):
+                runs.update(pr.run for pr in self.phase_runs(phase, sel))
+        return sorted(runs)
+
+    def possible_selections(self, phase: str) -> list[dict | None]:
+        """Every selection the phase could receive: each candidate (arm, variant) of the phase it selects from."""
+        if not self.needs_selection(phase):
+            return [None]
+        sel = self.phase(phase)["select"]
+        candidates = set(sel.get("arms") or [])
+        out = []
+        for upstream in self.possible_selections(sel["from"]):
+            for arm, variants in self._groups(sel["from"], upstream):
+                if candidates and arm not in candidates:
+                    continue
+                for v in variants:
+                    choice = {"arm": arm, "variant": v, "param": self.make_run("", arm, v, 0).param}
+                    if choice not in out:
+                        out.append(choice)
+        return out
 
     def run_from_wildcards(self, wildcards) -> Run:
-        for name in ("model", "optimizer"):
-            pool = self.config["models"] if name == "model" else self.config["arms"]
+        for name, pool in (("model", self.config["models"]), ("arm", self.config["arms"])):
             if wildcards[name] not in pool:
-                raise PlanError(f"no {name} named {wildcards[name]!r} in the config "
+                raise PlanError(f"no {name} named {wildcards[name]!r} in the study "
                                 f"(known: {', '.join(sorted(pool))})")
-        return Run(wildcards["model"], wildcards["optimizer"], float(wildcards["alpha"]),
-                   int(wildcards["seed"]))
+        variant = wildcards["variant"]
+        if variant != self.unswept and variant not in self.variants:
+            raise PlanError(f"no swept value makes the path label {variant!r} in this study")
+        return self.make_run(wildcards["model"], wildcards["arm"], variant, int(wildcards["seed"]))
 
     def spec(self, run: Run) -> dict:
         if run not in self._specs:
@@ -152,17 +212,22 @@ class Plan:
     def fingerprint(self, run: Run) -> str:
         return self.spec(run)["fingerprint"]
 
+    def alpha(self, run: Run) -> float:
+        return float(self.spec(run)["alpha"])
+
     def resources(self, run: Run) -> dict:
         return dict(self.config["models"][run.model]["resources"])
 
     def arm_settings(self, phase_runs: list[PhaseRun]) -> dict:
-        """The exact optimizer settings of each arm of a phase, as the runs use them."""
+        """The exact optimizer settings of each arm of a phase, as its runs use them."""
         settings = {}
         for pr in phase_runs:
             opt = self.spec(pr.run)["optimizer"]
-            settings.setdefault(pr.run.arm, {"class": opt["class"], "muon": opt["muon"],
-                                             "adamw": opt["adamw"]})
+            settings.setdefault(pr.run.arm, {"class": opt["class"], "muon": opt["muon"], "adamw": opt["adamw"]})
         return settings
+
+    def records(self, phase_runs: list[PhaseRun]) -> list[dict]:
+        return [pr.as_record(self.alpha(pr.run)) for pr in phase_runs]
 
 
 def read_selection(path: str | Path) -> dict:
@@ -170,74 +235,4 @@ def read_selection(path: str | Path) -> dict:
         return json.load(fh)
 
 
-# -- checks the schema cannot express ------------------------------------------------------------
-def check(config: dict) -> None:
-    models, arms = config["models"], config["arms"]
-    problems = []
-    for arm, a in arms.items():
-        allowed = ALLOWED_KEYS[a["class"]]
-        for key in a.get("muon", {}):
-            if key not in allowed:
-                problems.append(f"arms.{arm}.muon.{key}: not a setting of class {a['class']} "
-                                f"(allowed: {', '.join(sorted(allowed))})")
-        if a["class"] in NOISE_CLASSES:
-            muon = {**config["optimizer_defaults"]["muon"], **a.get("muon", {})}
-            if muon.get("schedule") in ("exponential", "linear") and not (
-                    "alpha_end_ratio" in muon or "half_life" in muon):
-                problems.append(f"arms.{arm}.muon.schedule: {muon['schedule']!r} needs "
-                                "alpha_end_ratio (or half_life for exponential)")
-            if muon.get("schedule") == "exponential" and "alpha_end_ratio" in muon and "half_life" in muon:
-                problems.append(f"arms.{arm}.muon: give alpha_end_ratio or half_life, not both")
-    for key in config["optimizer_defaults"]["muon"]:
-        if key not in MUON_KEYS:
-            problems.append(f"optimizer_defaults.muon.{key}: not a setting every Muon class takes "
-                            f"(allowed: {', '.join(sorted(MUON_KEYS))}); set it on the arm")
-    for name, m in models.items():
-        if m["global_batch"] % m["micro_batch"]:
-            problems.append(f"models.{name}: global_batch {m['global_batch']} is not a multiple of "
-                            f"micro_batch {m['micro_batch']}")
-        gpus = m["resources"]["gpus"] * m["resources"]["nodes"]
-        if m["global_batch"] % (m["micro_batch"] * gpus):
-            problems.append(f"models.{name}: global_batch {m['global_batch']} is not a multiple of "
-                            f"micro_batch x GPUs = {m['micro_batch'] * gpus}")
-    for pname, p in config["phases"].items():
-        where = f"phases.{pname}"
-        if p["model"] not in models:
-            problems.append(f"{where}.model: {p['model']!r} is not in models "
-                            f"(known: {', '.join(sorted(models))})")
-        if p["baseline"] not in arms:
-            problems.append(f"{where}.baseline: {p['baseline']!r} is not in arms")
-        for i, g in enumerate(p.get("runs", [])):
-            if g["arm"] not in arms:
-                problems.append(f"{where}.runs[{i}].arm: {g['arm']!r} is not in arms "
-                                f"(known: {', '.join(sorted(arms))})")
-            elif arms[g["arm"]]["class"] in NOISE_CLASSES and any(a == 0 for a in g["alphas"]):
-                problems.append(f"{where}.runs[{i}].alphas: a noise arm ({g['arm']}) needs alpha > 0")
-        if "scratch" in p:
-            if "select_from" not in p:
-                problems.append(f"{where}.scratch: needs select_from (the scratch pair uses the selected arm)")
-            if p["scratch"]["model"] not in models:
-                problems.append(f"{where}.scratch.model: {p['scratch']['model']!r} is not in models")
-            elif p["scratch"]["model"] == p["model"]:
-                problems.append(f"{where}.scratch.model: {p['model']!r} is the phase's model too; the scratch "
-                                "pair needs a model entry of its own (its runs would be counted twice)")
-        if "select_from" in p:
-            if pname != "phase3":
-                problems.append(f"{where}.select_from: only phase3 selects its arm from an earlier phase")
-            elif p["select_from"] not in config["phases"]:
-                problems.append(f"{where}.select_from: {p['select_from']!r} is not a configured phase")
-        if "force" in p and "select_from" not in p:
-            problems.append(f"{where}.force: only meaningful with select_from")
-        for gname, g in p["gates"].items():
-            for arm in g.get("arms") or []:
-                if arm not in arms:
-                    problems.append(f"{where}.gates.{gname}.arms: {arm!r} is not in arms")
-            for key in ("orthonoise", "isotropic"):
-                if key in g and g[key] not in arms:
-                    problems.append(f"{where}.gates.{gname}.{key}: {g[key]!r} is not in arms")
-            if gname in ("advantage_replicates", "scratch_faster") and "select_from" not in p:
-                problems.append(f"{where}.gates.{gname}: needs a selected arm (select_from)")
-            if gname == "scratch_faster" and "scratch" not in p:
-                problems.append(f"{where}.gates.scratch_faster: needs a scratch pair ({where}.scratch)")
-    if problems:
-        raise PlanError("invalid study config:\n  - " + "\n  - ".join(problems))
+__all__ = ["Plan", "PlanError", "PhaseRun", "Run", "SELECTED", "fmt_value", "read_selection", "variant_label"]

@@ -9,9 +9,11 @@ only tracked param, as a plain string, so the params trigger compares a stable v
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,38 +28,55 @@ def _clean(x: float) -> float:
     return float(f"{x:.12g}")
 
 
-def _load_constant(root: Path, relpath: str, name: str):
-    # Read the constant from its file without importing the package (and torch with it).
-    spec = importlib.util.spec_from_file_location(f"_versions_{name}", root / relpath)
+def load_file_module(root: str | Path, relpath: str):
+    """A module read from its file without importing its package (optim/ and analysis/ import torch and
+    pandas; their declaration files import nothing). Cached until the file changes."""
+    path = Path(root) / relpath
+    return _load_file(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_file(path: str, _mtime_ns: int):
+    name = f"_study_{abs(hash((path, _mtime_ns)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return getattr(module, name)
+    return module
 
 
 def load_code_versions(code_root: str | Path = ROOT) -> dict:
     """The behaviour versions of the code under code_root (optim/versions.py, trainer/version.py)."""
     root = Path(code_root)
-    return {"optimizer": _load_constant(root, "optim/versions.py", "ALGORITHM_VERSIONS"),
-            "trainer": _load_constant(root, "trainer/version.py", "TRAINER_VERSION")}
+    return {"optimizer": load_file_module(root, "optim/versions.py").ALGORITHM_VERSIONS,
+            "trainer": load_file_module(root, "trainer/version.py").TRAINER_VERSION}
 
 
-def optimizer_settings(config: dict, arm: str, alpha: float) -> dict:
-    from study.plan import NOISE_CLASSES  # local: plan imports this module
+def _set_path(settings: dict, param: str, value) -> None:
+    section, key = param.split(".", 1)
+    settings.setdefault(section, {})[key] = value
 
+
+def arm_settings(config: dict, arm: str, param: str = "", value=None, class_args: dict | None = None) -> dict:
+    """An arm's resolved settings by section (muon, adamw, training, model) with the run's swept value.
+
+    optimizer_defaults.muon gives every Muon-family class the keys it takes (`class_args`: the class's
+    keyword arguments, optim/arguments.py); the arm's own settings override them; the swept value
+    overrides both. `alpha_end_ratio` is the study's way to write alpha_end = alpha x ratio.
+    """
     a = config["arms"][arm]
     defaults = config["optimizer_defaults"]
-    muon = {**defaults["muon"], **a.get("muon", {})}
-    if a["class"] in NOISE_CLASSES:
-        muon["alpha"] = float(alpha)
-        ratio = muon.pop("alpha_end_ratio", None)
-        if ratio is not None:
-            muon["alpha_end"] = _clean(alpha * ratio)
-    return {
-        "class": a["class"],
-        "muon": dict(sorted(muon.items())),
-        "adamw": dict(sorted({**defaults["adamw"], **a.get("adamw", {})}.items())),
-        "split": {"adamw_patterns": list(defaults.get("adamw_patterns", []))},
-    }
+    muon = {k: v for k, v in defaults["muon"].items() if class_args is None or k in class_args}
+    out = {"muon": {**muon, **a.get("muon", {})}, "adamw": {**defaults["adamw"], **a.get("adamw", {})},
+           "training": dict(a.get("training", {})), "model": dict(a.get("model", {}))}
+    if param:
+        _set_path(out, param, value)
+    ratio = out["muon"].pop("alpha_end_ratio", None)
+    if ratio is not None and "alpha" in out["muon"]:
+        out["muon"]["alpha_end"] = _clean(out["muon"]["alpha"] * ratio)
+    if a["class"] == "AdamW":
+        out["muon"] = {}
+    return out
 
 
 def data_settings(config: dict) -> dict:
@@ -67,15 +86,25 @@ def data_settings(config: dict) -> dict:
     return {"kind": "bin", "train": d["train"], "val": d["val"]}
 
 
-def build_spec(config: dict, run, versions: dict | None = None) -> dict:
+def build_spec(config: dict, run, versions: dict | None = None, root: str | Path = ROOT) -> dict:
     m = config["models"][run.model]
     t = config["training_defaults"]
+    cls = config["arms"][run.arm]["class"]
+    class_args = load_file_module(root, "optim/arguments.py").OPTIMIZER_ARGUMENTS.get(cls)
+    settings = arm_settings(config, run.arm, run.param, run.value, class_args)
     steps = m["steps"]
+    muon = dict(sorted(settings["muon"].items()))
+    model = {"name": run.model, "arch": m["arch"]}
+    options = {**m.get("options", {}), **settings["model"]}
+    if options:
+        model["options"] = dict(sorted(options.items()))
     spec = {
         "run_id": run.key,
-        "model": {"name": run.model, "arch": m["arch"]},
-        "optimizer": {"arm": run.arm, **optimizer_settings(config, run.arm, run.alpha)},
-        "alpha": float(run.alpha),
+        "model": model,
+        "optimizer": {"arm": run.arm, "class": cls, "muon": muon,
+                      "adamw": dict(sorted(settings["adamw"].items())),
+                      "split": {"adamw_patterns": list(config["optimizer_defaults"].get("adamw_patterns", []))}},
+        "alpha": float(muon.get("alpha", 0.0)),
         "seed": int(run.seed),
         "training": {
             "steps": steps,
@@ -86,11 +115,12 @@ def build_spec(config: dict, run, versions: dict | None = None) -> dict:
             "cooldown_frac": t.get("cooldown_frac", 0.0),
             "grad_clip": t.get("grad_clip", 0.0),
             "divergence_factor": t.get("divergence_factor", 3.0),
+            **settings["training"],
         },
         "eval": {
             "every": t.get("eval_every", 50),
             "batches": t.get("eval_batches", 20),
-            "at_steps": sorted(s for s in t.get("eval_at_steps", []) if s <= steps),
+            "at_steps": sorted(eval_at_steps(config, run.model)),
             "target_losses": list(t.get("target_losses", [])),
         },
         "data": data_settings(config),
@@ -99,7 +129,7 @@ def build_spec(config: dict, run, versions: dict | None = None) -> dict:
             "mode": config["wandb"]["mode"],
             "project": config["wandb"]["project"],
             "group": f"{config['study']['name']}/{run.model}",
-            "tags": [run.model, run.arm, f"alpha{format(run.alpha, 'g')}", f"seed{run.seed}"],
+            "tags": [run.model, run.arm, run.variant, f"seed{run.seed}"],
             "dir": WANDB_DIR,
         },
         "runtime": {"device": "auto", "compile": "auto", "dtype": "auto"},
@@ -108,6 +138,12 @@ def build_spec(config: dict, run, versions: dict | None = None) -> dict:
         spec["wandb"]["entity"] = config["wandb"]["entity"]
     spec["fingerprint"] = fingerprint(spec, versions)
     return spec
+
+
+def eval_at_steps(config: dict, model: str) -> list[int]:
+    """The model's evaluated steps (its own list, else the study's training_defaults)."""
+    m = config["models"][model]
+    return list(m.get("eval_at_steps", config["training_defaults"].get("eval_at_steps", [])))
 
 
 def canonical_json(obj) -> str:

@@ -1,92 +1,131 @@
-"""The study plan: runs per phase, run identity, specs and fingerprints (no Snakemake, no torch)."""
+"""The study plan: studies as data, runs per phase, run identity, specs and fingerprints (no torch)."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
-import yaml
 
-from study import Plan, PlanError, Run, fmt_alpha, launcher
+from study import Plan, PlanError, Run, StudyFileError, fmt_value, launcher, load_study, variant_label
 from study.spec import build_spec, fingerprint
 from tests.workflow_helpers import REPO
 
 
-def load(*names):
-    from snakemake.utils import update_config
-
-    cfg = {}
-    for name in names:
-        update_config(cfg, yaml.safe_load((REPO / "config" / name).read_text()))
+def study(name="orthonoise", tiny=False, **overrides):
+    cfg, _, _ = load_study({"study": name, "tiny": tiny, **overrides}, REPO)
     return cfg
 
 
 @pytest.fixture
 def full():
-    return load("config.yaml")
+    return study()
 
 
 @pytest.fixture
 def tiny():
-    return load("config.yaml", "tiny.yaml")
+    return study(tiny=True)
 
 
-def test_fmt_alpha_is_lossless_and_readable():
-    assert [fmt_alpha(a) for a in (1.0e-4, 1.0e-3, 5.0e-3, 1.0e-2, 5.0e-2, 0.0)] == [
-        "0.0001", "0.001", "0.005", "0.01", "0.05", "0"]
-    assert float(fmt_alpha(2.5e-3)) == 2.5e-3
+def test_values_are_written_exactly_and_read_back_exactly():
+    assert [fmt_value(a) for a in (1.0e-4, 1.0e-3, 5.0e-3, 1.0e-2, 5.0e-2, 0.0, 3, 2.5e-5)] == [
+        "0.0001", "0.001", "0.005", "0.01", "0.05", "0", "3", "2.5e-05"]
+    for v in (1.2345678e-3, 1.0000001e-3, 0.1 + 0.2):
+        assert float(fmt_value(v)) == v
+    # the values the first layout (6 significant digits) wrote as one path are two runs now
+    assert variant_label("muon.alpha", 1.0000001e-3) != variant_label("muon.alpha", 1.0e-3)
+    assert variant_label("muon.lr", 0.003) == "lr0.003"
+    assert variant_label("training.projection_every", 3) == "projection_every3"
 
 
 def test_phase1_is_the_seeds_eight_runs(full):
     runs = Plan(full).phase_runs("phase1")
     assert len(runs) == 8
-    assert {(r.run.arm, r.run.alpha) for r in runs} == {
-        ("muon", 0.0), ("orthonoise", 1.0e-3), ("isotropic", 1.0e-3), ("orthonoise-anneal", 1.0e-2)}
+    assert {(r.run.arm, r.run.variant) for r in runs} == {
+        ("muon", "alpha0"), ("orthonoise", "alpha0.001"), ("isotropic", "alpha0.001"),
+        ("orthonoise-anneal", "alpha0.01")}
     assert {r.role for r in runs if r.run.arm == "muon"} == {"baseline"}
     assert all(r.run.model == "gpt-350m" for r in runs)
+    assert runs[0].run_dir == "results/orthonoise/runs/gpt-350m/muon/alpha0/seed42"
 
 
 def test_phase2_trains_each_distinct_run_once(full):
-    runs = Plan(full).phase_runs("phase2")
+    plan = Plan(full)
+    runs = plan.phase_runs("phase2")
     keys = [r.run.key for r in runs]
     assert len(keys) == len(set(keys))
-    # 30 listed arm runs, the constant-schedule arm being the sweep's orthonoise at 1e-2 (28
-    # distinct), plus the baseline and the isotropic control, 2 seeds each.
-    assert len(runs) == 28 + 2 + 2
-    shared = set(keys) & {r.run.key for r in Plan(full).phase_runs("phase1")}
-    assert len(shared) == 8  # every phase-1 run is reused by phase 2
+    # the baseline, 5+5 alphas, 4 schedule/trigger arms at 1e-2 and the isotropic control, 2 seeds each
+    assert len(runs) == 2 * (1 + 10 + 4 + 1)
+    assert set(keys) >= {r.run.key for r in plan.phase_runs("phase1")}  # every phase-1 run is reused
 
 
-def test_phase3_needs_the_selection_and_builds_the_scratch_pair(full):
+def test_phase3_takes_the_selected_arm_on_fresh_seeds(full):
     plan = Plan(full)
     with pytest.raises(PlanError, match="needs the arm selected"):
         plan.phase_runs("phase3")
-    runs = plan.phase_runs("phase3", {"arm": "orthonoise-anneal", "alpha": 5.0e-3})
-    roles = sorted((r.role, r.run.model, r.run.arm) for r in runs)
-    assert roles.count(("arm", "gpt-1b", "orthonoise-anneal")) == 3
-    assert roles.count(("baseline", "gpt-1b", "muon")) == 3
-    assert roles.count(("arm", "gpt-1b", "nolah")) == 3
-    assert ("scratch_baseline", "gpt-1b-scratch", "muon") in roles
-    assert ("scratch_arm", "gpt-1b-scratch", "orthonoise-anneal") in roles
+    sel = {"arm": "orthonoise-anneal", "variant": "alpha0.005", "param": "muon.alpha"}
+    runs = plan.phase_runs("phase3", sel)
+    roles = sorted((r.role, r.run.model, r.run.arm, r.run.variant) for r in runs)
+    assert roles.count(("arm", "gpt-1b", "orthonoise-anneal", "alpha0.005")) == 3
+    assert roles.count(("baseline", "gpt-1b", "muon", "alpha0")) == 3
+    assert roles.count(("arm", "gpt-1b", "nolah", "alpha0")) == 3
+    assert ("scratch_arm", "gpt-1b-scratch", "orthonoise-anneal", "alpha0.005") in roles
     assert len(runs) == 11
+    assert not {r.run.seed for r in runs if r.run.model == "gpt-1b"} & set(full["phases"]["phase2"]["seeds"])
 
 
-def test_spec_carries_the_arm_settings_and_derived_end_alpha(tiny):
+def test_every_possible_selection_is_a_known_run(full):
+    plan = Plan(full)
+    sels = plan.possible_selections("phase3")
+    assert len(sels) == 14  # the orthonoise family's (arm, alpha) pairs of phase 2
+    assert {s["param"] for s in sels} == {"muon.alpha"}
+    assert len(plan.all_runs()) == 32 + 14 * (3 + 1) + 3 + 3 + 1  # phases 1-2, selected arm + scratch, nolah, baseline
+
+
+def test_the_move_keeps_every_fingerprint(full, tiny):
+    """Fingerprints computed by the first layout (config/config.yaml, 7110009) for these runs."""
+    first_layout = {
+        ("gpt-350m", "muon", "alpha0", 42): "bcd7cc91d934835e",
+        ("gpt-350m", "orthonoise", "alpha0.001", 123): "91976eb07a630ce9",
+        ("gpt-350m", "orthonoise-anneal", "alpha0.05", 42): "6cb108b8c72b8cba",
+        ("tiny", "orthonoise-exp", "alpha0.01", 42): "84fb5c41fcec2fa5",
+        ("tiny", "muon", "alpha0", 123): "0bb50dbb0f83c13a",
+    }
+    for (model, arm, variant, seed), fp in first_layout.items():
+        cfg = tiny if model == "tiny" else full
+        plan = Plan(cfg)
+        assert plan.fingerprint(plan.make_run(model, arm, variant, seed)) == fp, (model, arm, variant)
+
+
+def test_spec_carries_the_arm_settings_and_the_swept_value(tiny):
     plan = Plan(tiny)
-    spec = plan.spec(Run("tiny", "orthonoise-anneal", 1.0e-2, 42))
+    spec = plan.spec(plan.make_run("tiny", "orthonoise-anneal", "alpha0.01", 42))
     muon = spec["optimizer"]["muon"]
     assert spec["optimizer"]["class"] == "MuonOrthoNoise"
     assert muon["alpha"] == 1.0e-2 and muon["alpha_end"] == 1.0e-3  # not 0.0010000000000000002
+    assert spec["alpha"] == 1.0e-2
     assert muon["schedule"] == "exponential" and "alpha_end_ratio" not in muon
     assert spec["training"]["global_batch"] == 16
     assert spec["eval"]["at_steps"] == [50, 100, 150, 200]
-    base = plan.spec(Run("tiny", "muon", 0.0, 42))
-    assert "alpha" not in base["optimizer"]["muon"]
+    base = plan.spec(plan.make_run("tiny", "muon", "alpha0", 42))
+    assert "alpha" not in base["optimizer"]["muon"] and base["alpha"] == 0.0
+
+
+def test_any_setting_can_be_swept(tiny):
+    cfg = copy.deepcopy(tiny)
+    cfg["phases"]["phase1"]["runs"].append({"arm": "muon", "sweep": {"param": "muon.lr", "values": [0.003, 0.01]}})
+    cfg["phases"]["phase1"]["runs"].append({"arm": "muon", "sweep": {"param": "training.warmup_steps",
+                                                                        "values": [0, 20]}})
+    plan = Plan(cfg)
+    runs = {r.run.variant: r.run for r in plan.phase_runs("phase1") if r.run.arm == "muon"}
+    assert set(runs) == {"alpha0", "lr0.003", "lr0.01", "warmup_steps0", "warmup_steps20"}
+    assert plan.spec(runs["lr0.003"])["optimizer"]["muon"]["lr"] == 0.003
+    assert plan.spec(runs["warmup_steps20"])["training"]["warmup_steps"] == 20
+    assert plan.run_from_wildcards({"model": "tiny", "arm": "muon", "variant": "lr0.01", "seed": "7"}).value == 0.01
 
 
 def test_fingerprint_ignores_operational_settings_only(tiny):
-    run = Run("tiny", "orthonoise", 1.0e-3, 42)
-    spec = build_spec(tiny, run)
+    spec = build_spec(tiny, Plan(tiny).make_run("tiny", "orthonoise", "alpha0.001", 42))
     changed = copy.deepcopy(spec)
     changed["wandb"]["mode"] = "disabled"
     changed["checkpoint"]["every"] = 7
@@ -103,40 +142,150 @@ def test_fingerprint_ignores_operational_settings_only(tiny):
 
 
 def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
-    (tmp_path / "optim").mkdir()
-    (tmp_path / "trainer").mkdir()
-    versions = (REPO / "optim" / "versions.py").read_text()
-    (tmp_path / "trainer" / "version.py").write_text((REPO / "trainer" / "version.py").read_text())
-    (tmp_path / "optim" / "versions.py").write_text(versions)
-    iso, muon = Run("tiny", "isotropic", 1.0e-3, 42), Run("tiny", "muon", 0.0, 42)
+    import shutil
+
+    for part in ("optim", "trainer", "analysis", "config"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
     before = Plan(tiny, code_root=tmp_path)
+    iso, muon = before.make_run("tiny", "isotropic", "alpha0.001", 42), before.make_run("tiny", "muon", "alpha0", 42)
     fp_iso, fp_muon = before.fingerprint(iso), before.fingerprint(muon)
-    (tmp_path / "optim" / "versions.py").write_text(
-        versions.replace('"MuonIsotropic": 1', '"MuonIsotropic": 2'))
+    versions = tmp_path / "optim" / "versions.py"
+    versions.write_text(versions.read_text().replace('"MuonIsotropic": 1', '"MuonIsotropic": 2'))
     after = Plan(tiny, code_root=tmp_path)
     assert after.fingerprint(iso) != fp_iso
     assert after.fingerprint(muon) == fp_muon
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c["phases"]["phase1"].update(model="gpt-9b"), "phases.phase1.model: 'gpt-9b'"),
-    (lambda c: c["phases"]["phase1"]["runs"].append({"arm": "nope", "alphas": [1.0e-3]}),
-     "phases.phase1.runs[3].arm: 'nope'"),
-    (lambda c: c["arms"]["muon"].update(muon={"schedule": "constant"}),
-     "arms.muon.muon.schedule: not a setting of class Muon"),
-    (lambda c: c["phases"]["phase1"]["runs"].append({"arm": "orthonoise", "alphas": [0.0]}),
+@pytest.mark.parametrize("name", ["orthonoise", "ngpt", "distro"])
+def test_each_study_and_its_twin_make_a_plan(name):
+    if not (REPO / "config" / "studies" / f"{name}.yaml").exists():
+        pytest.skip(f"study {name} not written yet")
+    for tiny in (False, True):
+        plan = Plan(study(name, tiny))
+        assert plan.phases and plan.all_runs()
+
+
+# -- bad input, one class of error each: every message names the key, the value and what is allowed ---
+def _set(path, value):
+    def mutate(c):
+        node = c
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return mutate
+
+
+def _append_run(phase, entry):
+    return lambda c: c["phases"][phase]["runs"].append(entry)
+
+
+BAD = [
+    (_set(("phases", "phase1", "model"), "gpt-9b"), "phases.phase1.model: 'gpt-9b' is not in models"),
+    (_append_run("phase1", {"arm": "nope"}), "phases.phase1.runs[3].arm: 'nope' is not in arms"),
+    (_set(("arms", "muon", "muon"), {"schedule": "constant"}), "arms.muon.muon.schedule: not a setting of arm muon"),
+    (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [0.0]}}),
      "needs alpha > 0"),
-    (lambda c: c["models"]["gpt-350m"].update(global_batch=60), "global_batch 60"),
-    (lambda c: c["phases"]["phase2"]["gates"]["effective_rank_higher"]["arms"].append("ghost"),
-     "effective_rank_higher.arms: 'ghost'"),
-    (lambda c: c["phases"]["phase1"]["gates"].update(scratch_faster={}), "scratch_faster"),
-    (lambda c: c["phases"]["phase3"]["scratch"].update(model="gpt-1b"), "phases.phase3.scratch.model: 'gpt-1b'"),
-])
-def test_incoherent_configs_name_the_key(full, mutate, message):
+    (_set(("models", "gpt-350m", "global_batch"), 60), "global_batch 60"),
+    (_set(("phases", "phase2", "gates", "effective_rank_higher", "arms"), ["orthonoise", "ghost"]),
+     "phases.phase2.gates.effective_rank_higher.arms: 'ghost' is not an arm of phases.phase2"),
+    (_set(("phases", "phase1", "gates", "scratch"), {"kind": "reaches_target_sooner"}), "needs a scratch pair"),
+    (_set(("phases", "phase3", "scratch", "model"), "gpt-1b"), "phases.phase3.scratch.model: 'gpt-1b' is the phase's"),
+    # non-finite numbers anywhere
+    (_set(("optimizer_defaults", "muon", "lr"), math.nan), "optimizer_defaults.muon.lr: nan is not allowed"),
+    (_set(("optimizer_defaults", "muon", "momentum"), math.inf), "optimizer_defaults.muon.momentum: inf"),
+    (_set(("training_defaults", "cooldown_frac"), math.nan), "training_defaults.cooldown_frac: nan"),
+    (_set(("cost", "usd_per_gpu_hour"), math.inf), "cost.usd_per_gpu_hour: inf is not allowed"),
+    (_set(("phases", "phase2", "gates", "beats_baseline", "min_improvement"), math.nan),
+     "phases.phase2.gates.beats_baseline.min_improvement: nan"),
+    (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [math.inf]}}),
+     "phases.phase1.runs[3].sweep.values[0]: inf"),
+    (_set(("phases", "phase1", "seeds"), [42, math.nan]), "phases.phase1.seeds[1]: nan"),
+    # types and ranges
+    (_set(("models", "gpt-350m", "steps"), 500.0), "models.gpt-350m.steps: 500.0 is not of type 'integer'"),
+    (_set(("optimizer_defaults", "muon", "lr"), -0.02), "optimizer_defaults.muon.lr: -0.02 is not allowed (a finite number > 0)"),
+    (_set(("optimizer_defaults", "muon", "lr"), "1e-3"), "optimizer_defaults.muon.lr: '1e-3' is not allowed (it is a string, not a number"),
+    (_set(("arms", "orthonoise", "muon", "schedule"), "cosine"), "arms.orthonoise.muon.schedule: 'cosine' is not allowed"),
+    (_set(("arms", "orthonoise", "class"), "Adam"), "arms.orthonoise.class: 'Adam' is not an optimizer class"),
+    (_set(("wandb", "mode"), "sometimes"), "wandb.mode: 'sometimes' is not allowed"),
+    (_set(("models", "gpt-350m", "arch"), "gpt-7b"), "models.gpt-350m.arch: 'gpt-7b' is not allowed"),
+    (_set(("models", "gpt-350m", "arch"), "hf:/no/such/model"), "models.gpt-350m.arch: 'hf:/no/such/model': no such directory"),
+    (_set(("data",), {"kind": "bin", "train": "/no/such/*.bin", "val": "/no/such/val*.bin"}),
+     "data.train: '/no/such/*.bin' matches no file"),
+    (_set(("surprise",), 1), "unknown key(s) 'surprise'"),
+    (_set(("phases", "phase1", "seeds"), [1, 1]), "phases.phase1.seeds: [1, 1] has non-unique elements"),
+    # phases, sweeps, selections, gates
+    (_set(("phases", "phase1", "runs"), []), "phases.phase1.runs: [] should be non-empty"),
+    (_append_run("phase1", {"arm": "muon", "sweep": {"param": "muon.lrr", "values": [0.1]}}),
+     "phases.phase1.runs[3].sweep.param: 'muon.lrr' is not a setting of arm muon"),
+    (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [1.0e-3, 1.0e-3]}}),
+     "phases.phase1.runs[3].sweep.values: 0.001 listed twice"),
+    (_append_run("phase1", {"arm": "muon", "sweep": {"param": "muon.lr", "values": [0.1]}}) ,
+     None),  # a valid sweep (control)
+    (lambda c: [_append_run("phase1", {"arm": "muon", "sweep": {"param": p, "values": [0.1]}})(c)
+                for p in ("muon.lr", "adamw.lr")], "both make the path label 'lr0.1'"),
+    (_set(("phases", "phase1", "gates", "vibes"), {"kind": "vibes_good"}),
+     "phases.phase1.gates.vibes.kind: 'vibes_good' is not a gate kind"),
+    (_set(("phases", "phase1", "gates", "loss_within_baseline", "margin"), "5%"),
+     "phases.phase1.gates.loss_within_baseline.margin: '5%' is not allowed"),
+    (_set(("phases", "phase1", "gates", "loss_within_baseline", "margn"), 0.05),
+     "phases.phase1.gates.loss_within_baseline.margn: not a setting of gate kind within_baseline"),
+    (_set(("phases", "phase2", "gates", "early_loss_not_worse", "step"), 900),
+     "phases.phase2.gates.early_loss_not_worse.step: step 900 is not evaluated by gpt-350m"),
+    (_set(("phases", "phase2", "gates", "isotropic_worse", "worse"), "isotrpic"),
+     "phases.phase2.gates.isotropic_worse.worse: 'isotrpic' is not an arm of phases.phase2"),
+    (_set(("phases", "phase2", "gates", "beats_baseline", "model"), "gpt-1b"),
+     "phases.phase2.gates.beats_baseline.model: 'gpt-1b' is not a model of phases.phase2"),
+    (_set(("training_defaults", "eval_at_steps"), [50, 900]), "eval_at_steps [900] are beyond its 500 steps"),
+    (_set(("phases", "phase3", "select", "from"), "phase7"), "phases.phase3.select.from: 'phase7' is not a phase before phase3"),
+    (_set(("phases", "phase3", "select", "gate"), "beats"), "phases.phase3.select.gate: 'beats' is not a gate of phase2"),
+    (_set(("phases", "phase1", "force"), True), "phases.phase1.force: only meaningful with select"),
+    (_append_run("phase1", {"arm": "selected"}), "phases.phase1.runs[3].arm: 'selected' needs phases.phase1.select"),
+    (_set(("phases", "all"), {"question": "q", "model": "gpt-350m", "seeds": [1], "baseline": "muon",
+                              "runs": [{"arm": "nolah"}], "gates": {}}), "phases.all: 'all' is a target of its own"),
+    (_set(("arms", "muon", "muon"), {"lr": 0.0}), "arms.muon.muon.lr: 0.0 is not allowed (a finite number > 0)"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_study_names_the_key_before_any_job(full, mutate, message):
     mutate(full)
+    if message is None:
+        Plan(full)
+        return
     with pytest.raises(PlanError) as err:
         Plan(full)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the file is empty (or only comments)"),
+    ("# only a comment\n", "the file is empty (or only comments)"),
+    ("- a\n- b\n", "the top level is a list, not a mapping"),
+    ("42\n", "the top level is a int, not a mapping"),
+    ("study:\n\tname: x\n", "line 2"),
+    ("arms: *undefined\n", "found undefined alias 'undefined'"),
+    ("study: {name: a}\nstudy: {name: b}\n", "duplicate key 'study' (first at line 1)"),
+    ("study: [unclosed\n", "line 2"),
+])
+def test_unreadable_study_files_name_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(StudyFileError) as err:
+        load_study({"study": str(path)}, REPO)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_unknown_study_and_bad_selection_flags():
+    with pytest.raises(StudyFileError, match="'nope' is not a study \\(known: .*orthonoise"):
+        load_study({"study": "nope"}, REPO)
+    with pytest.raises(StudyFileError, match="config tiny: 'maybe' is not allowed"):
+        load_study({"study": "orthonoise", "tiny": "maybe"}, REPO)
+
+
+def test_overrides_merge_over_the_study_and_its_twin():
+    cfg, tiny, _ = load_study({"study": "orthonoise", "tiny": True, "models": {"tiny": {"steps": 60}}}, REPO)
+    assert tiny and cfg["models"]["tiny"]["steps"] == 60 and cfg["models"]["tiny"]["seq_len"] == 64
+    assert "tiny" not in cfg  # the twin section is consumed
 
 
 def test_launcher_single_and_multi_node():
@@ -151,29 +300,24 @@ def test_launcher_single_and_multi_node():
     assert "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d" in multi
     assert '--rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)":29500' in multi
     assert '--rdzv-id "$SLURM_JOB_ID"' in multi
+    assert launcher(1, 1, "/x y/$(touch z)/torchrun").startswith("'/x y/$(touch z)/torchrun' --standalone")
     with pytest.raises(ValueError):
         launcher(0, 1)
 
 
-def test_config_keys_are_the_optimizers_arguments():
-    """The schema and the plan accept exactly the keyword arguments of the optim/ classes (alpha and
-    alpha_end come from the phase; alpha_end_ratio is the config's relative form of alpha_end)."""
+def test_optimizer_arguments_match_the_classes():
+    """optim/arguments.py (read by the config checks without torch) lists exactly each class's keyword
+    arguments, and a value every class accepts for each default."""
     import inspect
 
     import optim
-    from study.plan import ALLOWED_KEYS
+    from optim.arguments import OPTIMIZER_ARGUMENTS
 
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    schema_keys = set(schema["$defs"]["muon_settings"]["properties"])
-    config_only = {"alpha_end_ratio"}
-    set_per_run = {"alpha", "alpha_end", "seed", "eps", "params", "self"}
     def arguments(cls):  # the keyword arguments along the class chain (subclasses pass **kwargs up)
-        return {name for k in cls.__mro__ if "__init__" in vars(k) and issubclass(k, optim.Muon)
+        return {name for k in cls.__mro__ if "__init__" in vars(k) and k.__module__.startswith("optim.")
                 for name, p in inspect.signature(k.__init__).parameters.items()
-                if p.kind is not p.VAR_KEYWORD}
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self", "params", "seed"}
 
-    for cls, allowed in ALLOWED_KEYS.items():
-        accepted = arguments(getattr(optim, cls)) - set_per_run
-        assert allowed - config_only == accepted, (cls, allowed ^ accepted)
-        assert allowed <= schema_keys, (cls, allowed - schema_keys)
-    assert schema_keys == set().union(*ALLOWED_KEYS.values())
+    assert set(OPTIMIZER_ARGUMENTS) == set(optim.OPTIMIZERS) - {"AdamW"}
+    for name, declared in OPTIMIZER_ARGUMENTS.items():
+        assert set(declared) == arguments(optim.OPTIMIZERS[name]), name

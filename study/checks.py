@@ -1,0 +1,367 @@
+"""Every check a study passes before any job is built: the schema, then what a schema cannot say.
+
+Each problem is one line: the dotted key, the value, what is allowed. All problems are reported at
+once. The declarations checked against live with their owners and are read without importing them:
+optimizer keyword arguments in optim/arguments.py, gate kinds in analysis/gate_kinds.py, model presets
+and run-spec fields in trainer/spec.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+import os
+from pathlib import Path
+
+import jsonschema
+
+from study.config_errors import NUMBER_LIKE, describe
+from study.load import non_finite_numbers
+from study.spec import eval_at_steps, load_file_module
+
+SELECTED = "selected"
+RESERVED_PHASES = ("all", "design")
+# Training settings a model owns; an arm may own the trainer's others (warmup, projection frequency...).
+MODEL_TRAINING_KEYS = ("steps", "global_batch", "micro_batch", "seq_len")
+TRAINING_KINDS = {"warmup_steps": "int>=0", "cooldown_frac": "fraction", "grad_clip": "nonnegative",
+                  "divergence_factor": "positive", "projection_every": "int>=1"}
+NOISE_ONLY = ("alpha_end_ratio",)  # the study's way to write alpha_end = alpha x ratio
+
+
+class PlanError(ValueError):
+    """A study that does not make a coherent plan."""
+
+
+def _strict_validator(schema: dict):
+    # JSON Schema's "integer" accepts 200.0; a step count written as a float is a mistake here.
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    return cls(schema)
+
+
+def schema_problems(config: dict, root: Path) -> list[str]:
+    import yaml
+
+    schema = yaml.safe_load((root / "config" / "schema.yaml").read_text())
+    return sorted(describe(e) for e in _strict_validator(schema).iter_errors(config))
+
+
+def kind_problem(kind, value) -> str | None:
+    """None when `value` is allowed by an optim/arguments.py kind, else what is allowed."""
+    num = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if kind is None:
+        return None
+    if isinstance(value, str) and NUMBER_LIKE.match(value) and not isinstance(kind, tuple):
+        return ("it is a string, not a number; write it with a decimal point (e.g. 1.0e-3): YAML 1.1 reads "
+                "1e-3 as text")
+    if isinstance(kind, tuple):
+        return None if value in kind and type(value) in {type(k) for k in kind} else \
+            f"one of {', '.join(map(repr, kind))}"
+    ok, words = {
+        "positive": (num and value > 0, "a finite number > 0"),
+        "nonnegative": (num and value >= 0, "a finite number >= 0"),
+        "fraction": (num and 0 <= value <= 1, "a number in [0, 1]"),
+        "momentum": (num and 0 <= value < 1, "a number in [0, 1)"),
+        "int>=0": (integer and value >= 0, "an integer >= 0"),
+        "int>=1": (integer and value >= 1, "an integer >= 1"),
+        "bool": (isinstance(value, bool), "true or false"),
+        "betas": (isinstance(value, list) and len(value) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value),
+            "two numbers in [0, 1)"),
+    }[kind]
+    return None if ok else words
+
+
+def run_entries(phase: dict) -> list[dict]:
+    """The phase's run entries, the baseline first (written as a name or as an entry)."""
+    base = phase["baseline"]
+    return [base if isinstance(base, dict) else {"arm": base}] + list(phase.get("runs", []))
+
+
+def variant_table(config: dict) -> dict:
+    """Path label -> (param, value) over every sweep of the study; PlanError when two share a label."""
+    from study.plan import variant_label
+
+    table, where = {}, {}
+    for pname, phase in config["phases"].items():
+        for i, entry in enumerate(run_entries(phase)):
+            sweep = entry.get("sweep")
+            if not sweep:
+                continue
+            for value in sweep["values"]:
+                label = variant_label(sweep["param"], value)
+                key = f"phases.{pname}.runs[{i - 1}].sweep" if i else f"phases.{pname}.baseline.sweep"
+                if label in table and table[label] != (sweep["param"], value):
+                    raise PlanError(f"{key}: {sweep['param']}={value!r} and {table[label][0]}={table[label][1]!r} "
+                                    f"({where[label]}) both make the path label {label!r}; rename one setting")
+                table[label], where[label] = (sweep["param"], value), key
+    unswept = config["study"].get("unswept_variant", "default")
+    if unswept in table:
+        raise PlanError(f"study.unswept_variant: {unswept!r} is also the label of {table[unswept][0]}="
+                        f"{table[unswept][1]!r} ({where[unswept]})")
+    return table
+
+
+class _Checks:
+    def __init__(self, config: dict, root: Path):
+        self.c = config
+        self.root = root
+        self.problems: list[str] = []
+        self.args = load_file_module(root, "optim/arguments.py")
+        self.gate_kinds = load_file_module(root, "analysis/gate_kinds.py")
+        self.trainer_spec = load_file_module(root, "trainer/spec.py")
+
+    def bad(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    # -- optimizers --------------------------------------------------------------------------------
+    def class_args(self, cls: str) -> dict | None:
+        return {} if cls == "AdamW" else self.args.OPTIMIZER_ARGUMENTS.get(cls)
+
+    def settable(self, arm: str, param: str) -> str | None:
+        """None when the arm can take `param` (section.key), else what it can take."""
+        cls = self.c["arms"][arm]["class"]
+        section, key = param.split(".", 1)
+        if section == "muon":
+            allowed = set(self.class_args(cls) or {}) | (set(NOISE_ONLY) if "alpha" in (self.class_args(cls) or {})
+                                                           else set())
+        elif section == "adamw":
+            allowed = set(self.args.ADAMW_ARGUMENTS)
+        elif section == "training":
+            fields = {f.name for f in dataclasses.fields(self.trainer_spec.TrainingSpec)}
+            allowed = fields - set(MODEL_TRAINING_KEYS)
+        else:  # model options: the model checks them when it is built
+            return None
+        return None if key in allowed else f"not a setting of arm {arm} (class {cls}); allowed {section} " \
+                                           f"settings: {', '.join(sorted(allowed)) or 'none'}"
+
+    def value_kind(self, arm: str, param: str):
+        cls = self.c["arms"][arm]["class"]
+        section, key = param.split(".", 1)
+        if section == "muon":
+            return (self.class_args(cls) or {}).get(key, "nonnegative" if key in NOISE_ONLY else None)
+        if section == "adamw":
+            return self.args.ADAMW_ARGUMENTS.get(key)
+        if section == "training":
+            return TRAINING_KINDS.get(key)
+        return None
+
+    def check_arms(self) -> None:
+        known = sorted(self.args.OPTIMIZER_ARGUMENTS) + ["AdamW"]
+        for arm, a in self.c["arms"].items():
+            cls = a["class"]
+            if cls not in known:
+                self.bad(f"arms.{arm}.class: {cls!r} is not an optimizer class (known: {', '.join(known)})")
+                continue
+            for section in ("muon", "adamw", "training"):
+                for key, value in a.get(section, {}).items():
+                    why = self.settable(arm, f"{section}.{key}")
+                    if why:
+                        self.bad(f"arms.{arm}.{section}.{key}: {why}")
+                        continue
+                    what = kind_problem(self.value_kind(arm, f"{section}.{key}"), value)
+                    if what:
+                        self.bad(f"arms.{arm}.{section}.{key}: {value!r} is not allowed ({what})")
+            if cls == "AdamW" and a.get("muon"):
+                self.bad(f"arms.{arm}.muon: class AdamW takes no muon settings (set them under adamw)")
+            muon = {**self.c["optimizer_defaults"]["muon"], **a.get("muon", {})}
+            if muon.get("schedule") in ("exponential", "linear") and not (
+                    "alpha_end_ratio" in muon or "half_life" in muon or "alpha_end" in muon):
+                self.bad(f"arms.{arm}.muon.schedule: {muon['schedule']!r} needs alpha_end_ratio "
+                         "(or half_life for exponential)")
+            if muon.get("schedule") == "exponential" and "alpha_end_ratio" in muon and "half_life" in muon:
+                self.bad(f"arms.{arm}.muon: give alpha_end_ratio or half_life, not both")
+        every = set().union(*(set(v) for v in self.args.OPTIMIZER_ARGUMENTS.values()))
+        for key, value in self.c["optimizer_defaults"]["muon"].items():
+            if key not in every:
+                self.bad(f"optimizer_defaults.muon.{key}: not a setting of any optimizer class "
+                         f"(known: {', '.join(sorted(every))})")
+            else:
+                kinds = {v.get(key) for v in self.args.OPTIMIZER_ARGUMENTS.values() if key in v}
+                for kind in kinds:
+                    what = kind_problem(kind, value)
+                    if what:
+                        self.bad(f"optimizer_defaults.muon.{key}: {value!r} is not allowed ({what})")
+                        break
+        for key, value in self.c["optimizer_defaults"]["adamw"].items():
+            if key not in self.args.ADAMW_ARGUMENTS:
+                self.bad(f"optimizer_defaults.adamw.{key}: not an AdamW setting "
+                         f"(known: {', '.join(self.args.ADAMW_ARGUMENTS)})")
+            else:
+                what = kind_problem(self.args.ADAMW_ARGUMENTS[key], value)
+                if what:
+                    self.bad(f"optimizer_defaults.adamw.{key}: {value!r} is not allowed ({what})")
+
+    # -- models and data ---------------------------------------------------------------------------
+    def check_models(self) -> None:
+        presets = self.trainer_spec.MODEL_PRESETS
+        for name, m in self.c["models"].items():
+            arch = m["arch"]
+            if arch.startswith("hf:"):
+                path = Path(arch[3:])
+                if not (path if path.is_absolute() else Path.cwd() / path).is_dir():
+                    self.bad(f"models.{name}.arch: {arch!r}: no such directory (hf:<local path to a "
+                             "Hugging Face model directory>)")
+            elif arch not in presets:
+                self.bad(f"models.{name}.arch: {arch!r} is not allowed (one of {', '.join(presets)}, "
+                         "or hf:<local path>)")
+            gpus = m["resources"]["gpus"] * m["resources"]["nodes"]
+            if m["global_batch"] % m["micro_batch"]:
+                self.bad(f"models.{name}: global_batch {m['global_batch']} is not a multiple of "
+                         f"micro_batch {m['micro_batch']}")
+            elif m["global_batch"] % (m["micro_batch"] * gpus):
+                self.bad(f"models.{name}: global_batch {m['global_batch']} is not a multiple of "
+                         f"micro_batch x GPUs = {m['micro_batch'] * gpus}")
+            over = [s for s in eval_at_steps(self.c, name) if s > m["steps"]]
+            if over:
+                self.bad(f"models.{name}: eval_at_steps {over} are beyond its {m['steps']} steps (give the "
+                         f"model its own eval_at_steps)")
+
+    def check_data(self) -> None:
+        d = self.c["data"]
+        if d["kind"] == "bin":
+            for key in ("train", "val"):
+                if not glob.glob(d[key]):
+                    self.bad(f"data.{key}: {d[key]!r} matches no file (relative to {os.getcwd()})")
+
+    # -- phases ------------------------------------------------------------------------------------
+    def evaluated_steps(self, model: str) -> set[int]:
+        m, t = self.c["models"][model], self.c["training_defaults"]
+        every = t.get("eval_every", 50)
+        return set(eval_at_steps(self.c, model)) | set(range(every, m["steps"] + 1, every)) | {m["steps"]}
+
+    def check_phases(self) -> None:
+        names = list(self.c["phases"])
+        for pname, p in self.c["phases"].items():
+            where = f"phases.{pname}"
+            if pname in RESERVED_PHASES:
+                self.bad(f"{where}: {pname!r} is a target of its own; name the phase otherwise")
+            models = [p["model"]] + ([p["scratch"]["model"]] if "scratch" in p else [])
+            for key, model in zip(("model", "scratch.model"), models):
+                if model not in self.c["models"]:
+                    self.bad(f"{where}.{key}: {model!r} is not in models (known: {', '.join(sorted(self.c['models']))})")
+            sel = p.get("select")
+            if sel:
+                src = sel["from"]
+                if src not in names or names.index(src) >= names.index(pname):
+                    self.bad(f"{where}.select.from: {src!r} is not a phase before {pname} "
+                             f"(earlier phases: {', '.join(names[:names.index(pname)]) or 'none'})")
+                    sel = None
+                else:
+                    if "gate" in sel and sel["gate"] not in self.c["phases"][src]["gates"]:
+                        self.bad(f"{where}.select.gate: {sel['gate']!r} is not a gate of {src} "
+                                 f"(its gates: {', '.join(self.c['phases'][src]['gates']) or 'none'})")
+                    src_arms = {e["arm"] for e in run_entries(self.c["phases"][src])}
+                    for arm in sel.get("arms", []):
+                        if arm not in src_arms:
+                            self.bad(f"{where}.select.arms: {arm!r} is not an arm of {src} "
+                                     f"(its arms: {', '.join(sorted(src_arms))})")
+            for key in ("force",):
+                if key in p and "select" not in p:
+                    self.bad(f"{where}.{key}: only meaningful with select")
+            if "scratch" in p:
+                if "select" not in p:
+                    self.bad(f"{where}.scratch: needs select (the scratch pair uses the selected arm)")
+                if p["scratch"]["model"] == p["model"]:
+                    self.bad(f"{where}.scratch.model: {p['model']!r} is the phase's model too; the scratch pair "
+                             "needs a model entry of its own (its runs would be counted twice)")
+            arms = self.check_entries(where, p, bool(sel))
+            self.check_gates(where, p, arms, bool(sel))
+
+    def check_entries(self, where: str, p: dict, selects: bool) -> set[str]:
+        arms, seen = set(), set()
+        for i, entry in enumerate(run_entries(p)):
+            key = f"{where}.runs[{i - 1}]" if i else f"{where}.baseline"
+            arm = entry["arm"]
+            if arm == SELECTED:
+                if not selects:
+                    self.bad(f"{key}.arm: 'selected' needs {where}.select (the phase it selects from)")
+                if i == 0:
+                    self.bad(f"{key}: the baseline cannot be the selected arm")
+                arms.add(SELECTED)
+                continue
+            if arm not in self.c["arms"]:
+                self.bad(f"{key}.arm: {arm!r} is not in arms (known: {', '.join(sorted(self.c['arms']))})")
+                continue
+            arms.add(arm)
+            if "sweep" in entry and "value" in entry:
+                self.bad(f"{key}: give sweep or value: selected, not both")
+                continue
+            if entry.get("value") == SELECTED and not selects:
+                self.bad(f"{key}.value: 'selected' needs {where}.select (the phase it selects from)")
+            sweep = entry.get("sweep")
+            values = [None]
+            if sweep:
+                why = self.settable(arm, sweep["param"])
+                if why:
+                    self.bad(f"{key}.sweep.param: {sweep['param']!r} is {why}")
+                    continue
+                kind = self.value_kind(arm, sweep["param"])
+                for j, v in enumerate(sweep["values"]):
+                    what = kind_problem(kind, v)
+                    if what:
+                        self.bad(f"{key}.sweep.values[{j}]: {v!r} is not allowed for {sweep['param']} ({what})")
+                dup = sorted({repr(v) for v in sweep["values"] if sweep["values"].count(v) > 1})
+                if dup:
+                    self.bad(f"{key}.sweep.values: {', '.join(dup)} listed twice")
+                values = sweep["values"]
+            if self.c["arms"][arm]["class"] in ("MuonOrthoNoise", "MuonIsotropic"):
+                alpha = {**self.c["optimizer_defaults"]["muon"], **self.c["arms"][arm].get("muon", {})}.get("alpha")
+                alphas = values if sweep and sweep["param"] == "muon.alpha" else [alpha]
+                if entry.get("value") != SELECTED and any(a is None or a == 0 for a in alphas):
+                    self.bad(f"{key}: a noise arm ({arm}) needs alpha > 0 (sweep muon.alpha or set it on the arm)")
+            pair = (arm, repr(sweep) if sweep else entry.get("value"))
+            if pair in seen:
+                self.bad(f"{key}: arm {arm} with the same values is listed twice")
+            seen.add(pair)
+        return arms
+
+    def check_gates(self, where: str, p: dict, arms: set[str], selects: bool) -> None:
+        for gname, g in p["gates"].items():
+            gwhere = f"{where}.gates.{gname}"
+            resolved, problems = self.gate_kinds.resolve(gwhere, g)
+            for msg in problems:
+                self.bad(msg)
+            if not resolved:
+                continue
+            for key, arm in self.gate_kinds.arm_references(resolved):
+                if arm == SELECTED and not selects:
+                    self.bad(f"{gwhere}.{key}: 'selected' needs {where}.select")
+                elif arm != SELECTED and arm not in arms:
+                    self.bad(f"{gwhere}.{key}: {arm!r} is not an arm of {where} (its arms: "
+                             f"{', '.join(sorted(arms))})")
+            for key, step in self.gate_kinds.step_references(resolved):
+                model = p["model"]
+                if model in self.c["models"] and step not in self.evaluated_steps(model):
+                    self.bad(f"{gwhere}.{key}: step {step} is not evaluated by {model} (its "
+                             f"{self.c['models'][model]['steps']} steps; evaluated: "
+                             f"{', '.join(map(str, sorted(self.evaluated_steps(model))))})")
+            model = resolved.get("model")
+            if model is not None and model not in (p["model"], p.get("scratch", {}).get("model")):
+                self.bad(f"{gwhere}.model: {model!r} is not a model of {where}")
+            if resolved["kind"] == "reaches_target_sooner" and "scratch" not in p:
+                self.bad(f"{gwhere}: kind reaches_target_sooner needs a scratch pair ({where}.scratch)")
+
+
+def check(config: dict, root: Path) -> None:
+    """PlanError listing every problem of the study, or nothing."""
+    problems = non_finite_numbers(config)
+    if not problems:
+        problems = schema_problems(config, root)
+    if not problems:
+        c = _Checks(config, root)
+        c.check_arms()
+        c.check_models()
+        c.check_data()
+        c.check_phases()
+        problems = c.problems
+        if not problems:
+            try:
+                variant_table(config)
+            except PlanError as e:
+                problems = [str(e)]
+    if problems:
+        raise PlanError("invalid study:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,139 @@
+"""Reading a study: which file, strict YAML, the CPU twin's overlay, the user's overrides.
+
+`snakemake --config study=NAME tiny=true TARGET` selects `config/studies/NAME.yaml` (or a path to a
+YAML file) and, with tiny=true, merges the file's `tiny:` section over it. Every other top-level key of
+Snakemake's config (from `--configfile` or `--config`) is merged over the result last, so a user can
+change one setting without copying the study. Every way a YAML file can be unreadable ends here, in one
+line that names the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import yaml
+
+STUDIES_DIR = "config/studies"
+SELECTION_KEYS = ("study", "tiny")  # Snakemake config keys that choose a study, not change it
+
+
+class StudyFileError(ValueError):
+    """A study file that cannot be read as a study (one line, naming the file)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one without a word)."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from `path`, or StudyFileError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyFileError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise StudyFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        hint = " (YAML forbids tabs for indentation: use spaces)" if "\t" in text and "tab" in str(e).lower() \
+            or "found character '\\t'" in str(e) else ""
+        raise StudyFileError(f"{path}:{where}: {e.problem or e.context}{hint}") from None
+    except yaml.YAMLError as e:
+        raise StudyFileError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        raise StudyFileError(f"{path}: the file is empty (or only comments); a study is a YAML mapping "
+                             "with study, models, arms and phases")
+    if not isinstance(data, dict):
+        raise StudyFileError(f"{path}: the top level is a {type(data).__name__}, not a mapping of keys "
+                             "(study, models, arms, phases, ...)")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def study_path(name: str, root: str | Path) -> Path:
+    """config/studies/NAME.yaml, or NAME itself when it is a path to a YAML file."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        p = Path(name)
+        return p if p.is_absolute() else Path(root) / p
+    return Path(root) / STUDIES_DIR / f"{name}.yaml"
+
+
+def available_studies(root: str | Path) -> list[str]:
+    return sorted(p.stem for p in (Path(root) / STUDIES_DIR).glob("*.yaml"))
+
+
+def as_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise StudyFileError(f"config {key}: {value!r} is not allowed (true or false)")
+
+
+def load_study(snakemake_config: dict, root: str | Path) -> tuple[dict, bool, Path]:
+    """(the study's config with the twin and the user's overrides applied, tiny?, the study file)."""
+    name = snakemake_config.get("study", "orthonoise")
+    if not isinstance(name, str) or not name:
+        raise StudyFileError(f"config study: {name!r} is not allowed (a study name: "
+                             f"{', '.join(available_studies(root))}; or a path to a YAML file)")
+    path = study_path(name, root)
+    if not path.exists():
+        raise StudyFileError(f"config study: {name!r} is not a study (known: "
+                             f"{', '.join(available_studies(root))}; or a path to a YAML file)")
+    tiny = as_bool("tiny", snakemake_config.get("tiny", False))
+    study = read_yaml(path)
+    twin = study.pop("tiny", None)
+    if tiny:
+        if not isinstance(twin, dict):
+            raise StudyFileError(f"{path}: tiny=true needs a `tiny:` section (the study's CPU twin)")
+        study = deep_merge(study, twin)
+    overrides = {k: v for k, v in snakemake_config.items() if k not in SELECTION_KEYS}
+    if overrides:
+        study = deep_merge(study, overrides)
+    return study, tiny, path
+
+
+def non_finite_numbers(obj, where: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite number in a loaded config (YAML's .nan, .inf)."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += non_finite_numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += non_finite_numbers(v, f"{where}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        out.append(f"{where}: {obj!r} is not allowed (a finite number)")
+    return out
