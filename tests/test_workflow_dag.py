@@ -16,20 +16,19 @@ def wf(tmp_path_factory):
     return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
-@pytest.mark.parametrize("target, configs, expected", [
+@pytest.mark.parametrize("target, args, expected", [
     # the CPU twin: corpus + 8 runs + aggregate/significance/gates/plots/section + report + target
-    ("phase1", ["config/tiny.yaml"], {"train": 8, "stdlib_corpus": 1, "aggregate": 1, "report": 1,
-                                      "total": 16}),
+    ("phase1", ["--config", "tiny=true"], {"train": 8, "stdlib_corpus": 1, "aggregate": 1, "report": 1,
+                                          "total": 16}),
     # phase 2's 32 distinct runs include all 8 of phase 1; its report holds phases 1 and 2
-    ("phase2", ["config/tiny.yaml"], {"train": 32, "aggregate": 2, "section": 2, "total": 45}),
+    ("phase2", ["--config", "tiny=true"], {"train": 32, "aggregate": 2, "section": 2, "total": 45}),
     # phase 3 waits for phase 2's checkpoint: its own runs are unknown until then
-    ("phase3", ["config/tiny.yaml"], {"train": 32, "select_arm": 1}),
+    ("phase3", ["--config", "tiny=true"], {"train": 32, "select": 1}),
     ("phase1", [], {"train": 8, "total": 16}),
-    ("phase2", [], {"train": 32, "total": 45}),
+    ("phase2", ["--config", "study=orthonoise"], {"train": 32, "total": 45}),
 ])
-def test_dry_run_counts_per_phase(wf, target, configs, expected):
-    args = [target, "-n"] + (["--configfile", *configs] if configs else [])
-    result = snakemake(wf, *args)
+def test_dry_run_counts_per_phase(wf, target, args, expected):
+    result = snakemake(wf, target, "-n", *args)
     assert result.returncode == 0, result.stderr + result.stdout
     counts = job_counts(result.stdout + result.stderr)
     for rule, n in expected.items():
@@ -37,12 +36,29 @@ def test_dry_run_counts_per_phase(wf, target, configs, expected):
 
 
 def test_run_paths_show_the_four_factors(wf):
-    result = snakemake(wf, "phase1", "-n", "--configfile", "config/tiny.yaml")
-    outs = set(re.findall(r"results/runs/(\S+?)/metrics\.json", result.stdout))
+    result = snakemake(wf, "phase1", "-n", "--config", "tiny=true")
+    outs = set(re.findall(r"results/orthonoise-tiny/runs/(\S+?)/metrics\.json", result.stdout))
     assert "tiny/muon/alpha0/seed42" in outs
     assert "tiny/orthonoise/alpha0.001/seed123" in outs
     assert "tiny/orthonoise-anneal/alpha0.01/seed42" in outs
     assert len(outs) == 8
+
+
+def test_a_phase_the_study_lacks_names_the_studys_phases(wf):
+    result = snakemake(wf, "lr_sweep", "-n")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'lr_sweep' is not a phase of study orthonoise (its phases: phase1, phase2, phase3" in out
+
+
+@pytest.mark.parametrize("name", ["orthonoise", "ngpt", "distro"])
+def test_each_study_dry_runs_all(wf, name):
+    if not (REPO / "config" / "studies" / f"{name}.yaml").exists():
+        pytest.skip(f"study {name} not written yet")
+    for args in ([], ["tiny=true"]):
+        result = snakemake(wf, "all", "-n", "--config", f"study={name}", *args)
+        assert result.returncode == 0, (args, (result.stdout + result.stderr)[-3000:])
+        assert job_counts(result.stdout + result.stderr).get("train", 0) > 0
 
 
 def test_lint_is_clean(wf):
@@ -51,40 +67,39 @@ def test_lint_is_clean(wf):
     assert "Lints for" not in result.stdout + result.stderr
 
 
-# Each bad config is merged over the tiny twin; the error must name the key and the value, and no job
-# may start (nothing under results/ or logs/).
+# Through the real CLI, as a user types it: each bad study is refused with one line that names the key and
+# the value, and no job starts (nothing under results/ or logs/). tests/test_study_plan.py has one case
+# per class of error; these show the refusal happens before any job.
 BAD_CONFIGS = [
     ({"surprise": 1}, "unknown key(s) 'surprise'"),
-    ({"arms": {"orthonoise": {"muon": {"alhpa": 1.0e-3}}}}, "arms.orthonoise.muon: unknown key(s) 'alhpa'"),
-    ({"arms": {"orthonoise": {"class": "Adam"}}}, "arms.orthonoise.class: 'Adam' is not allowed"),
-    ({"phases": {"phase2": {"runs": [{"arm": "orthonoise", "alphas": ["1e-3"]}]}}},
-     "phases.phase2.runs[0].alphas[0]: '1e-3' is a string, not a number"),
-    ({"phases": {"phase1": {"seeds": [1, 1]}}}, "phases.phase1.seeds: [1, 1] has non-unique elements"),
-    ({"phases": {"phase1": {"runs": [{"arm": "orthonoise", "alphas": [-1.0e-3]}]}}},
-     "phases.phase1.runs[0].alphas[0]: -0.001 is less than the minimum of 0"),
-    ({"wandb": {"mode": "sometimes"}}, "wandb.mode: 'sometimes' is not allowed"),
-    ({"phases": {"phase1": {"model": "gpt-9b"}}}, "phases.phase1.model: 'gpt-9b' is not in models"),
-    ({"phases": {"phase1": {"runs": [{"arm": "ghost", "alphas": [1.0e-3]}]}}},
-     "phases.phase1.runs[0].arm: 'ghost' is not in arms"),
-    ({"phases": {"phase1": {"gates": {"vibes_good": {}}}}}, "phases.phase1.gates: unknown key(s) 'vibes_good'"),
-    ({"phases": {"phase1": {"gates": {"loss_within_baseline": {"max_rel_diff": "5%"}}}}},
-     "phases.phase1.gates.loss_within_baseline.max_rel_diff: '5%' is not of type 'number'"),
-    ({"models": {"tiny": {"global_batch": 12}}}, "models.tiny: global_batch 12 is not a multiple of micro_batch 16"),
-    ({"arms": {"muon": {"muon": {"rank_threshold": 0.5}}}}, "arms.muon.muon.rank_threshold: not a setting of class Muon"),
+    ({"arms": {"orthonoise": {"muon": {"alhpa": 1.0e-3}}}}, "arms.orthonoise.muon.alhpa: not a setting of arm"),
+    ({"phases": {"phase2": {"runs": [{"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": ["1e-3"]}}]}}},
+     "phases.phase2.runs[0].sweep.values[0]: '1e-3' is not allowed for muon.alpha (it is a string, not a number"),
+    ({"phases": {"phase1": {"runs": [{"arm": "muon", "sweep": {"param": "muon.bogus", "values": [1]}}]}}},
+     "phases.phase1.runs[0].sweep.param: 'muon.bogus' is not a setting of arm muon"),
+    ({"phases": {"phase1": {"gates": {"g": {"kind": "vibes_good"}}}}}, "phases.phase1.gates.g.kind: 'vibes_good' is not a gate kind"),
+    ({"phases": {"phase3": {"select": {"from": "phase9"}}}}, "phases.phase3.select.from: 'phase9' is not a phase before phase3"),
+    ({"phases": {"phase1": {"runs": []}}}, "phases.phase1.runs: [] should be non-empty"),
     ({"data": {"kind": "bin"}}, "data: 'train' is a required property"),
-    ({"models": {"tiny": {"arch": "gpt-7b"}}}, "models.tiny.arch: 'gpt-7b' does not match"),
-    ({"arms": {"orthonoise": {"muon": {"schedule": "cosine"}}}}, "arms.orthonoise.muon.schedule: 'cosine' is not allowed"),
 ]
 
 
 @pytest.mark.parametrize("override, message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
 def test_bad_config_is_rejected_before_any_job(wf, tmp_path, override, message):
     bad = write_config(tmp_path / "bad.yaml", override)
-    result = snakemake(wf, "phase1", "--configfile", "config/tiny.yaml", str(bad), "--cores", "1")
+    result = snakemake(wf, "phase1", "--config", "tiny=true", "--configfile", str(bad), "--cores", "1")
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in out, out[-2000:]
     assert not (wf / "results").exists() and not (wf / "logs").exists()
+
+
+def test_unreadable_study_file_is_one_line(wf, tmp_path):
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("study: {name: a}\nstudy: {name: b}\n")
+    result = snakemake(wf, "phase1", "-n", "--config", f"study={bad}")
+    assert result.returncode != 0
+    assert f"{bad}: line 2, column 1: duplicate key 'study' (first at line 1)" in result.stdout + result.stderr
 
 
 def test_envs_match_pyproject():

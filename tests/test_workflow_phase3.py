@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.workflow_helpers import copy_workflow, snakemake, write_config
+from tests.workflow_helpers import TWIN, copy_workflow, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +17,15 @@ SMALL = {
                           "warmup_steps": 5},
     "models": {"tiny": {"steps": 40}, "tiny-large": {"steps": 40}, "tiny-scratch": {"steps": 40}},
     "phases": {
-        "phase1": {"runs": [], "gates": {"no_crashes": {}}},
-        "phase2": {"runs": [{"arm": "orthonoise", "alphas": [1.0e-2]}],
+        "phase1": {"runs": [{"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [1.0e-2]}}],
+                   "gates": {"no_crashes": {"kind": "no_crashes"}}},
+        "phase2": {"runs": [{"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [1.0e-2]}}],
                    # an improvement no 40-step run can show: the gate cannot pass
-                   "gates": {"beats_baseline": {"min_improvement": 0.5}}},
-        "phase3": {"runs": [], "seeds": [42, 123], "gates": {"no_crashes": {}, "scratch_faster": {}}},
+                   "gates": {"beats_baseline": {"kind": "beats_baseline", "min_improvement": 0.5}}},
+        "phase3": {"runs": [{"arm": "selected"}], "seeds": [7, 8],
+                   "select": {"from": "phase2", "gate": "beats_baseline", "rule": "significant_best"},
+                   "gates": {"no_crashes": {"kind": "no_crashes"},
+                             "scratch_faster": {"kind": "reaches_target_sooner"}}},
     },
 }
 
@@ -34,26 +38,26 @@ def wf(tmp_path_factory):
 
 
 def test_failed_phase2_gate_stops_phase3(wf):
-    result = snakemake(wf, "phase3", "--configfile", "config/tiny.yaml", "small.yaml", "--cores", "2",
+    result = snakemake(wf, "phase3", "--config", "tiny=true", "--configfile", "small.yaml", "--cores", "2",
                        timeout=900)
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert "phase3 stops here: the phase2 gate did not pass" in out, out[-3000:]
     assert "phases.phase3.force: true" in out
-    selection = json.loads((wf / "results" / "phase3" / "selection.json").read_text())
+    selection = json.loads((wf / TWIN / "phase3" / "selection.json").read_text())
     assert selection["gate_passed"] is not True and selection["forced"] is False
-    assert not (wf / "results" / "runs" / "tiny-large").exists()  # no phase-3 run was started
+    assert not (wf / TWIN / "runs" / "tiny-large").exists()  # no phase-3 run was started
 
 
 def test_forced_phase3_runs_the_selected_arm(wf):
     write_config(wf / "force.yaml", {"phases": {"phase3": {"force": True}}})
-    result = snakemake(wf, "phase3", "--configfile", "config/tiny.yaml", "small.yaml", "force.yaml",
+    result = snakemake(wf, "phase3", "--config", "tiny=true", "--configfile", "small.yaml", "force.yaml",
                        "--cores", "2", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    selection = json.loads((wf / "results" / "phase3" / "selection.json").read_text())
-    assert selection["forced"] is True and selection["arm"] in ("orthonoise", "muon")
-    arm_dir = wf / "results" / "runs" / "tiny-large" / selection["arm"]
+    selection = json.loads((wf / TWIN / "phase3" / "selection.json").read_text())
+    assert selection["forced"] is True and selection["arm"] == "orthonoise"
+    arm_dir = wf / TWIN / "runs" / "tiny-large" / selection["arm"] / selection["variant"]
     assert len(list(arm_dir.rglob("metrics.json"))) == 2
-    assert len(list((wf / "results" / "runs" / "tiny-scratch").rglob("metrics.json"))) == 2
-    report = (wf / "results" / "ABLATION_RESULTS.md").read_text()
+    assert len(list((wf / TWIN / "runs" / "tiny-scratch").rglob("metrics.json"))) == 2
+    report = (wf / TWIN / "ABLATION_RESULTS.md").read_text()
     assert "phase1" in report and "phase2" in report and "phase3" in report

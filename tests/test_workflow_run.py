@@ -12,21 +12,21 @@ import re
 
 import pytest
 
-from tests.workflow_helpers import SHORT_TINY, copy_workflow, job_counts, snakemake, write_config
+from tests.workflow_helpers import SHORT_TINY, TWIN, copy_workflow, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
 def configs(wf, *extra):
-    return ["--configfile", "config/tiny.yaml", "short.yaml", *extra]
+    return ["--config", "tiny=true", "--configfile", "short.yaml", *extra]
 
 
 def stale_runs(output: str) -> set[str]:
-    return set(re.findall(r"results/runs/(\S+?)/metrics\.json", "\n".join(
+    return set(re.findall(TWIN + r"/runs/(\S+?)/metrics\.json", "\n".join(
         line for line in output.splitlines() if line.strip().startswith("output:"))))
 
 
 def mtimes(wf):
-    return {p.relative_to(wf).as_posix(): p.stat().st_mtime_ns for p in (wf / "results" / "runs").rglob("metrics.json")}
+    return {p.relative_to(wf).as_posix(): p.stat().st_mtime_ns for p in (wf / TWIN / "runs").rglob("metrics.json")}
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +39,21 @@ def done(tmp_path_factory):
 
 
 def test_phase1_produces_the_report(done):
-    report = (done / "results" / "ABLATION_RESULTS.md").read_text()
+    report = (done / TWIN / "ABLATION_RESULTS.md").read_text()
     # the copy under reports/ differs only in its image links, which point one level up
-    copy = (done / "results" / "reports" / "phase1.md").read_text()
+    copy = (done / TWIN / "reports" / "phase1.md").read_text()
     assert copy.replace("../phase1/plots/", "phase1/plots/") == report
     for needle in ("phase1", "muon", "orthonoise", "isotropic", "no_crashes", "phase1/plots/val_loss.png"):
         assert needle in report, needle
-    gates = json.loads((done / "results" / "phase1" / "gates.json").read_text())
+    gates = json.loads((done / TWIN / "phase1" / "gates.json").read_text())
     assert {g["name"] for g in gates["gates"]} == {"no_crashes", "loss_within_baseline",
                                                    "effective_rank_logged", "early_loss_not_worse"}
-    for run in (done / "results" / "runs").rglob("metrics.json"):
+    for run in (done / TWIN / "runs").rglob("metrics.json"):
         metrics = json.loads(run.read_text())
         assert metrics["status"] in ("ok", "diverged")
         assert metrics["spec"]["fingerprint"] == metrics["fingerprint"]
     assert len(mtimes(done)) == 8
-    for png in (done / "results" / "phase1" / "plots").glob("*.png"):
+    for png in (done / TWIN / "phase1" / "plots").glob("*.png"):
         assert png.stat().st_size > 1000
 
 
@@ -82,7 +82,7 @@ def test_one_arm_change_reruns_exactly_that_arm(done):
     assert real.returncode == 0, real.stderr[-3000:]
     after = mtimes(done)
     changed = {k for k in before if after[k] != before[k]}
-    assert changed == {f"results/runs/tiny/isotropic/alpha0.001/seed{s}/metrics.json" for s in (42, 123)}
+    assert changed == {f"{TWIN}/runs/tiny/isotropic/alpha0.001/seed{s}/metrics.json" for s in (42, 123)}
     assert "Nothing to be done" in snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n").stdout
 
 
@@ -101,8 +101,30 @@ def test_behaviour_version_bump_reruns_that_optimizer_only(done):
 def test_adding_an_alpha_adds_only_its_runs(done):
     write_config(done / "alpha.yaml", {"arms": {"isotropic": {"muon": {"rank_threshold": 0.6}}},
                                        "phases": {"phase1": {"runs": [
-                                           {"arm": "orthonoise", "alphas": [1.0e-3, 5.0e-3]},
-                                           {"arm": "isotropic", "alphas": [1.0e-3]},
-                                           {"arm": "orthonoise-anneal", "alphas": [1.0e-2]}]}}})
+                                           {"arm": "orthonoise", "sweep": {"param": "muon.alpha",
+                                                                           "values": [1.0e-3, 5.0e-3]}},
+                                           {"arm": "isotropic", "sweep": {"param": "muon.alpha", "values": [1.0e-3]}},
+                                           {"arm": "orthonoise-anneal", "sweep": {"param": "muon.alpha",
+                                                                                  "values": [1.0e-2]}}]}}})
     dry = snakemake(done, "phase1", *configs(done, "alpha.yaml"), "-n")
     assert stale_runs(dry.stdout) == {"tiny/orthonoise/alpha0.005/seed42", "tiny/orthonoise/alpha0.005/seed123"}
+
+
+def test_a_deleted_run_record_is_trained_again_and_the_report_follows(done):
+    record = done / TWIN / "runs" / "tiny" / "muon" / "alpha0" / "seed42" / "metrics.json"
+    record.unlink()
+    dry = snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n")
+    assert stale_runs(dry.stdout) == {"tiny/muon/alpha0/seed42"}
+    counts = job_counts(dry.stdout)
+    assert counts["train"] == 1 and counts["aggregate"] == 1 and counts["report"] == 1
+    real = snakemake(done, "phase1", *configs(done, "arm.yaml"), "--cores", "2", timeout=900)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert record.exists()
+    assert (done / TWIN / "phase1" / "runs.csv").stat().st_mtime_ns > record.stat().st_mtime_ns
+
+
+def test_the_twin_never_touches_the_real_study(done):
+    dry = snakemake(done, "phase1", "-n")
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out[-2000:]
+    assert "results/orthonoise/phase1/runs.csv" in out and TWIN + "/" not in out

@@ -16,15 +16,20 @@ WORKFLOW_PARTS = ["Snakefile", "rules", "config", "profiles", "envs", "report", 
                   "optim", "trainer", "study", "analysis"]
 
 
-# The CPU twin's phase 1 shortened to 60 steps: what the workflow tests run for real.
+# The CPU twin's phase 1 shortened to 60 steps: what the workflow tests run for real
+# (`snakemake phase1 --config tiny=true --configfile short.yaml`: merged over the study's twin).
 SHORT_TINY = {
     "training_defaults": {"eval_every": 20, "eval_at_steps": [20, 40, 60], "checkpoint_every": 20,
                           "warmup_steps": 5},
-    "models": {"tiny": {"steps": 60}},
+    "models": {"tiny": {"steps": 60}, "tiny-large": {"steps": 60}, "tiny-scratch": {"steps": 60}},
     "wandb": {"mode": "disabled"},
-    "phases": {"phase1": {"gates": {"no_crashes": {}, "loss_within_baseline": {"max_rel_diff": 0.05},
-                                    "effective_rank_logged": {}, "early_loss_not_worse": {"step": 20}}}},
+    "phases": {"phase1": {"gates": {
+        "no_crashes": {"kind": "no_crashes"},
+        "loss_within_baseline": {"kind": "within_baseline", "margin": 0.05},
+        "effective_rank_logged": {"kind": "metric_logged", "metric": "eff_rank_mean"},
+        "early_loss_not_worse": {"kind": "not_worse_than_baseline", "step": 20, "margin": 0.01}}}},
 }
+TWIN = "results/orthonoise-tiny"  # where the default study's CPU twin writes
 
 
 def copy_workflow(dest: Path) -> Path:
