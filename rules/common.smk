@@ -9,7 +9,9 @@ def one_of(names):
 wildcard_constraints:
     model=one_of(STUDY["models"]),
     arm=one_of(STUDY["arms"]),
-    variant=one_of([PLAN.unswept, *PLAN.variants]),
+    # a label, or labels joined by "+" (a selected value and a sweep together)
+    variant=f"{re.escape(PLAN.unswept)}|(?:{one_of(PLAN.variants)})(?:\\+(?:{one_of(PLAN.variants)}))*"
+    if PLAN.variants else re.escape(PLAN.unswept),
     seed=r"[0-9]+",
     phase=one_of(PLAN.phases),
 

@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import math
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +22,7 @@ from study.load import non_finite_numbers
 from study.spec import eval_at_steps, load_file_module
 
 SELECTED = "selected"
+PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 RESERVED_PHASES = ("all", "design")
 # Training settings a model owns; an arm may own the trainer's others (warmup, projection frequency...).
 MODEL_TRAINING_KEYS = ("steps", "global_batch", "micro_batch", "seq_len")
@@ -269,7 +271,24 @@ class _Checks:
                     self.bad(f"{where}.scratch.model: {p['model']!r} is the phase's model too; the scratch pair "
                              "needs a model entry of its own (its runs would be counted twice)")
             arms = self.check_entries(where, p, bool(sel))
+            if sel:
+                self.check_selected_values(where, p, sel)
             self.check_gates(where, p, arms, bool(sel))
+
+    def check_selected_values(self, where: str, p: dict, sel: dict) -> None:
+        """An arm that takes the selected value must have the setting the earlier phase swept."""
+        src = self.c["phases"][sel["from"]]
+        candidates = set(sel.get("arms") or [])
+        params = {e["sweep"]["param"] for e in src["runs"] if "sweep" in e
+                  and (not candidates or e["arm"] in candidates)}
+        for i, entry in enumerate(run_entries(p)):
+            if entry.get("value") != SELECTED or entry["arm"] not in self.c["arms"]:
+                continue
+            for param in sorted(params):
+                why = self.settable(entry["arm"], param)
+                if why:
+                    key = f"{where}.runs[{i - 1}]" if i else f"{where}.baseline"
+                    self.bad(f"{key}.value: the value selected from {sel['from']} sets {param}, which is {why}")
 
     def check_entries(self, where: str, p: dict, selects: bool) -> set[str]:
         arms, seen = set(), set()
@@ -287,9 +306,6 @@ class _Checks:
                 self.bad(f"{key}.arm: {arm!r} is not in arms (known: {', '.join(sorted(self.c['arms']))})")
                 continue
             arms.add(arm)
-            if "sweep" in entry and "value" in entry:
-                self.bad(f"{key}: give sweep or value: selected, not both")
-                continue
             if entry.get("value") == SELECTED and not selects:
                 self.bad(f"{key}.value: 'selected' needs {where}.select (the phase it selects from)")
             sweep = entry.get("sweep")
@@ -301,7 +317,8 @@ class _Checks:
                     continue
                 kind = self.value_kind(arm, sweep["param"])
                 for j, v in enumerate(sweep["values"]):
-                    what = kind_problem(kind, v)
+                    what = kind_problem(kind, v) or (None if not isinstance(v, str) or PATH_SAFE.match(v)
+                                                     else "letters, digits, '_', '.' and '-' (it goes into paths)")
                     if what:
                         self.bad(f"{key}.sweep.values[{j}]: {v!r} is not allowed for {sweep['param']} ({what})")
                 dup = sorted({repr(v) for v in sweep["values"] if sweep["values"].count(v) > 1})
@@ -313,7 +330,7 @@ class _Checks:
                 alphas = values if sweep and sweep["param"] == "muon.alpha" else [alpha]
                 if entry.get("value") != SELECTED and any(a is None or a == 0 for a in alphas):
                     self.bad(f"{key}: a noise arm ({arm}) needs alpha > 0 (sweep muon.alpha or set it on the arm)")
-            pair = (arm, repr(sweep) if sweep else entry.get("value"))
+            pair = (arm, repr(sweep), entry.get("value"))
             if pair in seen:
                 self.bad(f"{key}: arm {arm} with the same values is listed twice")
             seen.add(pair)

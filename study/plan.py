@@ -45,14 +45,22 @@ def variant_label(param: str, value) -> str:
 class Run:
     model: str
     arm: str
-    variant: str
+    variant: str  # "lr0.003"; "lr0.003+projection_every3" for a selected value and a sweep together
     seed: int
-    param: str = ""  # the swept setting, e.g. "muon.lr" ("" when the run sweeps nothing)
-    value: float | int | str | bool | None = None
+    settings: tuple = ()  # the (param, value) pairs the variant stands for, in the order they apply
 
     @property
     def key(self) -> str:
         return f"{self.model}/{self.arm}/{self.variant}/seed{self.seed}"
+
+    @property
+    def param(self) -> str:
+        """The setting this run varies in its phase, e.g. "muon.lr" ("" when the run sweeps nothing)."""
+        return self.settings[-1][0] if self.settings else ""
+
+    @property
+    def value(self):
+        return self.settings[-1][1] if self.settings else None
 
 
 @dataclass(frozen=True)
@@ -150,15 +158,16 @@ class Plan:
             yield from self._entry_variants(entry, selection)
 
     def _entry_variants(self, entry: dict, selection: dict | None):
-        unswept = self.unswept
         if entry["arm"] == SELECTED:
             yield selection["arm"], [selection["variant"]]
-        elif entry.get("value") == SELECTED:
-            yield entry["arm"], [selection["variant"] if selection.get("param") else unswept]
-        elif "sweep" in entry:
-            yield entry["arm"], [variant_label(entry["sweep"]["param"], v) for v in entry["sweep"]["values"]]
+            return
+        # a selected value and a sweep together make compound labels: lr0.01+projection_every3
+        prefix = [selection["variant"]] if entry.get("value") == SELECTED and selection.get("param") else []
+        if "sweep" in entry:
+            labels = [variant_label(entry["sweep"]["param"], v) for v in entry["sweep"]["values"]]
+            yield entry["arm"], ["+".join(prefix + [label]) for label in labels]
         else:
-            yield entry["arm"], [unswept]
+            yield entry["arm"], ["+".join(prefix) if prefix else self.unswept]
 
     @property
     def unswept(self) -> str:
@@ -166,8 +175,8 @@ class Plan:
 
     # -- runs -----------------------------------------------------------------------------------
     def make_run(self, model: str, arm: str, variant: str, seed: int) -> Run:
-        param, value = ("", None) if variant == self.unswept else self.variants[variant]
-        return Run(model, arm, variant, int(seed), param, value)
+        settings = () if variant == self.unswept else tuple(self.variants[part] for part in variant.split("+"))
+        return Run(model, arm, variant, int(seed), settings)
 
     def all_runs(self) -> list[Run]:
         """Every run any phase can ask for, whatever an earlier phase selects (for the wildcards)."""
@@ -200,7 +209,7 @@ class Plan:
                 raise PlanError(f"no {name} named {wildcards[name]!r} in the study "
                                 f"(known: {', '.join(sorted(pool))})")
         variant = wildcards["variant"]
-        if variant != self.unswept and variant not in self.variants:
+        if variant != self.unswept and not all(part in self.variants for part in variant.split("+")):
             raise PlanError(f"no swept value makes the path label {variant!r} in this study")
         return self.make_run(wildcards["model"], wildcards["arm"], variant, int(wildcards["seed"]))
 

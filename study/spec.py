@@ -57,19 +57,20 @@ def _set_path(settings: dict, param: str, value) -> None:
     settings.setdefault(section, {})[key] = value
 
 
-def arm_settings(config: dict, arm: str, param: str = "", value=None, class_args: dict | None = None) -> dict:
+def arm_settings(config: dict, arm: str, swept: tuple = (), class_args: dict | None = None) -> dict:
     """An arm's resolved settings by section (muon, adamw, training, model) with the run's swept value.
 
     optimizer_defaults.muon gives every Muon-family class the keys it takes (`class_args`: the class's
     keyword arguments, optim/arguments.py); the arm's own settings override them; the swept value
-    overrides both. `alpha_end_ratio` is the study's way to write alpha_end = alpha x ratio.
+    overrides both (`swept`: the run's (param, value) pairs). `alpha_end_ratio` is the study's way to
+    write alpha_end = alpha x ratio.
     """
     a = config["arms"][arm]
     defaults = config["optimizer_defaults"]
     muon = {k: v for k, v in defaults["muon"].items() if class_args is None or k in class_args}
     out = {"muon": {**muon, **a.get("muon", {})}, "adamw": {**defaults["adamw"], **a.get("adamw", {})},
            "training": dict(a.get("training", {})), "model": dict(a.get("model", {}))}
-    if param:
+    for param, value in swept:
         _set_path(out, param, value)
     ratio = out["muon"].pop("alpha_end_ratio", None)
     if ratio is not None and "alpha" in out["muon"]:
@@ -91,7 +92,7 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
     t = config["training_defaults"]
     cls = config["arms"][run.arm]["class"]
     class_args = load_file_module(root, "optim/arguments.py").OPTIMIZER_ARGUMENTS.get(cls)
-    settings = arm_settings(config, run.arm, run.param, run.value, class_args)
+    settings = arm_settings(config, run.arm, run.settings, class_args)
     steps = m["steps"]
     muon = dict(sorted(settings["muon"].items()))
     model = {"name": run.model, "arch": m["arch"]}

@@ -321,3 +321,33 @@ def test_optimizer_arguments_match_the_classes():
     assert set(OPTIMIZER_ARGUMENTS) == set(optim.OPTIMIZERS) - {"AdamW"}
     for name, declared in OPTIMIZER_ARGUMENTS.items():
         assert set(declared) == arguments(optim.OPTIMIZERS[name]), name
+
+
+def test_a_selected_value_and_a_sweep_make_compound_runs(tiny):
+    """The nGPT plan's shape: a later phase runs an arm at the lr chosen earlier AND sweeps another setting."""
+    cfg = copy.deepcopy(tiny)
+    cfg["phases"]["phase2"]["runs"].append({"arm": "muon", "sweep": {"param": "muon.lr", "values": [0.01, 0.03]}})
+    cfg["phases"]["phase3"].update(
+        baseline={"arm": "muon", "value": "selected"},
+        select={"from": "phase2", "arms": ["muon"], "rule": "lowest_mean"},
+        runs=[{"arm": "muon", "value": "selected", "sweep": {"param": "training.warmup_steps", "values": [0, 20]}}],
+        gates={"no_crashes": {"kind": "no_crashes"}})
+    del cfg["phases"]["phase3"]["scratch"]
+    plan = Plan(cfg)
+    assert plan.possible_selections("phase3") == [
+        {"arm": "muon", "variant": "lr0.01", "param": "muon.lr"}, {"arm": "muon", "variant": "lr0.03", "param": "muon.lr"}]
+    runs = plan.phase_runs("phase3", {"arm": "muon", "variant": "lr0.03", "param": "muon.lr"})
+    assert {(r.role, r.run.variant) for r in runs} == {
+        ("baseline", "lr0.03"), ("arm", "lr0.03+warmup_steps0"), ("arm", "lr0.03+warmup_steps20")}
+    run = next(r.run for r in runs if r.run.variant.endswith("warmup_steps20"))
+    spec = plan.spec(run)
+    assert spec["optimizer"]["muon"]["lr"] == 0.03 and spec["training"]["warmup_steps"] == 20
+    assert (run.param, run.value) == ("training.warmup_steps", 20)
+    assert run in plan.all_runs()
+    # an arm that cannot take the selected setting is refused before any job
+    cfg["phases"]["phase3"]["runs"].append({"arm": "nolah", "value": "selected"})
+    Plan(cfg)  # nolah is a Muon class: it takes muon.lr
+    cfg["arms"]["adam"] = {"class": "AdamW"}
+    cfg["phases"]["phase3"]["runs"].append({"arm": "adam", "value": "selected"})
+    with pytest.raises(PlanError, match=r"phases.phase3.runs\[2\].value: the value selected from phase2 sets muon.lr"):
+        Plan(cfg)
