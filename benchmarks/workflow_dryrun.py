@@ -26,8 +26,9 @@ def study_of(n_runs: int, seeds: int = 10) -> dict:
     n_alphas = max(1, n_runs // seeds)
     alphas = [round(1.0e-4 * (1 + i), 6) for i in range(n_alphas)]
     return {"phases": {"phase2": {"seeds": list(range(seeds)),
-                                  "runs": [{"arm": "orthonoise", "alphas": alphas}],
-                                  "gates": {"beats_baseline": {"min_improvement": 0.01}}}}}
+                                  "runs": [{"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": alphas}}],
+                                  "gates": {"beats_baseline": {"kind": "beats_baseline", "min_improvement": 0.01,
+                                                               "arms": ["orthonoise"]}}}}}
 
 
 def time_dry_run(n_runs: int, repeats: int) -> dict:
@@ -37,7 +38,7 @@ def time_dry_run(n_runs: int, repeats: int) -> dict:
         times, counts = [], {}
         for _ in range(repeats):
             start = time.perf_counter()
-            result = snakemake(wf, "phase2", "-n", "-q", "rules", "--configfile", "config/tiny.yaml",
+            result = snakemake(wf, "phase2", "-n", "-q", "rules", "--config", "tiny=true", "--configfile",
                                "scale.yaml")
             times.append(time.perf_counter() - start)
             if result.returncode != 0:

@@ -15,12 +15,12 @@ import time
 import pytest
 
 from tests.slurm_helpers import PARTITION, PROFILE, cluster_problem
-from tests.workflow_helpers import SHORT_TINY, copy_workflow, snakemake, write_config
+from tests.workflow_helpers import SHORT_TINY, TWIN, copy_workflow, snakemake, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PROFILE_ARGS = ["--profile", str(PROFILE)]
-TINY = ["--configfile", "config/tiny.yaml", "short.yaml"]
+TINY = ["--config", "tiny=true", "--configfile", "short.yaml"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +37,7 @@ def workflow(tmp_path_factory, name, config=SHORT_TINY):
 
 
 def records(wf, key):
-    run = wf / "results" / "runs" / key
+    run = wf / TWIN / "runs" / key
     metrics = json.loads((run / "metrics.json").read_text())
     with open(run / "history.csv") as fh:
         # tokens/s is a measurement of the machine, not of the run
@@ -55,21 +55,21 @@ def slurm_phase1(tmp_path_factory):
 
 def test_tiny_phase_runs_as_slurm_jobs(slurm_phase1):
     wf = slurm_phase1
-    assert (wf / "results" / "ABLATION_RESULTS.md").exists()
+    assert (wf / TWIN / "ABLATION_RESULTS.md").exists()
     # every train job went through sbatch and left its Slurm log; the corpus and the analysis ran locally
     slurm_logs = wf / ".snakemake" / "slurm_logs"
     assert len(list((slurm_logs / "rule_train").rglob("*.log"))) == 8
     assert not (slurm_logs / "rule_stdlib_corpus").exists()
     assert not (slurm_logs / "rule_aggregate").exists()
     # Slurm gave each job the fake GPU (CUDA_VISIBLE_DEVICES set), and the trainer fell back to the CPU
-    for metrics in (wf / "results" / "runs").rglob("metrics.json"):
+    for metrics in (wf / TWIN / "runs").rglob("metrics.json"):
         assert json.loads(metrics.read_text())["device"] == "cpu"
 
 
 def test_slurm_runs_equal_local_runs(slurm_phase1, tmp_path_factory):
     local = workflow(tmp_path_factory, "local_phase1")
     keys = ["tiny/muon/alpha0/seed42", "tiny/orthonoise/alpha0.001/seed123"]
-    targets = [f"results/runs/{k}/metrics.json" for k in keys]
+    targets = [f"{TWIN}/runs/{k}/metrics.json" for k in keys]
     result = snakemake(local, *targets, *TINY, "--cores", "2", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for key in keys:
@@ -91,9 +91,9 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory
               "training_defaults": {**SHORT_TINY["training_defaults"], "checkpoint_every": 25,
                                     "eval_at_steps": [100, 500]}}
     key = "tiny/orthonoise/alpha0.001/seed42"
-    target = f"results/runs/{key}/metrics.json"
+    target = f"{TWIN}/runs/{key}/metrics.json"
     wf = workflow(tmp_path_factory, "preempt", config)
-    checkpoint = wf / "results" / "checkpoints" / key / "latest.pt"
+    checkpoint = wf / TWIN / "checkpoints" / key / "latest.pt"
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, *TINY, *PROFILE_ARGS],
                             cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -108,7 +108,7 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    log = (wf / "logs" / "train" / f"{key}.log").read_text()
+    log = (wf / "logs" / "orthonoise-tiny" / "train" / f"{key}.log").read_text()
     assert "resuming from" in log, log[-3000:]
     # resubmitted by the submitting Snakemake as a new Slurm job, not retried inside the old one
     train_jobs = list((wf / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
@@ -130,7 +130,7 @@ def test_multi_node_run_asks_slurm_for_gpus_per_node(tmp_path_factory):
     config = {**SHORT_TINY, "models": {"tiny": {"global_batch": 64, "micro_batch": 16,
                                                 "resources": {"gpus": 2, "nodes": 2}}}}
     wf = workflow(tmp_path_factory, "multinode", config)
-    target = "results/runs/tiny/muon/alpha0/seed42/metrics.json"
+    target = f"{TWIN}/runs/tiny/muon/alpha0/seed42/metrics.json"
     result = snakemake(wf, target, *TINY, *PROFILE_ARGS, "--verbose", "--retries", "0", timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode != 0  # one node cannot hold a two-node job
