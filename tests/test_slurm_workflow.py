@@ -87,9 +87,8 @@ def running_job() -> str | None:
 
 
 def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory):
-    config = {**SHORT_TINY, "models": {"tiny": {"steps": 500}},
-              "training_defaults": {**SHORT_TINY["training_defaults"], "checkpoint_every": 25,
-                                    "eval_at_steps": [100, 500]}}
+    config = {**SHORT_TINY, "models": {"tiny": {"steps": 500, "eval_at_steps": [100, 500]}},
+              "training_defaults": {**SHORT_TINY["training_defaults"], "checkpoint_every": 25}}
     key = "tiny/orthonoise/alpha0.001/seed42"
     target = f"{TWIN}/runs/{key}/metrics.json"
     wf = workflow(tmp_path_factory, "preempt", config)
