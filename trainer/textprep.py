@@ -216,7 +216,8 @@ def _parquet_texts(path: str, column: str) -> Iterator[str | None]:
         raise DataError(f"{path}: no column {column!r} (columns: {names[:20]}); name the text column with "
                         f"text_field (--text-field)")
     typ = pf.schema_arrow.field(column).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)):
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or
+            getattr(pa.types, "is_string_view", lambda t: False)(typ)):
         raise DataError(f"{path}: column {column!r} has type {typ}, not a string column")
     for batch in pf.iter_batches(columns=[column], batch_size=4096):
         yield from batch.column(0).to_pylist()
