@@ -6,7 +6,9 @@ Inputs are files or globs of `.txt` (one document per file, per line or per blan
 txt_mode), `.jsonl` (one JSON object per line, the document in text_field) or `.parquet` (the
 document in column text_field; pyarrow). Empty documents and null values are skipped and counted; a
 file with no document at all, a non-UTF-8 file, a missing key or column is a DataError naming the file
-(and line).
+(and line). The input `stdlib` names the embedded corpus: the .py files of this Python's standard library
+(trainer/data.py's list; `stdlib:email` one package of it), one document per file (empty and non-UTF-8 files skipped and counted), so a
+BPE of the CPU twins needs no download.
 
 Documents. Each document becomes [eot] + tokenizer.encode(text) (no other special tokens), as in
 nanoGPT's fineweb.py. A document goes to validation when the first 8 bytes of
@@ -37,6 +39,7 @@ import json
 import multiprocessing
 import os
 import sys
+import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from trainer.data import DataError, _sha256_file, shards_checksum, write_shard
+from trainer.data import DataError, _sha256_file, _stdlib_files, shards_checksum, write_shard
 from trainer.records import write_json
 from trainer.tokenizer import (TokenizerConfig, TokenizerError, check_vocab_fits, load_tokenizer, parse_tokenizer,
                                train_bpe)
@@ -52,6 +55,7 @@ from trainer.tokenizer import (TokenizerConfig, TokenizerError, check_vocab_fits
 TEXTPREP_VERSION = 1
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
 TXT_MODES = ("file", "line", "paragraph")
+STDLIB_INPUT = "stdlib"  # an input naming the embedded corpus (the .py files of this Python's standard library)
 MANIFEST = "manifest.json"
 TRAINED_TOKENIZER = "tokenizer.json"
 U16_MAX_VOCAB = 65536
@@ -86,6 +90,16 @@ def resolve_inputs(patterns: list[str]) -> list[tuple[str, str]]:
         raise DataError("inputs: no input files or globs given")
     out, seen = [], set()
     for pat in patterns:
+        if pat == STDLIB_INPUT or str(pat).startswith(STDLIB_INPUT + ":"):
+            # the embedded corpus: this Python's standard library (or one package of it: stdlib:email)
+            src = Path(sysconfig.get_paths()["stdlib"]).resolve()
+            sub = src / str(pat)[len(STDLIB_INPUT) + 1:] if ":" in str(pat) else src
+            found = [str(sub / rel) for rel in _stdlib_files(sub)] if sub.is_dir() else []
+            if not found:
+                raise DataError(f"inputs: {pat!r}: no .py files under {sub}")
+            out.extend((f, "stdlib") for f in found if f not in seen)
+            seen.update(found)
+            continue
         pat = os.path.expanduser(str(pat))
         if os.path.isdir(pat):
             raise DataError(f"inputs: {pat} is a directory; name its files with a glob, e.g. {pat}/*.parquet")
@@ -165,6 +179,19 @@ def iter_documents(path: str, fmt: str, text_field: str = "text", txt_mode: str 
                     continue
                 n += 1
                 yield v
+    elif fmt == "stdlib":  # a standard-library file: skipped (and counted) when empty or not UTF-8
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            counts["non_utf8_skipped"] = counts.get("non_utf8_skipped", 0) + 1
+            return
+        if text.strip():
+            yield text
+        else:
+            counts["empty_skipped"] += 1
+        return
     elif fmt == "parquet":
         for v in _parquet_texts(path, text_field):
             if v is None:
@@ -433,7 +460,8 @@ def prepare(cfg: PrepConfig) -> dict:
         "separator": f"{tok.eot_token} (id {tok.eot_id}) before each document",
         "split_rule": f"val when int(sha256(seed 8 bytes LE + text UTF-8)[:8] LE) < val_fraction * 2**64",
         "params": params,
-        "documents": {**ndocs, **{k: counts.get(k, 0) for k in ("empty_skipped", "null_skipped")}},
+        "documents": {**ndocs, **{k: counts.get(k, 0) for k in ("empty_skipped", "null_skipped",
+                                                                 "non_utf8_skipped")}},
         "tokens": {s: writers[s].tokens for s in writers},
         "shards": shards,
         "train": str(out / "train_*.bin"),
