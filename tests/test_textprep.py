@@ -367,3 +367,38 @@ def test_spec_data_checksum_field():
     s["data"] = {"kind": "stdlib", "path": "p", "checksum": "ab" * 32}
     with pytest.raises(SpecError, match="data.checksum .*only for data.kind 'bin'"):
         RunSpec.from_dict(s)
+
+
+def test_stdlib_input_offline_bpe(tmp_path):
+    import sysconfig
+
+    src = Path(sysconfig.get_paths()["stdlib"]) / "json"
+    files = sorted(p for p in src.glob("*.py"))
+    m = prep(tmp_path, ["stdlib:json"], "bpe:400", val_fraction=0.5)
+    tok = load_tokenizer(f"json:{tmp_path / 'out' / 'tokenizer.json'}")
+    texts = [p.read_text(encoding="utf-8") for p in files]
+    want = expected_streams([t for t in texts if t.strip()], tok.encode, 0, 1234, 0.5)
+    np.testing.assert_array_equal(read_split(m, "train"), want["train"])
+    assert m["documents"]["train"] + m["documents"]["val"] == len(files)
+    with pytest.raises(DataError, match="'stdlib:no_such_pkg': no .py files under"):
+        prep(tmp_path, ["stdlib:no_such_pkg"], "bpe:400")
+
+
+@pytest.mark.slow
+def test_trainer_runs_on_prepared_shards_and_refuses_changed_ones(tmp_path, tok_json):
+    """A real (2-step) run: data.checksum reaches the trainer, is recorded, and a changed shard stops it."""
+    from tests.test_trainer_helpers import metrics, run_train, tiny_spec
+
+    m = prep(tmp_path, [write_jsonl(tmp_path / "a.jsonl", docs(300))], f"json:{tok_json}")
+    spec = tiny_spec(tmp_path, model={"vocab_size": m["vocab_size"]}, training={"steps": 2, "warmup_steps": 0},
+                     eval={"every": 2, "batches": 1, "at_steps": [2], "target_losses": []})
+    spec["data"] = spec_data(tmp_path / "out")
+    r, out, _ = run_train(spec, tmp_path, "ok")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert metrics(out)["versions"]["data_checksum"] == m["content_checksum"]
+    with open(tmp_path / "out" / "val_000000.bin", "r+b") as f:  # a valid shard with other content
+        f.seek(-2, 2)
+        f.write(b"\x07\x00")
+    r, out, _ = run_train(spec, tmp_path, "bad")
+    assert r.returncode == 2 and "data.checksum: the shards matching" in r.stderr, r.stderr[-2000:]
+    assert not (out / "metrics.json").exists()

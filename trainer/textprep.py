@@ -260,8 +260,10 @@ def is_val(text: str, seed: int, val_fraction: float) -> bool:
 _WORKER: dict = {}
 
 
-def _init_worker(tok: TokenizerConfig, eot: str | None, seed: int, val_fraction: float, dtype: str) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
+def _init_worker(tok: TokenizerConfig, eot: str | None, seed: int, val_fraction: float, dtype: str,
+                 pooled: bool = True) -> None:
+    if pooled:  # one process per core already: no tokenizers thread pool inside each
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER.update(tok=load_tokenizer(tok, eot), seed=seed, val_fraction=val_fraction,
                    dtype=np.uint16 if dtype == "uint16" else np.uint32)
 
@@ -413,7 +415,7 @@ def prepare(cfg: PrepConfig) -> dict:
 
     try:
         if cfg.workers == 1:
-            _init_worker(*init)
+            _init_worker(*init, pooled=False)
             for fi, batch in _batches(files, cfg, counts, per_file):
                 consume(fi, _encode(batch))
         else:
@@ -469,6 +471,7 @@ def prepare(cfg: PrepConfig) -> dict:
         "content_checksum": checksum,
         "inputs": per_file,
         "seconds": {"bpe_train": bpe_seconds, "tokenize": encode_seconds, "total": round(time.time() - t0, 3)},
+        "versions": _versions(),
         "extra": dict(cfg.extra),
     }
     write_json(out / MANIFEST, manifest)  # last: its presence means a complete shard set
@@ -476,6 +479,18 @@ def prepare(cfg: PrepConfig) -> dict:
          f"{manifest['tokens']['val']:,} val tokens in {len(shards['train'])} + {len(shards['val'])} {dtype} shard(s), "
          f"{encode_seconds} s; content checksum {checksum[:16]}")
     return manifest
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    v = {"python": sys.version.split()[0], "numpy": np.__version__}
+    for pkg in ("tokenizers", "tiktoken", "pyarrow"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return v
 
 
 def _bpe_texts(files, cfg: PrepConfig) -> Iterator[str]:
