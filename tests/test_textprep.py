@@ -402,3 +402,23 @@ def test_trainer_runs_on_prepared_shards_and_refuses_changed_ones(tmp_path, tok_
     r, out, _ = run_train(spec, tmp_path, "bad")
     assert r.returncode == 2 and "data.checksum: the shards matching" in r.stderr, r.stderr[-2000:]
     assert not (out / "metrics.json").exists()
+
+
+def test_study_data_section_to_config_and_cli(tmp_path, tok_json):
+    from trainer.textprep import cli_args, prep_config
+
+    d = {"kind": "text", "inputs": [str(tmp_path / "*.jsonl")], "tokenizer": f"json:{tok_json}",
+         "val_fraction": 0.25, "seed": 3, "shard_tokens": 64}
+    cfg = prep_config(d, str(tmp_path / "o"), workers=1)
+    assert (cfg.val_fraction, cfg.seed, cfg.shard_tokens, cfg.text_field) == (0.25, 3, 64, "text")
+    write_jsonl(tmp_path / "a.jsonl", docs(50))
+    r = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/prepare_text.py"), *cli_args(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    from_cli = data_checksum(tmp_path / "o")
+    assert from_cli in r.stdout and prepare(cfg)["content_checksum"] == from_cli  # the CLI and the API agree
+    with pytest.raises(DataError) as e:
+        prep_config({"kind": "text", "input": "x", "tokenizer": "bpe:10", "val_fraction": 1.5}, "o")
+    msg = str(e.value)
+    assert "data.input = 'x': an unknown key" in msg and "data.inputs: required" in msg
+    assert "data.val_fraction = 1.5: a number between 0 and 1" in msg and "data.tokenizer.vocab_size = 10" in msg

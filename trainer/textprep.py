@@ -506,6 +506,70 @@ def _bpe_texts(files, cfg: PrepConfig) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------- for the workflow
+# A study's `data: {kind: text, ...}` keys (besides kind) -> PrepConfig fields; the workers come from the rule.
+TEXT_DATA_KEYS = ("inputs", "tokenizer", "text_field", "txt_mode", "val_fraction", "seed", "shard_tokens", "eot",
+                  "bpe_train_bytes")
+
+
+def prep_config(d: dict, out_dir: str, workers: int = 1, key: str = "data") -> PrepConfig:
+    """A PrepConfig from a study's `data: {kind: text, inputs: [...], tokenizer: ..., ...}` section, checked
+    without reading any text: unknown keys, missing inputs/tokenizer, bad values and unparsable tokenizer
+    settings are one DataError naming `data.<key>`."""
+    errors = [f"{key}.{k} = {v!r}: an unknown key; allowed: {sorted(TEXT_DATA_KEYS)}"
+              for k, v in d.items() if k != "kind" and k not in TEXT_DATA_KEYS]
+    for k in ("inputs", "tokenizer"):
+        if k not in d:
+            errors.append(f"{key}.{k}: required")
+    inputs = d.get("inputs", [])
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not (isinstance(inputs, list) and inputs and all(isinstance(x, str) and x for x in inputs)):
+        errors.append(f"{key}.inputs = {d.get('inputs')!r}: a file, glob or 'stdlib', or a list of them")
+    try:
+        parse_tokenizer(d.get("tokenizer", "bpe:4096"), f"{key}.tokenizer")
+    except TokenizerError as e:
+        errors.append(str(e))
+    cfg = PrepConfig(inputs=list(inputs) if isinstance(inputs, list) else [], out_dir=out_dir,
+                     tokenizer=d.get("tokenizer"), workers=workers, progress=False)
+    checks = {"text_field": lambda v: isinstance(v, str) and v, "txt_mode": lambda v: v in TXT_MODES,
+              "val_fraction": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+              "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64,
+              "shard_tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31,
+              "eot": lambda v: v is None or (isinstance(v, str) and v),
+              "bpe_train_bytes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    allowed = {"text_field": "a non-empty string", "txt_mode": f"one of {list(TXT_MODES)}",
+               "val_fraction": "a number between 0 and 1 (exclusive)", "seed": "an integer in [0, 2**64)",
+               "shard_tokens": "an integer between 1 and 2**31 - 1", "eot": "a token (string)",
+               "bpe_train_bytes": "an integer > 0"}
+    for k, ok in checks.items():
+        if k in d:
+            if not ok(d[k]):
+                errors.append(f"{key}.{k} = {d[k]!r}: {allowed[k]}")
+            else:
+                setattr(cfg, k, float(d[k]) if k == "val_fraction" else d[k])
+    if errors:
+        raise DataError("; ".join(errors))
+    return cfg
+
+
+def cli_args(cfg: PrepConfig) -> list[str]:
+    """The prepare_text.py arguments that reproduce cfg (for a rule's shell command; quote each)."""
+    tok = cfg.tokenizer if isinstance(cfg.tokenizer, str) else parse_tokenizer(cfg.tokenizer).label()
+    args = ["--out-dir", cfg.out_dir, "--tokenizer", tok]
+    for i in cfg.inputs:
+        args += ["--input", i]
+    args += ["--text-field", cfg.text_field, "--txt-mode", cfg.txt_mode, "--val-fraction", repr(cfg.val_fraction),
+             "--seed", str(cfg.seed), "--shard-tokens", str(cfg.shard_tokens), "--workers", str(cfg.workers),
+             "--bpe-train-bytes", str(cfg.bpe_train_bytes)]
+    if cfg.eot is not None:
+        args += ["--eot", cfg.eot]
+    if cfg.model_vocab is not None:
+        args += ["--model-vocab-size", str(cfg.model_vocab)]
+    if not cfg.progress:
+        args.append("--no-progress")
+    return args
+
+
 def load_manifest(path: str | os.PathLike) -> dict:
     """A prepared corpus's manifest (the file, or the directory holding manifest.json)."""
     p = Path(path)
