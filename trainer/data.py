@@ -3,6 +3,7 @@
 Shard format (nanoGPT / llm.c / modded-nanogpt): a header of 256 int32 (little-endian) holding
 magic 20240520, version 1 and the token count, then that many uint16 tokens. The stdlib corpus
 is written in the same format (one token per byte, vocabulary 256), so one reader serves both.
+Vocabularies over 65536 tokens use llm.c's uint32 variant (magic 20240801, version 7, uint32 tokens).
 
 Sampling. A training step draws `global_batch` windows of `seq_len + 1` tokens at uniformly random
 positions of the training stream (all shards; a window never crosses a shard boundary), from a
@@ -33,6 +34,9 @@ from trainer.records import atomic_write, write_json
 
 MAGIC = 20240520
 VERSION = 1
+MAGIC_U32, VERSION_U32 = 20240801, 7  # llm.c's header for uint32 tokens (its "llama-3" format)
+# (magic, version) -> little-endian token dtype
+SHARD_FORMATS = {(MAGIC, VERSION): "<u2", (MAGIC_U32, VERSION_U32): "<u4"}
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 STDLIB_VOCAB = 256
@@ -47,26 +51,41 @@ class DataError(ValueError):
 
 
 # --------------------------------------------------------------------------- shards
-def write_shard(path: str | os.PathLike, tokens) -> None:
-    """Write tokens (anything np.asarray turns into integers in [0, 65535]) as a nanoGPT .bin shard."""
+def write_shard(path: str | os.PathLike, tokens, dtype: str = "uint16") -> str:
+    """Write tokens as a nanoGPT .bin shard; return the sha256 of the bytes written.
+
+    dtype "uint16" (ids in [0, 65535]: magic 20240520, version 1) or "uint32" (llm.c's format for larger
+    vocabularies: magic 20240801, version 7)."""
+    if dtype not in ("uint16", "uint32"):
+        raise DataError(f"{path}: shard dtype {dtype!r}: one of 'uint16', 'uint32'")
+    hi = 65535 if dtype == "uint16" else 2**32 - 1
     toks = np.asarray(tokens)
-    if toks.size and (toks.min() < 0 or toks.max() > 65535):
-        raise DataError(f"{path}: tokens must lie in [0, 65535] for the uint16 shard format")
-    toks = toks.astype("<u2", copy=False).ravel()
+    if toks.size and (toks.min() < 0 or toks.max() > hi):
+        raise DataError(f"{path}: tokens must lie in [0, {hi}] for the {dtype} shard format")
+    toks = toks.astype("<u2" if dtype == "uint16" else "<u4", copy=False).ravel()
     if toks.size >= 2**31:
         raise DataError(f"{path}: {toks.size} tokens do not fit one shard (int32 count); split it")
     header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = MAGIC, VERSION, toks.size
+    header[0], header[1] = (MAGIC, VERSION) if dtype == "uint16" else (MAGIC_U32, VERSION_U32)
+    header[2] = toks.size
+    h = hashlib.sha256()
 
     def write(f):
-        f.write(header.tobytes())
-        f.write(toks.tobytes())
+        for part in (header.tobytes(), toks.tobytes()):
+            h.update(part)
+            f.write(part)
 
     atomic_write(path, write, mode="wb")
+    return h.hexdigest()
 
 
 def read_shard_header(path: str | os.PathLike) -> int:
     """Check a shard's header and size; return its token count. Raises DataError with the reason."""
+    return shard_info(path)[0]
+
+
+def shard_info(path: str | os.PathLike) -> tuple[int, str]:
+    """Check a shard's header and size; return (token count, numpy dtype of its tokens)."""
     path = str(path)
     try:
         size = os.path.getsize(path)
@@ -76,30 +95,49 @@ def read_shard_header(path: str | os.PathLike) -> int:
         raise DataError(f"{path}: truncated shard: {size} bytes, less than the {HEADER_BYTES}-byte header "
                         f"(256 int32)")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if int(header[0]) != MAGIC:
-        raise DataError(f"{path}: bad magic number {int(header[0])} (expected {MAGIC}): not a nanoGPT/"
+    magic, version = int(header[0]), int(header[1])
+    if magic not in (MAGIC, MAGIC_U32):
+        raise DataError(f"{path}: bad magic number {magic} (expected {MAGIC}): not a nanoGPT/"
                         f"modded-nanogpt token shard (256 int32 header, then uint16 tokens)")
-    if int(header[1]) != VERSION:
-        raise DataError(f"{path}: unsupported shard version {int(header[1])} (expected {VERSION}, uint16 tokens)")
+    dtype = SHARD_FORMATS.get((magic, version))
+    if dtype is None:
+        want_v = VERSION if magic == MAGIC else VERSION_U32
+        raise DataError(f"{path}: unsupported shard version {version} for magic {magic} (expected {want_v}; "
+                        f"known: magic {MAGIC} version {VERSION} uint16, magic {MAGIC_U32} version {VERSION_U32} "
+                        f"uint32)")
+    width = np.dtype(dtype).itemsize
     ntok = int(header[2])
     if ntok < 0:
         raise DataError(f"{path}: corrupt header: negative token count {ntok}")
-    want = HEADER_BYTES + 2 * ntok
+    want = HEADER_BYTES + width * ntok
     if size < want:
         raise DataError(f"{path}: truncated shard: the header says {ntok} tokens ({want} bytes in all) but the "
-                        f"file has {size} bytes ({(size - HEADER_BYTES) // 2} tokens)")
+                        f"file has {size} bytes ({(size - HEADER_BYTES) // width} tokens)")
     if size > want:
         raise DataError(f"{path}: the header says {ntok} tokens ({want} bytes in all) but the file has {size} "
                         f"bytes: trailing data, or a wrong count in the header")
-    return ntok
+    return ntok, dtype
 
 
 def open_shard(path: str | os.PathLike) -> np.ndarray:
-    """Validated, memory-mapped uint16 tokens of one shard (no copy into RAM)."""
-    ntok = read_shard_header(path)
+    """Validated, memory-mapped tokens of one shard (uint16, or uint32; no copy into RAM)."""
+    ntok, dtype = shard_info(path)
     if ntok == 0:
-        return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+def shards_checksum(train: list[str], val: list[str], sha256: dict | None = None) -> str:
+    """The content checksum of a shard set: sha256 over one line "split<TAB>file name<TAB>sha256 of the
+    file" per shard, train shards then val shards, each in the order given (sorted by the callers).
+    Names enter too, so that a renamed shard set is a different one. sha256: {path: hex} already known
+    (the writer hashes while it writes); the others are read."""
+    h = hashlib.sha256()
+    for split, paths in (("train", train), ("val", val)):
+        for p in paths:
+            digest = (sha256 or {}).get(str(p)) or _sha256_file(p)
+            h.update(f"{split}\t{os.path.basename(p)}\t{digest}\n".encode())
+    return h.hexdigest()
 
 
 class TokenStream:
@@ -256,7 +294,7 @@ def _expand(pattern: str, what: str) -> list[str]:
 
 
 def open_dataset(kind: str, seq_len: int, path: str | None = None, train: str | None = None,
-                 val: str | None = None, verify: bool = True) -> Dataset:
+                 val: str | None = None, verify: bool = True, checksum: str | None = None) -> Dataset:
     window = seq_len + 1
     if kind == "stdlib":
         manifest = load_stdlib_manifest(path, verify=verify)
@@ -271,6 +309,16 @@ def open_dataset(kind: str, seq_len: int, path: str | None = None, train: str | 
         if set(tr) & set(va):
             raise DataError(f"data.train and data.val share files: {sorted(set(tr) & set(va))[:3]}")
         ts, vs = TokenStream(tr, window, "data.train"), TokenStream(va, window, "data.val")
+        if checksum:  # the spec names the content (a prepared corpus's manifest checksum): check it
+            got = shards_checksum(tr, va) if verify else checksum
+            if got != checksum:
+                raise DataError(f"data.checksum: the shards matching data.train={train!r} and data.val={val!r} "
+                                f"({len(tr)} + {len(va)} files) have content checksum {got[:16]}..., not the "
+                                f"spec's {checksum[:16]}...: the shards changed since their manifest was written, "
+                                f"or the globs match other files; re-run the data preparation")
+            return Dataset(ts, vs, None, checksum,
+                           f"{len(tr)} train shard(s) ({ts.n_tokens:,} tokens), {len(va)} val shard(s) "
+                           f"({vs.n_tokens:,} tokens), content checksum {checksum[:16]}")
         h = hashlib.sha256()
         for p in tr + ["|"] + va:
             if p == "|":

@@ -214,7 +214,7 @@ class Session:
                 data_mod.build_stdlib_corpus(d.path)
             dist_mod.barrier(self.info)
         return data_mod.open_dataset(d.kind, self.spec.training.seq_len, path=d.path, train=d.train, val=d.val,
-                                     verify=self.info.is_main)
+                                     verify=self.info.is_main, checksum=d.checksum)
 
     # ------------------------------------------------------------------ pieces
     def autocast(self):

@@ -213,6 +213,7 @@ class DataSpec:
     path: str | None = None  # stdlib: the corpus directory
     train: str | None = None  # bin: glob of training shards
     val: str | None = None  # bin: glob of validation shards
+    checksum: str | None = None  # bin: the shards' content checksum (a prepared corpus's manifest); checked at start
 
 
 @dataclass
@@ -344,7 +345,7 @@ class RunSpec:
         if ev.at_steps:
             ev.at_steps = sorted(set(ev.at_steps))
 
-        da = c.section(d, "data", {"kind", "path", "train", "val"})
+        da = c.section(d, "data", {"kind", "path", "train", "val", "checksum"})
         kind = c.get(da, "data.kind", "choice", choices=DATA_KINDS) if da else None
         data = DataSpec(kind=kind or "")
         if kind == "stdlib":
@@ -357,6 +358,12 @@ class RunSpec:
             data.val = c.get(da, "data.val", "str")
             if "path" in da:
                 c.bad("data.path", da["path"], "only for data.kind 'stdlib' (bin uses data.train and data.val)")
+            data.checksum = c.get(da, "data.checksum", "str", None)
+            if data.checksum is not None and not (len(data.checksum) == 64 and
+                                                  all(ch in "0123456789abcdef" for ch in data.checksum)):
+                c.bad("data.checksum", data.checksum, "64 lowercase hex digits (the manifest's content_checksum)")
+        if kind == "stdlib" and "checksum" in da:
+            c.bad("data.checksum", da["checksum"], "only for data.kind 'bin' (the stdlib corpus checks its own)")
 
         ck = c.section(d, "checkpoint", {"every", "keep"}, required=False)
         checkpoint = CheckpointSpec(every=c.get(ck, "checkpoint.every", "int", 0, lo=0),
@@ -401,6 +408,8 @@ class RunSpec:
             data["path"] = self.data.path
         else:
             data.update(train=self.data.train, val=self.data.val)
+            if self.data.checksum is not None:  # only when given: specs without it keep their fingerprints
+                data["checksum"] = self.data.checksum
         w = {"mode": self.wandb.mode, "project": self.wandb.project, "group": self.wandb.group,
              "tags": list(self.wandb.tags), "dir": self.wandb.dir}
         if self.wandb.entity is not None:
