@@ -23,6 +23,7 @@ configfile: "config/config.yaml"
 
 from study import Plan, PlanError, StudyFileError, launcher, load_study, read_selection
 from study.launch import torchrun_executable
+from study.spec import text_data_dir
 
 # Every config error is reported here, in one line per problem, before any job is built or submitted.
 try:
@@ -32,6 +33,7 @@ try:
     RESULTS = f"results/{STUDY_NAME}{'-tiny' if TINY else ''}"
     LOGS = f"logs/{STUDY_NAME}{'-tiny' if TINY else ''}"
     PLAN = Plan(STUDY, code_root=workflow.basedir, results=RESULTS)
+    TEXT_DATA_DIR = text_data_dir(STUDY) if STUDY["data"]["kind"] == "text" else None
 except (StudyFileError, PlanError) as err:
     raise WorkflowError(str(err)) from None
 
@@ -44,6 +46,12 @@ TORCHRUN = "torchrun" if USE_CONDA else torchrun_executable()
 
 
 include: "rules/common.smk"
+
+
+if TEXT_DATA_DIR:
+    PLAN.text_data_source = text_data_spec
+
+
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/analysis.smk"

@@ -98,8 +98,34 @@ def train_data(wildcards):
     data = STUDY["data"]
     if data["kind"] == "stdlib":
         return rules.stdlib_corpus.output
+    if data["kind"] == "text":  # the data stage's manifest (the spec needs its checksum: a checkpoint)
+        return checkpoints.prepare_text.get().output.manifest
     # User shards: required to exist before submission, but their mtime never re-runs a study.
     return [ancient(f) for pattern in (data["train"], data["val"]) for f in sorted(glob(pattern))]
+
+
+def text_data_spec():
+    """The run spec's data section of the prepared text corpus (read from its manifest)."""
+    from trainer.textprep import spec_data
+
+    return spec_data(checkpoints.prepare_text.get().output.manifest)
+
+
+def text_inputs(wildcards):
+    """The files the data stage reads (their mtime re-runs it); the embedded corpus has none."""
+    patterns = STUDY["data"]["inputs"]
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    return sorted({f for p in patterns if not p.startswith("stdlib") for f in glob(p)})
+
+
+def text_prep_args():
+    from trainer.textprep import cli_args, prep_config
+
+    args = cli_args(prep_config({k: v for k, v in STUDY["data"].items() if k != "name"}, TEXT_DATA_DIR))
+    # --workers comes from the rule's threads
+    i = args.index("--workers")
+    del args[i : i + 2]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def run_resources(wildcards):

@@ -21,3 +21,26 @@ rule stdlib_corpus:
         "../envs/train.yaml"
     shell:
         "{params.env} {params.python} workflow/scripts/build_corpus.py --out-dir results/data/stdlib > {log:q} 2>&1"
+
+
+if TEXT_DATA_DIR:
+
+    checkpoint prepare_text:
+        # The study's own text (data.kind text) tokenized into shards and a manifest with their content
+        # checksum (docs/data.md). A checkpoint: the runs' specs carry that checksum, known once this ran.
+        input:
+            text_inputs,
+        output:
+            manifest=f"{TEXT_DATA_DIR}/manifest.json",
+        log:
+            "logs/data/prepare_text.log",
+        params:
+            env=script_env,
+            python=UntrackedArgument(shlex.quote(PYTHON)),
+            args=lambda w: UntrackedArgument(text_prep_args()),
+        threads: 2
+        conda:
+            "../envs/train.yaml"
+        shell:
+            "{params.env} {params.python} workflow/scripts/prepare_text.py {params.args} --workers {threads}"
+            " > {log:q} 2>&1"

@@ -19,7 +19,7 @@ import jsonschema
 
 from study.config_errors import NUMBER_LIKE, describe
 from study.load import non_finite_numbers
-from study.spec import eval_at_steps, load_file_module
+from study.spec import eval_at_steps, load_file_module, text_data_dir
 
 SELECTED = "selected"
 PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -115,6 +115,7 @@ class _Checks:
         self.args = load_file_module(root, "optim/arguments.py")
         self.gate_kinds = load_file_module(root, "analysis/gate_kinds.py")
         self.trainer_spec = load_file_module(root, "trainer/spec.py")
+        self.tokenizer_vocab: int | None = None  # text data: the tokenizer's vocabulary size
 
     def bad(self, msg: str) -> None:
         self.problems.append(msg)
@@ -228,6 +229,27 @@ class _Checks:
             for key in ("train", "val"):
                 if not glob.glob(d[key]):
                     self.bad(f"data.{key}: {d[key]!r} matches no file (relative to {os.getcwd()})")
+        if d["kind"] != "text":
+            for key in sorted(set(d) - {"kind", "train", "val"}):
+                self.bad(f"data.{key}: only for data.kind text")
+            return
+        from trainer.textprep import DataError, prep_config
+        from trainer.tokenizer import TokenizerError, check_vocab_fits, model_vocab_size, tokenizer_vocab_size
+
+        try:
+            prep_config({k: v for k, v in d.items() if k != "name"}, text_data_dir(self.c))
+            self.tokenizer_vocab = tokenizer_vocab_size(d["tokenizer"])
+        except (DataError, TokenizerError) as e:
+            self.bad(str(e))
+            return
+        for name, m in self.c["models"].items():
+            try:
+                if m["arch"].startswith("hf:") and Path(m["arch"][3:]).is_dir():
+                    check_vocab_fits(self.tokenizer_vocab, model_vocab_size(m["arch"]), f"models.{name} ({m['arch']})")
+                elif "vocab_size" in m:
+                    check_vocab_fits(self.tokenizer_vocab, m["vocab_size"], f"models.{name}.vocab_size")
+            except TokenizerError as e:
+                self.bad(f"data.tokenizer: {e}")
 
     # -- phases ------------------------------------------------------------------------------------
     def evaluated_steps(self, model: str) -> set[int]:
@@ -363,8 +385,8 @@ class _Checks:
                 self.bad(f"{gwhere}: kind reaches_target_sooner needs a scratch pair ({where}.scratch)")
 
 
-def check(config: dict, root: Path) -> None:
-    """PlanError listing every problem of the study, or nothing."""
+def check(config: dict, root: Path) -> dict:
+    """PlanError listing every problem of the study, or what the checks learned ({"tokenizer_vocab"})."""
     problems = non_finite_numbers(config)
     if not problems:
         problems = schema_problems(config, root)
@@ -382,3 +404,4 @@ def check(config: dict, root: Path) -> None:
                 problems = [str(e)]
     if problems:
         raise PlanError("invalid study:\n  - " + "\n  - ".join(problems))
+    return {"tokenizer_vocab": c.tokenizer_vocab}

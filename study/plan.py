@@ -85,7 +85,9 @@ class Plan:
         # Where optim/, trainer/ and analysis/ declarations are read: the workflow's own copy of the code.
         self.root = Path(code_root) if code_root else Path(__file__).resolve().parent.parent
         self.versions = load_code_versions(self.root)
-        check(config, self.root)
+        self.tokenizer_vocab = check(config, self.root)["tokenizer_vocab"]
+        # kind text: the prepared corpus's data section, known once the data stage ran (the Snakefile sets this)
+        self.text_data_source = None
         self.results = results.rstrip("/")
         self.variants = variant_table(config)  # label -> (param, value)
         self._specs: dict[Run, dict] = {}
@@ -215,7 +217,8 @@ class Plan:
 
     def spec(self, run: Run) -> dict:
         if run not in self._specs:
-            self._specs[run] = build_spec(self.config, run, self.versions)
+            text = self.text_data_source() if self.config["data"]["kind"] == "text" else None
+            self._specs[run] = build_spec(self.config, run, self.versions, self.root, text, self.tokenizer_vocab)
         return self._specs[run]
 
     def fingerprint(self, run: Run) -> str:

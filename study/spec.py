@@ -80,14 +80,38 @@ def arm_settings(config: dict, arm: str, swept: tuple = (), class_args: dict | N
     return out
 
 
-def data_settings(config: dict) -> dict:
+def data_settings(config: dict, text_data: dict | None = None) -> dict:
+    """The run spec's data section; for kind text, the prepared shards' section (with their checksum)."""
     d = config["data"]
     if d["kind"] == "stdlib":
         return {"kind": "stdlib", "path": STDLIB_CORPUS_DIR}
+    if d["kind"] == "text":
+        if text_data is None:
+            raise ValueError("data.kind text: the prepared corpus's data section is needed (the data stage runs first)")
+        return dict(text_data)
     return {"kind": "bin", "train": d["train"], "val": d["val"]}
 
 
-def build_spec(config: dict, run, versions: dict | None = None, root: str | Path = ROOT) -> dict:
+def text_data_dir(config: dict) -> str:
+    """Where the data stage writes a study's text corpus: data.name, else a hash of what makes it."""
+    d = config["data"]
+    name = d.get("name") or "text-" + hashlib.sha256(canonical_json(
+        {k: v for k, v in d.items() if k != "name"}).encode()).hexdigest()[:10]
+    return f"results/data/{name}"
+
+
+def model_vocab(config: dict, model: str, tokenizer_vocab: int | None) -> int | None:
+    """A preset's vocabulary: the model's own setting, else (text data) the tokenizer's, rounded up to 64."""
+    m = config["models"][model]
+    if "vocab_size" in m:
+        return m["vocab_size"]
+    if tokenizer_vocab is not None and not m["arch"].startswith("hf:"):
+        return -(-tokenizer_vocab // 64) * 64
+    return None
+
+
+def build_spec(config: dict, run, versions: dict | None = None, root: str | Path = ROOT,
+               text_data: dict | None = None, tokenizer_vocab: int | None = None) -> dict:
     m = config["models"][run.model]
     t = config["training_defaults"]
     cls = config["arms"][run.arm]["class"]
@@ -96,6 +120,9 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
     steps = m["steps"]
     muon = dict(sorted(settings["muon"].items()))
     model = {"name": run.model, "arch": m["arch"]}
+    vocab = model_vocab(config, run.model, tokenizer_vocab)
+    if vocab is not None:
+        model["vocab_size"] = vocab
     options = {**m.get("options", {}), **settings["model"]}
     if options:
         model["options"] = dict(sorted(options.items()))
@@ -124,7 +151,7 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
             "at_steps": sorted(eval_at_steps(config, run.model)),
             "target_losses": list(t.get("target_losses", [])),
         },
-        "data": data_settings(config),
+        "data": data_settings(config, text_data),
         "checkpoint": {"every": t.get("checkpoint_every", 100), "keep": t.get("keep_checkpoints", False)},
         "wandb": {
             "mode": config["wandb"]["mode"],
