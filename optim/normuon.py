@@ -28,15 +28,16 @@ STATE_KEY = "normuon_second_moment"
 
 def normuon_scale(V: Tensor, buf: Tensor, beta2: float) -> Tensor:
     """One NorMuon normalization of a stack V (B, r, c); updates buf (B, r, 1) or (B, 1, c) in place.
-    Returns V' in float32."""
-    V = V.float()
+    Returns V' in float32. Both Frobenius norms come from the per-vector means (as modded-nanogpt computes
+    them), so V is read twice: once for the means, once for the scaling."""
     red = -1 if V.size(-2) >= V.size(-1) else -2
-    m = V.square().mean(dim=red, keepdim=True)
+    n = V.size(red)
+    m = torch.linalg.vector_norm(V, dim=red, keepdim=True, dtype=torch.float32).square_().div_(n)
     buf.lerp_(m, 1 - beta2)
-    out = V * buf.clamp_min(1e-10).rsqrt()
-    before = torch.linalg.vector_norm(V, dim=(-2, -1), keepdim=True)
-    after = torch.linalg.vector_norm(out, dim=(-2, -1), keepdim=True)
-    return out.mul_(before / after.clamp_min(1e-10))
+    step = buf.clamp_min(1e-10).rsqrt()
+    before = m.sum(dim=(-2, -1), keepdim=True)  # ||V||_F^2 / n
+    after = (m * step.square()).sum(dim=(-2, -1), keepdim=True)  # ||V * step||_F^2 / n
+    return V * (step * (before / after.clamp_min(1e-20 / n)).sqrt())
 
 
 class NorMuon(Muon):

@@ -27,8 +27,10 @@ import torch
 from torch import Tensor
 
 UPDATES = ("euclidean", "geodesic", "geodesic_scaled")
-# |t| below this fraction of |d| counts as "u parallel to w": no direction to move in (float32 noise).
-TANGENT_FLOOR = 1e-6
+# |t| below this fraction of |u| counts as "u parallel to w": no direction to move in. In float32, |t| from
+# the dot products (geodesic_update_) carries an error of about 6e-4 |u|, so the floor sits above it; the
+# vectors it stops move by at most lr * 1e-3 |u| with theta = lr * |t|.
+TANGENT_FLOOR = 1e-3
 
 
 def check_options(cls: str, update, cautious_wd, weight_decay) -> None:
@@ -81,11 +83,32 @@ def replaces_update(opt) -> bool:
     return opt.update != "euclidean" or opt.cautious_wd
 
 
+def geodesic_update_(W: Tensor, O: Tensor, lr: float, ratio: float, dim: int, scaled: bool) -> None:
+    """In place: W <- geodesic_step(W, ratio * O, lr, dim, scaled), W float32 (a stack), O any float dtype.
+
+    Written as one linear combination per vector, W <- a W + b O, with a and b from three dot products
+    (W.W, W.O, O.O), so that it costs a few passes over memory (the optimizer's path; geodesic_step is the
+    readable reference it is tested against). With r = ||w||, wu = w.u, t = -u + (wu / r^2) w:
+        ||t||^2 = ||u||^2 - wu^2 / r^2,   W_new = cos(theta) W + (r sin(theta) / ||t||) t.
+    """
+    ww = torch.linalg.vector_norm(W, dim=dim, keepdim=True, dtype=torch.float32).square_()
+    uu = torch.linalg.vector_norm(O, dim=dim, keepdim=True, dtype=torch.float32).square_().mul_(ratio * ratio)
+    wu = (W * O).sum(dim=dim, keepdim=True, dtype=torch.float32).mul_(ratio)
+    tn = (uu - wu.square() / ww).clamp_min_(0.0).sqrt_()
+    moving = tn > TANGENT_FLOOR * uu.sqrt()
+    theta = tn * lr if scaled else torch.full_like(tn, lr)
+    theta = torch.where(moving, theta, torch.zeros_like(theta))
+    k = ww.sqrt() * torch.sin(theta) / torch.where(moving, tn, torch.ones_like(tn))
+    a = torch.cos(theta) + k * wu / ww
+    W.mul_(a).addcmul_(O, k.mul_(-ratio))
+
+
 @torch.no_grad()
 def apply_update(opt, bucket, group: dict, O: Tensor, ctx, stats) -> None:
     """The update and the statistics of one bucket, for Muon._step_bucket when replaces_update(opt).
 
     Keeps Muon's statistics (update_sq, count, noised, grad_sq, numel, eps_sum) exactly as its plain path does.
+    The arithmetic is float32 (W of the bucket stacked, per axis of its unit vectors for the geodesic).
     """
     from .muon import adjust_ratio
 
@@ -95,28 +118,22 @@ def apply_update(opt, bucket, group: dict, O: Tensor, ctx, stats) -> None:
     ratio = adjust_ratio(group["adjust_lr_fn"], r, c)
     stats.update_sq.append(torch.linalg.vector_norm(O, dtype=torch.float32).square() * ratio**2)
     views = [p.view(r, c) for p in bucket.params]
-    W = torch.stack(views).float()
-    U = O.float() * ratio
-    if wd != 0:
-        if opt.cautious_wd:
-            W.mul_(1 - (lr * wd) * cautious_mask(U, W).float())
-        else:
-            W.mul_(1 - lr * wd)
-    if opt.update == "euclidean":
-        W.add_(U, alpha=-lr)
-    else:
-        dims = [opt.sphere_dim_of(p) for p in bucket.params]
-        for dim in sorted(set(dims)):
-            idx = [i for i, x in enumerate(dims) if x == dim]
-            sel = torch.tensor(idx, device=W.device) if len(idx) < n else None
-            Wd = W if sel is None else W.index_select(0, sel)
-            Ud = U if sel is None else U.index_select(0, sel)
-            new = geodesic_step(Wd, Ud, lr, dim + 1, opt.update == "geodesic_scaled")
-            if sel is None:
-                W = new
+    groups: dict = {}  # the unit vectors' dim -> bucket positions (one group for the euclidean step)
+    for i, p in enumerate(bucket.params):
+        groups.setdefault(None if opt.update == "euclidean" else opt.sphere_dim_of(p), []).append(i)
+    for dim, idx in groups.items():
+        Og = O if len(idx) == n else O[idx]
+        W = torch.stack([views[i] for i in idx]).float()
+        if wd != 0:
+            if opt.cautious_wd:
+                W.mul_(torch.where(cautious_mask(Og, W), 1.0 - lr * wd, 1.0))
             else:
-                W.index_copy_(0, sel, new)
-    torch._foreach_copy_(views, list(W.to(views[0].dtype).unbind(0)))
+                W.mul_(1.0 - lr * wd)
+        if dim is None:
+            W.add_(Og, alpha=-lr * ratio)
+        else:
+            geodesic_update_(W, Og, lr, ratio, dim + 1, opt.update == "geodesic_scaled")
+        torch._foreach_copy_([views[i] for i in idx], list(W.to(views[0].dtype).unbind(0)))
 
     stats.count += n
     stats.noised += len(ctx.noised)
