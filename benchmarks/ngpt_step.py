@@ -10,7 +10,7 @@ gpt-124m: the per-FLOP ratio (model TFLOP/s) is reported beside the raw one.
 
 Part 2, `costs`: the Muon-family step over ngpt-124m's block matrices (Gaussian gradients, rank check
 off) and, as a share of the plain Muon step: the projection of all weights onto the sphere
-(model.normalize_weights, eager and torch.compile'd), the geodesic updates (theta = lr and lr*||t||) and
+(model.normalize_weights; with --compile-projection also torch.compile'd), the geodesic updates (theta = lr and lr*||t||) and
 NorMuon (extra time over Muon), cautious decay for information. Target: each <= 15% of the Muon step.
 Timing by CUDA events, median over the iterations after warm-up.
 
@@ -197,7 +197,7 @@ def costs(a, info, out: dict, save) -> None:
     for label, fn in (("projection", model.normalize_weights), ("projection_compiled", None)):
         try:
             if fn is None:
-                if dev.type != "cuda":
+                if dev.type != "cuda" or not a.compile_projection:
                     continue
                 fn = torch.compile(model.normalize_weights)
             ms = run(fn, a.cost_warmup + (3 if label.endswith("compiled") else 0), a.cost_iters)
@@ -236,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--parts", default="throughput,costs")
+    p.add_argument("--compile-projection", action="store_true",
+                   help="also time a torch.compile'd projection (CUDA; its compile takes a minute)")
     p.add_argument("--data", default=None, help="stdlib corpus dir (built if missing; default a temporary dir)")
     p.add_argument("--out", default=None, help="JSON result file")
     p.add_argument("--smoke", action="store_true", help="tiny presets on the CPU, a few steps: checks the script")
