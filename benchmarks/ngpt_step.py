@@ -10,8 +10,9 @@ gpt-124m: the per-FLOP ratio (model TFLOP/s) is reported beside the raw one.
 
 Part 2, `costs`: the Muon-family step over ngpt-124m's block matrices (Gaussian gradients, rank check
 off) and, as a share of the plain Muon step: the projection of all weights onto the sphere
-(model.normalize_weights; with --compile-projection also torch.compile'd), the geodesic updates (theta = lr and lr*||t||) and
-NorMuon (extra time over Muon), cautious decay for information. Target: each <= 15% of the Muon step.
+(model.normalize_weights; with --compile-projection also torch.compile'd), the geodesic updates
+(theta = lr and lr*||t||) and NorMuon (extra time over Muon), cautious decay and Polar Express for
+information. Target: each <= 15% of the Muon step.
 Timing by CUDA events, median over the iterations after warm-up.
 
     python3 benchmarks/ngpt_step.py --out $OUT/ngpt_step.json          # CUDA, about 2-3 minutes on an H100
@@ -123,7 +124,8 @@ def throughput(a, info, corpus: str, out: dict, save) -> None:
                 print(f"{'ngpt_every7':<12} {arch:<10} {r7['tokens_per_s']:>12,.0f} tok/s  "
                       f"{r7['step_ms_mean']:8.1f} ms/step", flush=True)
         except Exception as e:
-            res[label] = {"arch": arch, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+            res[label] = {"arch": arch, "error": f"{type(e).__name__}: {e}",
+                          "traceback": traceback.format_exc()[-4000:]}
             print(f"{label}: {res[label]['error']}", flush=True)
         finally:
             sess = None
@@ -222,7 +224,8 @@ def costs(a, info, out: dict, save) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="nGPT step: tokens/s vs the GPT preset, cost of projection/geodesic/NorMuon")
+    p = argparse.ArgumentParser(description="nGPT step: tokens/s vs the GPT preset, and the cost of "
+                                            "projection, geodesic and NorMuon")
     p.add_argument("--ngpt", default="ngpt-124m")
     p.add_argument("--gpt", default="gpt-124m")
     p.add_argument("--seq-len", type=int, default=1024)
