@@ -1,12 +1,15 @@
 """The Muon family of optimizers (pure PyTorch). See docs/optim.md."""
 
+from .adamw import AdamW
 from .factory import DEFAULT_ADAMW_PATTERNS, OPTIMIZERS, MuonWithAdamW, build_optimizer, split_parameters
 from .muon import DIAGNOSTIC_KEYS, Muon
 from .nolah import MuonNOLAH
+from .normuon import NorMuon
 from .orthonoise import MuonIsotropic, MuonOrthoNoise
 from .versions import ALGORITHM_VERSIONS
 
 __all__ = [
+    "AdamW",
     "ALGORITHM_VERSIONS",
     "DEFAULT_ADAMW_PATTERNS",
     "DIAGNOSTIC_KEYS",
@@ -16,6 +19,7 @@ __all__ = [
     "MuonNOLAH",
     "MuonOrthoNoise",
     "MuonWithAdamW",
+    "NorMuon",
     "build_optimizer",
     "split_parameters",
 ]

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .adamw import AdamW
 from .muon import DIAGNOSTIC_KEYS, Muon
 from .nolah import MuonNOLAH
+from .normuon import NorMuon
 from .orthonoise import MuonIsotropic, MuonOrthoNoise
 from .versions import ALGORITHM_VERSIONS
 
 DEFAULT_ADAMW_PATTERNS = ("embed", "wte", "wpe", "lm_head", "head", "norm", "ln", "bias", "gain")
-OPTIMIZERS = {c.__name__: c for c in (Muon, MuonOrthoNoise, MuonIsotropic, MuonNOLAH)}
+OPTIMIZERS = {c.__name__: c for c in (Muon, MuonOrthoNoise, MuonIsotropic, MuonNOLAH, NorMuon, AdamW)}
 ADAMW_KWARGS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach", "capturable", "maximize")
 
 
@@ -118,6 +120,8 @@ class MuonWithAdamW:
 
 
 def _allowed_kwargs(cls) -> list[str]:
+    if not getattr(cls, "takes_muon_kwargs", True):  # the AdamW arm: its settings are optimizer.adamw
+        return []
     names = []
     for klass in cls.__mro__:
         if klass is torch.optim.Optimizer or klass is object:
@@ -140,7 +144,9 @@ def build_optimizer(
 
     muon_kwargs go to the Muon-family class (its `seed` is `seed`); adamw_kwargs to torch.optim.AdamW
     (lists are turned into tuples; fused=True when every AdamW parameter is a floating CUDA tensor,
-    unless adamw_kwargs says otherwise).
+    unless adamw_kwargs says otherwise). cls="AdamW": every parameter to AdamW, muon_kwargs must be empty.
+    A model with `sphere_dims()` (nGPT) tells the Muon-family optimizer along which dim each matrix is
+    normalized (its geodesic updates need it).
     """
     if cls not in OPTIMIZERS:
         raise ValueError(f"cls={cls!r} is not allowed; use one of {list(OPTIMIZERS)}")
@@ -150,6 +156,11 @@ def build_optimizer(
     if "seed" in muon_kwargs and muon_kwargs["seed"] != seed:
         raise ValueError(f"muon_kwargs['seed']={muon_kwargs['seed']!r} differs from seed={seed!r}")
     muon_kwargs["seed"] = seed
+    if klass is AdamW:
+        muon_kwargs.pop("seed")
+        if muon_kwargs:
+            raise ValueError(f"AdamW: takes no Muon-family settings (got {sorted(muon_kwargs)}); every parameter "
+                             f"goes to AdamW, whose settings are adamw_kwargs (optimizer.adamw)")
     allowed = _allowed_kwargs(klass)
     unknown = sorted(set(muon_kwargs) - set(allowed))
     if unknown:
@@ -161,10 +172,17 @@ def build_optimizer(
         if isinstance(v, list):
             adamw_kwargs[k] = tuple(v)
 
-    muon_named, adamw_named = split_parameters(model, adamw_patterns)
+    if klass is AdamW:
+        muon_named, adamw_named = [], [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    else:
+        muon_named, adamw_named = split_parameters(model, adamw_patterns)
     assignment = {"muon": [n for n, _ in muon_named], "adamw": [n for n, _ in adamw_named]}
-    if muon_named:
+    if klass is AdamW:
+        muon = None
+    elif muon_named:
         muon = klass([p for _, p in muon_named], **muon_kwargs)
+        dims = model.sphere_dims() if callable(getattr(model, "sphere_dims", None)) else {}
+        muon.set_sphere_dims({p: dims[n] for n, p in muon_named if n in dims})
     else:  # still check the settings, so that a bad config fails here and not at the next model
         klass([nn.Parameter(torch.zeros(2, 2))], **muon_kwargs)
         muon = None
@@ -174,7 +192,7 @@ def build_optimizer(
         if "fused" not in adamw_kwargs and "foreach" not in adamw_kwargs:
             if all(p.is_cuda and p.is_floating_point() for p in ps):
                 adamw_kwargs["fused"] = True
-        adamw = torch.optim.AdamW(ps, **adamw_kwargs)
+        adamw = AdamW(ps, **adamw_kwargs)
     return MuonWithAdamW(muon, adamw, assignment)
 
 

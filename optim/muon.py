@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize
 from .rank import effective_rank
+from .sphere import apply_update, check_options, replaces_update
 from .versions import ALGORITHM_VERSIONS
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
@@ -90,6 +91,10 @@ class Muon(torch.optim.Optimizer):
         momentum: EMA coefficient of the momentum buffer (0.95).
         nesterov: use lerp(g, B, momentum) instead of B (True).
         weight_decay: decoupled, W *= 1 - lr * weight_decay (0.0).
+        cautious_wd: decay only where update and weight agree in sign (optim/sphere.py); needs
+            weight_decay > 0 (False).
+        update: 'euclidean' (W - lr * U), 'geodesic' or 'geodesic_scaled' (on the sphere, per unit vector
+            along the dims given by set_sphere_dims; optim/sphere.py).
         adjust_lr_fn: None or 'original' (sqrt(max(1, rows/cols))), 'match_rms_adamw'
             (0.2 * sqrt(max(rows, cols))), as torch.optim.Muon.
         orthogonalizer: 'newton_schulz' | 'polar_express' | 'svd'.
@@ -113,6 +118,8 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
+        cautious_wd: bool = False,
+        update: str = "euclidean",
         adjust_lr_fn: str | None = None,
         orthogonalizer: str = "newton_schulz",
         ns_steps: int = 5,
@@ -131,6 +138,7 @@ class Muon(torch.optim.Optimizer):
             raise _invalid(name, "nesterov", nesterov, "use True or False")
         if not _is_real(weight_decay) or weight_decay < 0:
             raise _invalid(name, "weight_decay", weight_decay, "use a finite number >= 0")
+        check_options(name, update, cautious_wd, weight_decay)
         if adjust_lr_fn not in ADJUST_LR_FNS:
             raise _invalid(name, "adjust_lr_fn", adjust_lr_fn, f"use one of {list(ADJUST_LR_FNS)}")
         if orthogonalizer not in ORTHOGONALIZERS:
@@ -157,6 +165,8 @@ class Muon(torch.optim.Optimizer):
         self.ns_precision = ns_precision
         self.eps = eps
         self.seed = seed
+        self.update, self.cautious_wd = update, cautious_wd
+        self._sphere_dims: dict[int, int] = {}
         self.rank_every = rank_every
         self.shard_across_ranks = shard_across_ranks
         self.algorithm_version = ALGORITHM_VERSIONS[type(self).__name__]
@@ -213,6 +223,27 @@ class Muon(torch.optim.Optimizer):
     def _perturb(self, updates: Tensor, ctx: BucketContext) -> Tensor:
         """The stack of momentum updates (this rank's rows of the bucket) before orthogonalization."""
         return updates
+
+    def _after_orthogonalize(self, O: Tensor, ctx: BucketContext) -> Tensor:
+        """The whole bucket's orthogonalized updates (all ranks' rows), before the step (NorMuon rescales)."""
+        return O
+
+    def set_sphere_dims(self, dims: dict) -> None:
+        """{parameter: dim its unit vectors run along} (the model's sphere_dims); the geodesic updates need
+        one for every parameter."""
+        self._sphere_dims = {id(p): int(d) for p, d in dims.items()}
+        if self.update != "euclidean":
+            for g in self.param_groups:
+                for p in g["params"]:
+                    self.sphere_dim_of(p)
+
+    def sphere_dim_of(self, p: Tensor) -> int:
+        d = self._sphere_dims.get(id(p))
+        if d is None or p.ndim != 2 or d not in (0, 1):
+            raise ValueError(f"{type(self).__name__}: update={self.update!r} needs every parameter on the sphere "
+                             f"with a dim (0 or 1) along which it is normalized; a parameter of shape "
+                             f"{tuple(p.shape)} has {d!r} (use a model with sphere_dims(), e.g. the nGPT presets)")
+        return d
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -308,12 +339,15 @@ class Muon(torch.optim.Optimizer):
         else:
             O = torch.zeros((0, r, c), device=bucket.params[0].device, dtype=PRECISIONS[self.ns_precision])
         O = self._gather(O, per, n, world)
+        O = self._after_orthogonalize(O, ctx)
         if ctx.persist:
             delta = ctx.buffer_delta
             if delta is None:
                 delta = torch.zeros((len(rows), r, c), device=O.device, dtype=torch.float32)
             delta = self._gather(delta.to(ctx.bufs[0].dtype), per, n, world)
             torch._foreach_add_(ctx.bufs, list(delta.unbind(0)))
+        if replaces_update(self):  # geodesic step or cautious decay: optim/sphere.py, with the statistics
+            return apply_update(self, bucket, group, O, ctx, stats)
 
         lr, wd = group["lr"], group["weight_decay"]
         ratio = adjust_ratio(group["adjust_lr_fn"], r, c)

@@ -12,4 +12,6 @@ ALGORITHM_VERSIONS = {
     "MuonOrthoNoise": 1,
     "MuonIsotropic": 1,
     "MuonNOLAH": 1,
+    "NorMuon": 1,  # optim/normuon.py: inherits Muon's step (a change there alters it too)
+    "AdamW": 1,  # optim/adamw.py: torch.optim.AdamW for every parameter
 }

@@ -32,6 +32,7 @@ from trainer import checkpoint as ckpt
 from trainer import data as data_mod
 from trainer import distributed as dist_mod
 from trainer.model import build_model
+from trainer.ngpt import sphere_projection
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
 from trainer.spec import RunSpec, SpecError
 from trainer.tracking import Tracker, TrackingError, wandb_available
@@ -174,7 +175,7 @@ class Session:
         np.random.seed(spec.seed % 2**32)
         random.seed(spec.seed)
         m = spec.model
-        model = build_model(m.arch, m.vocab_size, m.tie_embeddings)
+        model = build_model(m.arch, m.vocab_size, m.tie_embeddings, m.options)
         if t.seq_len > model.block_size:
             raise SpecError([("training.seq_len", t.seq_len, f"at most the model's block size ({model.block_size})")])
         if self.data.vocab_hint is not None and self.data.vocab_hint > model.vocab_size:
@@ -197,6 +198,7 @@ class Session:
             raise SpecError([("optimizer", {"class": o.cls, "muon": o.muon, "adamw": o.adamw}, str(e))]) from None
         for g in self.opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
+        self.projection = sphere_projection(self.model, t.projection_every)  # nGPT only, else None
 
         self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
 
@@ -268,12 +270,15 @@ class Session:
         self.opt.step()
         if ev is not None:
             ev[1].record()
+        wdev = self.projection.after_step(step0 + 1) if self.projection is not None else None
         self.opt.zero_grad(set_to_none=True)
         red = torch.stack([loss_sum / self.accum,
                            torch.tensor(1.0 if stop_requested else 0.0, device=self.device)])
         dist_mod.all_reduce_sum_(red, self.info)
         loss_v, stop_v, gn_v = torch.cat([red, gn.detach().float().reshape(1)]).tolist()
         diag = self.opt.diagnostics
+        if wdev is not None:  # the device is synced already (tolist above)
+            diag = {**diag, "weight_norm_dev": float(wdev)}
         opt_ms = ev[0].elapsed_time(ev[1]) if ev is not None else None
         return StepResult(loss=loss_v / self.info.world_size, grad_norm=gn_v, stop=stop_v > 0, diag=diag,
                           lr_scale=scale, opt_ms=opt_ms)
@@ -333,9 +338,13 @@ def _summarise(history: list[dict]) -> dict:
         return sum(v) / len(v) if v else None
 
     er_min = vals("eff_rank_min")
-    return {"eff_rank_mean": mean("eff_rank_mean"), "eff_rank_min": min(er_min) if er_min else None,
-            "noise_fraction_mean": mean("noise_fraction"), "eps_mean": mean("eps"),
-            "update_rms_mean": mean("update_rms"), "grad_norm_mean": mean("grad_norm")}
+    out = {"eff_rank_mean": mean("eff_rank_mean"), "eff_rank_min": min(er_min) if er_min else None,
+           "noise_fraction_mean": mean("noise_fraction"), "eps_mean": mean("eps"),
+           "update_rms_mean": mean("update_rms"), "grad_norm_mean": mean("grad_norm")}
+    if vals("weight_norm_dev"):  # nGPT runs: drift of the weight norms before each projection
+        out["weight_norm_dev_mean"] = mean("weight_norm_dev")
+        out["weight_norm_dev_max"] = max(vals("weight_norm_dev"))
+    return out
 
 
 def _num(x) -> float | None:
@@ -469,7 +478,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                    "grad_norm": r.grad_norm, "update_rms": _num(d.get("update_rms")),
                    "eff_rank_mean": _num(d.get("eff_rank_mean")), "eff_rank_min": _num(d.get("eff_rank_min")),
                    "noise_fraction": _num(d.get("noise_fraction")), "eps": _num(d.get("eps_mean")),
-                   "tokens_per_s": tps}
+                   "tokens_per_s": tps, "weight_norm_dev": _num(d.get("weight_norm_dev"))}
             if ref_loss is None and math.isfinite(r.loss):
                 ref_loss = r.loss
             bad = not math.isfinite(r.loss) or (ref_loss is not None and r.loss > spec.training.divergence_factor

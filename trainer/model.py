@@ -185,10 +185,17 @@ def preset_config(arch: str, vocab_size: int | None = None, tie_embeddings: bool
     return replace(cfg, tie_embeddings=tie_embeddings)
 
 
-def build_model(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False) -> nn.Module:
-    """A preset GPT or a local Hugging Face causal LM ('hf:<path>'). Every model here has
-    forward(idx, targets) -> mean cross-entropy, .vocab_size, .block_size, .flops_per_token(T),
-    .num_params()."""
+def build_model(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False,
+                options: dict | None = None) -> nn.Module:
+    """A preset GPT, an nGPT preset ('ngpt-*', trainer/ngpt.py; `options` are its model.options) or a local
+    Hugging Face causal LM ('hf:<path>'). Every model here has forward(idx, targets) -> mean cross-entropy,
+    .vocab_size, .block_size, .flops_per_token(T), .num_params()."""
+    if arch.startswith("ngpt-"):
+        from trainer.ngpt import build_ngpt
+
+        return build_ngpt(arch, vocab_size, tie_embeddings, options)
+    if options:
+        raise ModelError(f"model.options {options!r}: only the nGPT presets take options")
     if arch.startswith("hf:"):
         from trainer.hf import HFCausalLM
 

@@ -18,8 +18,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_PRESETS = ("tiny", "gpt-124m", "gpt-350m", "gpt-1b")
-OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH")
+MODEL_PRESETS = ("tiny", "gpt-124m", "gpt-350m", "gpt-1b", "ngpt-tiny", "ngpt-124m", "ngpt-350m")
+NGPT_RESIDUALS = ("reference", "gated")  # nGPT model.options.residual (trainer/ngpt.py)
+OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH", "NorMuon", "AdamW")
 DATA_KINDS = ("stdlib", "bin")
 WANDB_MODES = ("disabled", "offline", "online")
 DEVICES = ("auto", "cpu", "cuda")
@@ -168,6 +169,11 @@ class ModelSpec:
     arch: str
     vocab_size: int | None = None  # presets only: override the preset's vocabulary size
     tie_embeddings: bool = False  # presets only: share the input embedding with the output head
+    options: dict = field(default_factory=dict)  # nGPT presets only: {"residual", "gate_alpha"}, resolved
+
+    @property
+    def is_ngpt(self) -> bool:
+        return self.arch.startswith("ngpt-")
 
     @property
     def is_hf(self) -> bool:
@@ -197,6 +203,7 @@ class TrainingSpec:
     cooldown_frac: float = 0.0
     grad_clip: float = 0.0
     divergence_factor: float = 3.0
+    projection_every: int = 1  # nGPT: put the weights back on the sphere after every k-th optimizer step
 
 
 @dataclass
@@ -269,7 +276,7 @@ class RunSpec:
         run_id = c.get(d, "run_id", "str")
         seed = c.get(d, "seed", "int", lo=0, hi=2**63 - 1)
 
-        m = c.section(d, "model", {"name", "arch", "vocab_size", "tie_embeddings"})
+        m = c.section(d, "model", {"name", "arch", "vocab_size", "tie_embeddings", "options"})
         arch = c.get(m, "model.arch", "str") if m else None
         if arch is not None and arch not in MODEL_PRESETS and not (arch.startswith("hf:") and len(arch) > 3):
             c.bad("model.arch", arch, f"one of {list(MODEL_PRESETS)} or 'hf:<local path>'")
@@ -279,6 +286,7 @@ class RunSpec:
             vocab_size=c.get(m, "model.vocab_size", "int", None, lo=1, hi=65536) if m else None,
             tie_embeddings=c.get(m, "model.tie_embeddings", "bool", False) if m else False,
         )
+        model.options = _model_options(c, m, model) if m else {}
         if model.is_hf and (m.get("vocab_size") is not None or m.get("tie_embeddings")):
             c.bad("model.vocab_size/tie_embeddings", {k: m.get(k) for k in ("vocab_size", "tie_embeddings")},
                   "not settable for hf: models (their config on disk decides)")
@@ -302,6 +310,9 @@ class RunSpec:
         optimizer = OptimizerSpec(arm=(c.get(o, "optimizer.arm", "str", ocls or "") if o else ""),
                                   cls=ocls or "", muon=muon or {}, adamw=adamw or {},
                                   adamw_patterns=patterns or [])
+        if ocls == "AdamW" and muon:
+            c.bad("optimizer.muon", muon, "empty for class AdamW (every parameter goes to AdamW; its settings "
+                                          "are optimizer.adamw)")
 
         alpha_default = muon.get("alpha", 0.0) if isinstance(muon, dict) else 0.0
         alpha = c.get(d, "alpha", "float", alpha_default if _is_num(alpha_default) else 0.0, lo=0)
@@ -314,7 +325,7 @@ class RunSpec:
                                       "what the optimizer uses")
 
         t = c.section(d, "training", {"steps", "global_batch", "micro_batch", "seq_len", "warmup_steps",
-                                      "cooldown_frac", "grad_clip", "divergence_factor"})
+                                      "cooldown_frac", "grad_clip", "divergence_factor", "projection_every"})
         training = TrainingSpec(
             steps=c.get(t, "training.steps", "int", lo=1) if t else None,
             global_batch=c.get(t, "training.global_batch", "int", lo=1) if t else None,
@@ -325,7 +336,11 @@ class RunSpec:
             grad_clip=c.get(t, "training.grad_clip", "float", 0.0, lo=0.0) if t else 0.0,
             divergence_factor=c.get(t, "training.divergence_factor", "float", 3.0, lo=1.0, lo_open=True)
             if t else 3.0,
+            projection_every=c.get(t, "training.projection_every", "int", 1, lo=1) if t else 1,
         )
+        if training.projection_every not in (None, 1) and not model.is_ngpt:
+            c.bad("training.projection_every", training.projection_every,
+                  f"1 for model.arch {model.arch!r} (only the nGPT presets keep weights on the sphere)")
         gb, mb = training.global_batch, training.micro_batch
         if gb is not None and mb is not None and gb % mb != 0:
             c.bad("training.micro_batch", mb, f"a divisor of training.global_batch ({gb})")
@@ -403,6 +418,8 @@ class RunSpec:
         if not self.model.is_hf:
             m["vocab_size"] = self.model.vocab_size
             m["tie_embeddings"] = self.model.tie_embeddings
+        if self.model.is_ngpt:
+            m["options"] = copy.deepcopy(self.model.options)
         data = {"kind": self.data.kind}
         if self.data.kind == "stdlib":
             data["path"] = self.data.path
@@ -444,6 +461,26 @@ class RunSpec:
         d = {k: v for k, v in self.to_dict().items() if k not in ("checkpoint", "wandb", "runtime")}
         d["code_versions"] = code_versions
         return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
+
+
+def _model_options(c: _Checker, m: dict, model: ModelSpec) -> dict:
+    """model.options, resolved: for the nGPT presets {"residual": "reference"} or {"residual": "gated",
+    "gate_alpha": 0.15 unless given}; no other arch takes options."""
+    o = c.get(m, "model.options", "dict", {})
+    if not model.is_ngpt:
+        if o:
+            c.bad("model.options", o, "only for the nGPT presets (ngpt-*)")
+        return {}
+    for k in o:
+        if k not in ("residual", "gate_alpha"):
+            c.bad(f"model.options.{k}", o[k], "an unknown key; allowed keys: ['gate_alpha', 'residual']")
+    residual = c.get(o, "model.options.residual", "choice", "reference", choices=NGPT_RESIDUALS)
+    if residual != "gated":
+        if "gate_alpha" in o:
+            c.bad("model.options.gate_alpha", o["gate_alpha"], "only with model.options.residual 'gated'")
+        return {"residual": "reference"}
+    return {"residual": "gated", "gate_alpha": c.get(o, "model.options.gate_alpha", "float", 0.15, lo=0.0,
+                                                     lo_open=True)}
 
 
 def canonical_json(obj) -> str:
