@@ -16,6 +16,8 @@ MUON = {
     "momentum": "momentum",
     "nesterov": "bool",
     "weight_decay": "nonnegative",
+    "cautious_wd": "bool",
+    "update": ("euclidean", "geodesic", "geodesic_scaled"),
     "adjust_lr_fn": (None, "original", "match_rms_adamw"),
     "orthogonalizer": ("newton_schulz", "polar_express", "svd"),
     "ns_steps": "int>=1",
@@ -42,6 +44,7 @@ OPTIMIZER_ARGUMENTS = {
     "MuonIsotropic": {**MUON, **NOISE},
     "MuonNOLAH": {**MUON, "gating": "bool", "percentile": "fraction", "percentile_scale": "fraction",
                   "sigmoid_projection": "bool"},
+    "NorMuon": {**MUON, "beta2": "momentum"},
 }
 
 ADAMW_ARGUMENTS = {
