@@ -75,7 +75,7 @@ def test_bin_dataset_errors(tmp_path):
     write_shard(tmp_path / "t.bin", np.arange(100))
     with pytest.raises(DataError, match="no files match"):
         open_dataset("bin", 8, train=str(tmp_path / "none_*.bin"), val=str(tmp_path / "t.bin"))
-    with pytest.raises(DataError, match="share files"):
+    with pytest.raises(DataError, match="is the same file as data.train file"):
         open_dataset("bin", 8, train=str(tmp_path / "t.bin"), val=str(tmp_path / "t.bin"))
     with pytest.raises(DataError, match="hold no window of 201 tokens"):
         TokenStream([str(tmp_path / "t.bin")], 201, "data.train")
