@@ -434,7 +434,8 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
             ref_loss, wall_before = state["ref_loss"], state["wall_time_s"]
             timed_tokens, timed_time = state["timed_tokens"], state["timed_time"]
             wandb_id = state.get("wandb_id")
-            log(f"resuming from {ckpt.path_of(ckpt_dir)} at step {start} (world size then {state['world_size']}, "
+            src = ckpt_dir / fallbacks[-1]["fallback"] if fallbacks else ckpt.path_of(ckpt_dir)
+            log(f"resuming from {src} at step {start} (world size then {state['world_size']}, "
                 f"now {info.world_size})")
     resumed = start > 0
     for ev in fallbacks:
