@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_trainer_helpers import build_corpus, env, metrics, tiny_spec, train_cmd, write_spec
+from tests.test_trainer_helpers import (build_corpus, comparable, env, history, metrics, tiny_spec, train_cmd,
+                                        write_spec)
 from trainer import checkpoint as ckpt
+from trainer.distributed import cuda_usable
 from trainer.runlock import LOCK_NAME, RunLock, RunLockError
 
 
@@ -99,8 +101,10 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_sigkill_of_torchrun_ends_its_worker(corpus, tmp_path):
-    sp = write_spec(_long_spec(corpus), tmp_path / "s.json")
+def test_sigkill_of_torchrun_ends_its_worker_and_the_rerun_resumes(corpus, tmp_path):
+    spec = tiny_spec(corpus, training={"steps": 60}, eval={"every": 30, "at_steps": [30, 60]},
+                     checkpoint={"every": 3, "keep": False})
+    sp = write_spec(spec, tmp_path / "s.json")
     out, ck = tmp_path / "out", tmp_path / "ckpt"
     tr = subprocess.Popen(train_cmd(sp, out, ck, nproc=1), env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
@@ -121,3 +125,16 @@ def test_sigkill_of_torchrun_ends_its_worker(corpus, tmp_path):
                 os.kill(pid, signal.SIGKILL)
         if tr.poll() is None:
             tr.kill()
+    assert not (out / "metrics.json").exists()
+    step = ckpt.read(ck / "latest.pt")["step"]
+    # the rerun (lock free again) resumes to the numbers of an uninterrupted run
+    r = subprocess.run(train_cmd(sp, out, ck), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {ck / 'latest.pt'} at step {step}" in r.stderr
+    ref_out = tmp_path / "ref"
+    r0 = subprocess.run(train_cmd(sp, ref_out, tmp_path / "ref_ck"), env=env(), cwd=tmp_path, capture_output=True,
+                        text=True, timeout=180)
+    assert r0.returncode == 0, r0.stderr
+    if not cuda_usable():
+        assert comparable(metrics(out)) == comparable(metrics(ref_out))
+        assert history(out) == history(ref_out)
