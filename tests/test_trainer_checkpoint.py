@@ -76,12 +76,13 @@ def test_a_format1_checkpoint_is_not_loaded_and_not_resumed(tmp_path):
     assert state["format_version"] == 1 and state["resume_key"] != "k" and events == []
 
 
-@pytest.mark.parametrize("damage", ["zero", "cut"])
+@pytest.mark.parametrize("damage", ["zero", "cut", "noise", "plain pickle"])
 def test_unreadable_latest_falls_back_to_previous(tmp_path, damage):
     ckpt.save(tmp_path, {"step": 4})
     ckpt.save(tmp_path, {"step": 8})
     p = tmp_path / "latest.pt"
-    p.write_bytes(b"" if damage == "zero" else p.read_bytes()[:p.stat().st_size // 2])
+    p.write_bytes({"zero": b"", "cut": p.read_bytes()[:p.stat().st_size // 2], "noise": os.urandom(5000),
+                   "plain pickle": pickle.dumps({"step": 8})}[damage])
     state, events = ckpt.load(tmp_path)
     assert state["step"] == 4
     assert len(events) == 1 and events[0]["file"] == "latest.pt" and events[0]["fallback"] == "previous.pt"

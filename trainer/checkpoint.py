@@ -190,9 +190,11 @@ def read(p: Path, map_location="cpu") -> dict:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         names = _globals_in(p)
-        if names and set(names) <= FORMAT1_GLOBALS:  # not resumed (its resume key cannot match); not loaded
+        if not names:  # nothing it asks to import: damaged (a flipped bit), not crafted; still never run
+            raise ValueError(f"not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
+        if set(names) <= FORMAT1_GLOBALS:  # not resumed (its resume key cannot match); not loaded
             return {"format_version": 1, "resume_key": "none: a format-1 checkpoint (an older trainer)"}
-        what = ", ".join(names) if names else str(e).splitlines()[0][:200]
+        what = ", ".join(names)
         raise CheckpointUnsafeError(
             f"checkpoint {p} holds objects other than {PLAIN} ({what}): refusing to load it, since unpickling "
             f"it could run code; nothing of it was executed. The trainer never writes such a file: if you did "
