@@ -7,12 +7,14 @@ import os
 import pickle
 import random
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.test_trainer_helpers import build_corpus, comparable, env, history, metrics, run_train, tiny_spec, train_cmd
+from tests.test_trainer_helpers import (ROOT, build_corpus, comparable, env, history, metrics, run_train, tiny_spec,
+                                        train_cmd)
 from trainer import checkpoint as ckpt
 from trainer.data import write_shard
 
@@ -89,6 +91,33 @@ def test_unreadable_latest_falls_back_to_previous(tmp_path, damage):
     assert not p.exists() and (tmp_path / "latest.pt.bad").exists()  # never rotated into previous.pt
     ckpt.save(tmp_path, {"step": 8})
     assert ckpt.load(tmp_path)[0]["step"] == 8 and ckpt.read(tmp_path / "previous.pt")["step"] == 4
+
+
+_KILLED_SAVE = """
+import os, sys, time, torch
+from trainer import checkpoint as ckpt
+ckpt.save(sys.argv[1], {"step": 1, "w": torch.ones(10)})
+def stuck(fd):  # the second save has written its temporary file; it is killed before the renames
+    print("saving", flush=True)
+    time.sleep(600)
+os.fsync = stuck
+ckpt.save(sys.argv[1], {"step": 2, "w": torch.ones(10)})
+"""
+
+
+def test_a_save_killed_midway_leaves_the_last_checkpoint_and_a_temporary_that_is_cleaned(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                         env=env(PYTHONPATH=str(ROOT)))
+    try:
+        assert p.stdout.readline().strip() == "saving"
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+    leftovers = list(tmp_path.glob(".tmp-latest.pt.*"))
+    assert len(leftovers) == 1 and not (tmp_path / "previous.pt").exists()
+    state, events = ckpt.load(tmp_path)
+    assert state["step"] == 1 and events == []
+    assert ckpt.clean_temporaries(tmp_path) == [leftovers[0].name] and not leftovers[0].exists()
 
 
 # --------------------------------------------------------------------------- real trainer processes
