@@ -165,22 +165,36 @@ def save(ckpt_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def _globals_in(path: Path) -> list[str]:
-    """The importable names a pickle file refers to, found without executing it (torch zip or raw pickle)."""
-    try:
-        if zipfile.is_zipfile(path):
+    """The importable names a pickle file refers to, found without executing it (torch zip or raw pickle;
+    for a raw pickle, what the scan found before any damage)."""
+    if zipfile.is_zipfile(path):
+        try:
             return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-        names, strings = set(), []
+        except Exception:
+            return []
+    names: set[str] = set()
+    stack: list = []  # the last strings pushed, and memo, enough to name a STACK_GLOBAL
+    memo: dict = {}
+    try:
         with open(path, "rb") as f:
             for op, arg, _ in pickletools.genops(f):
                 if op.name in ("GLOBAL", "INST"):
                     names.add(str(arg).replace(" ", "."))
                 elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                    strings.append(str(arg))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.add(f"{strings[-2]}.{strings[-1]}")
-        return sorted(names)
+                    stack.append(str(arg))
+                elif op.name == "MEMOIZE" and stack:
+                    memo[len(memo)] = stack[-1]
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and stack:
+                    memo[arg] = stack[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    stack.append(memo.get(arg))
+                elif op.name == "STACK_GLOBAL":
+                    a, b = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+                    names.add(f"{a}.{b}" if isinstance(a, str) and isinstance(b, str) else
+                              "<a global the scan could not name>")
     except Exception:
-        return []
+        pass
+    return sorted(names)
 
 
 def read(p: Path, map_location="cpu") -> dict:
