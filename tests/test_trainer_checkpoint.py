@@ -38,7 +38,16 @@ def _crafted_torch(path, marker):
     torch.save({"format_version": 2, "model": {"w": torch.ones(2)}, "x": _Payload(marker)}, path)
 
 
-@pytest.mark.parametrize("craft", [_crafted_raw, _crafted_torch])
+def _crafted_memo(path, marker):
+    """Hand-written opcodes: the callable's name reaches STACK_GLOBAL through the memo, not inline."""
+    import struct
+
+    cmd = f"touch {marker}".encode()
+    path.write_bytes(b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94h\x00h\x01\x93X" + struct.pack("<I", len(cmd)) +
+                     cmd + b"\x85R.")
+
+
+@pytest.mark.parametrize("craft", [_crafted_raw, _crafted_torch, _crafted_memo])
 def test_crafted_pickle_is_refused_and_never_runs(tmp_path, craft):
     marker = tmp_path / "PWNED"
     craft(tmp_path / "latest.pt", marker)
