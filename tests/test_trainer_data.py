@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_bin_dataset_errors(tmp_path):
     write_shard(tmp_path / "t.bin", np.arange(100))
     with pytest.raises(DataError, match="no files match"):
         open_dataset("bin", 8, train=str(tmp_path / "none_*.bin"), val=str(tmp_path / "t.bin"))
-    with pytest.raises(DataError, match="share files"):
+    with pytest.raises(DataError, match="is the same file as data.train file"):
         open_dataset("bin", 8, train=str(tmp_path / "t.bin"), val=str(tmp_path / "t.bin"))
     with pytest.raises(DataError, match="hold no window of 201 tokens"):
         TokenStream([str(tmp_path / "t.bin")], 201, "data.train")
@@ -107,3 +108,37 @@ def test_sampling_is_a_function_of_seed_and_step_and_shards_by_rank():
         np.testing.assert_array_equal(np.concatenate(parts), a)
     v = val_indices(64, 5000)
     assert v[0] == 0 and v[-1] == 4999 and np.all(np.diff(v) > 0)
+
+
+@pytest.mark.parametrize("alias", ["symlink", "hardlink", "dotdot", "copy"])
+def test_validation_that_is_training_data_is_refused(tmp_path, alias):
+    """The same file under another name, or the same content in another file (issue 14, item 6)."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    write_shard(tmp_path / "train" / "shard_000.bin", np.arange(500) % 256)
+    write_shard(tmp_path / "train" / "shard_001.bin", np.arange(500, 900) % 256)
+    src, dst = tmp_path / "train" / "shard_001.bin", tmp_path / "val" / "shard_000.bin"
+    val = str(dst)
+    if alias == "symlink":
+        dst.symlink_to(src)
+    elif alias == "hardlink":
+        os.link(src, dst)
+    elif alias == "dotdot":
+        val = str(tmp_path / "val" / ".." / "train" / "shard_001.bin")
+    else:
+        dst.write_bytes(src.read_bytes())
+    want = "has the same content as data.train shard" if alias == "copy" else "is the same file as data.train file"
+    with pytest.raises(DataError, match=want) as ei:
+        open_dataset("bin", 8, train=str(tmp_path / "train" / "shard_*.bin"), val=val)
+    assert str(src) in str(ei.value)
+    # held-out data is fine, and the checksum is of the content, not of the names
+    write_shard(tmp_path / "heldout.bin", np.arange(300) % 7)
+    a = open_dataset("bin", 8, train=str(tmp_path / "train" / "shard_*.bin"), val=str(tmp_path / "heldout.bin"))
+    (tmp_path / "moved").mkdir()
+    for p in (tmp_path / "train").glob("shard_*.bin"):
+        (tmp_path / "moved" / p.name).write_bytes(p.read_bytes())
+    b = open_dataset("bin", 8, train=str(tmp_path / "moved" / "shard_*.bin"), val=str(tmp_path / "heldout.bin"))
+    assert a.checksum == b.checksum and len(a.checksum) == 64
+    write_shard(tmp_path / "moved" / "shard_001.bin", (np.arange(500, 900) + 1) % 256)  # same size, other tokens
+    c = open_dataset("bin", 8, train=str(tmp_path / "moved" / "shard_*.bin"), val=str(tmp_path / "heldout.bin"))
+    assert c.checksum != a.checksum

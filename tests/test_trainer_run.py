@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 METRICS_KEYS = {"status", "diverged_step", "final_val_loss", "best_val_loss", "val_loss_at", "steps_to_loss",
                 "steps_completed", "tokens_per_s", "wall_time_s", "gpu_hours", "world_size", "device", "diagnostics",
-                "wandb", "spec", "fingerprint", "package_version", "git_commit", "versions"}
+                "wandb", "spec", "fingerprint", "package_version", "git_commit", "versions", "record_errors",
+                "checkpoint_fallbacks"}
 DIAG_KEYS = {"eff_rank_mean", "eff_rank_min", "noise_fraction_mean", "eps_mean", "update_rms_mean", "grad_norm_mean"}
 
 

@@ -7,8 +7,10 @@
     python workflow/scripts/train.py --print-example-spec > spec.json
     python workflow/scripts/train.py --spec SPEC.json --check     # validate only
 
-Exit codes: 0 done (status ok or diverged), 75 preempted (checkpoint saved; run again to resume),
-2 a bad spec or input (the message names the field / file), 1 anything else.
+Exit codes: 0 done (status ok or diverged), 75 preempted (SIGTERM, SIGINT or SIGUSR1: checkpoint saved;
+run again to resume), 2 a bad spec or input (the message names the field / file), a run another trainer is
+writing, a checkpoint that is not plain data, or data that changed under a checkpoint; 1 anything else.
+A torchrun worker dies with torchrun (trainer.runlock.die_with_parent).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.runlock import die_with_parent, started_by_torchrun
+
+    if started_by_torchrun():  # first, so that the window in which torchrun can die unnoticed is short
+        die_with_parent()
     args = _parser().parse_args(argv)
     # imports after argparse so that --help is instant
     from trainer.spec import RunSpec, SpecError, apply_overrides, example_spec, load_spec_file
@@ -52,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
               f"sha256 {m['corpus_sha256'][:16]}")
         return 0
 
+    from trainer.checkpoint import CheckpointUnsafeError
     from trainer.data import DataError
     from trainer.distributed import DeviceError
     from trainer.model import ModelError
+    from trainer.runlock import RunLockError
     from trainer.tracking import TrackingError
 
     try:
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.loop import run
 
         return run(spec, args.out_dir, args.checkpoint_dir)
-    except (SpecError, DataError, ModelError, TrackingError, DeviceError, FileNotFoundError) as e:
+    except (SpecError, DataError, ModelError, TrackingError, DeviceError, FileNotFoundError, RunLockError,
+            CheckpointUnsafeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT_CODE
 

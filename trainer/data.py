@@ -282,7 +282,8 @@ class Dataset:
     train: TokenStream
     val: TokenStream
     vocab_hint: int | None  # 256 for the stdlib corpus, None for shards (unknown)
-    checksum: str  # identifies the data: corpus sha256, or a hash of shard names, sizes and headers
+    checksum: str  # identifies the data by content: the corpus sha256, or a hash of every shard's sha256
+    #                (bin: computed where verify, i.e. on rank 0; "" elsewhere)
     description: str
 
 
@@ -293,12 +294,38 @@ def _expand(pattern: str, what: str) -> list[str]:
     return paths
 
 
+def check_disjoint(train: list[str], val: list[str], sums: dict[str, str] | None = None) -> None:
+    """Refuse validation data that is training data: the same file under another name (symlink, hard
+    link, `..`) or, given sums (path -> sha256), the same content in another file."""
+    def ident(p):
+        st = os.stat(p)
+        return st.st_dev, st.st_ino
+
+    seen = {ident(p): p for p in train}
+    for v in val:
+        t = seen.get(ident(v))
+        if t is not None:
+            raise DataError(f"data.val file {v} is the same file as data.train file {t} (real paths "
+                            f"{os.path.realpath(v)} and {os.path.realpath(t)}): validation would score "
+                            f"training data; point data.val at held-out shards")
+    if sums:
+        by_sum = {sums[p]: p for p in train}
+        for v in val:
+            t = by_sum.get(sums[v])
+            if t is not None:
+                raise DataError(f"data.val shard {v} has the same content as data.train shard {t} (sha256 "
+                                f"{sums[v][:16]}...): validation would score training data; point data.val at "
+                                f"held-out shards")
+
+
 def open_dataset(kind: str, seq_len: int, path: str | None = None, train: str | None = None,
                  val: str | None = None, verify: bool = True, checksum: str | None = None) -> Dataset:
     window = seq_len + 1
     if kind == "stdlib":
         manifest = load_stdlib_manifest(path, verify=verify)
         d = Path(path)
+        check_disjoint([str(d / "train.bin")], [str(d / "val.bin")],
+                       {str(d / n): manifest["sha256"][n] for n in ("train.bin", "val.bin")} if verify else None)
         return Dataset(TokenStream([str(d / "train.bin")], window, f"{d}/train.bin"),
                        TokenStream([str(d / "val.bin")], window, f"{d}/val.bin"),
                        STDLIB_VOCAB, manifest["corpus_sha256"],
@@ -306,26 +333,21 @@ def open_dataset(kind: str, seq_len: int, path: str | None = None, train: str | 
                        f"{manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens)")
     if kind == "bin":
         tr, va = _expand(train, "train"), _expand(val, "val")
-        if set(tr) & set(va):
-            raise DataError(f"data.train and data.val share files: {sorted(set(tr) & set(va))[:3]}")
+        check_disjoint(tr, va)
         ts, vs = TokenStream(tr, window, "data.train"), TokenStream(va, window, "data.val")
+        got = ""
+        if verify:  # rank 0: the content of every shard (what a resumed run must find unchanged)
+            sums = {p: _sha256_file(p) for p in dict.fromkeys(tr + va)}
+            check_disjoint(tr, va, sums)
+            got = shards_checksum(tr, va, sums)
         if checksum:  # the spec names the content (a prepared corpus's manifest checksum): check it
-            got = shards_checksum(tr, va) if verify else checksum
-            if got != checksum:
+            if verify and got != checksum:
                 raise DataError(f"data.checksum: the shards matching data.train={train!r} and data.val={val!r} "
                                 f"({len(tr)} + {len(va)} files) have content checksum {got[:16]}..., not the "
                                 f"spec's {checksum[:16]}...: the shards changed since their manifest was written, "
                                 f"or the globs match other files; re-run the data preparation")
-            return Dataset(ts, vs, None, checksum,
-                           f"{len(tr)} train shard(s) ({ts.n_tokens:,} tokens), {len(va)} val shard(s) "
-                           f"({vs.n_tokens:,} tokens), content checksum {checksum[:16]}")
-        h = hashlib.sha256()
-        for p in tr + ["|"] + va:
-            if p == "|":
-                h.update(b"|")
-                continue
-            h.update(f"{os.path.basename(p)}:{os.path.getsize(p)};".encode())
-        return Dataset(ts, vs, None, h.hexdigest(),
+            got = checksum
+        return Dataset(ts, vs, None, got,
                        f"{len(tr)} train shard(s) ({ts.n_tokens:,} tokens), {len(va)} val shard(s) "
                        f"({vs.n_tokens:,} tokens)")
     raise DataError(f"unknown data kind {kind!r}")

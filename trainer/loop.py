@@ -34,6 +34,7 @@ from trainer import distributed as dist_mod
 from trainer.model import build_model
 from trainer.ngpt import sphere_projection
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
+from trainer.runlock import RunLock
 from trainer.spec import RunSpec, SpecError
 from trainer.tracking import Tracker, TrackingError, wandb_available
 from trainer.version import TRAINER_VERSION
@@ -354,6 +355,22 @@ def _num(x) -> float | None:
     return x
 
 
+def _add_events(ckpt_dir: Path, info, log, reset: bool = False, **new) -> dict:
+    """Keep what went wrong (checkpoint fallbacks, lost records) for the run's metrics.json, across restarts."""
+    if not info.is_main:
+        return {k: [] for k in ckpt.EVENT_KEYS}
+    try:
+        return ckpt.add_events(ckpt_dir, reset=reset, **new)
+    except OSError as e:
+        err = {"record": str(ckpt_dir / ckpt.EVENTS_NAME), "error": f"{type(e).__name__}: {e}"}
+        log(f"warning: records lost: cannot write {err['record']} ({err['error']})")
+        ev = ckpt.read_events(ckpt_dir) if not reset else {k: [] for k in ckpt.EVENT_KEYS}
+        for k, v in new.items():
+            ev[k].extend(v)
+        ev["record_errors"].append(err)
+        return ev
+
+
 def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) -> int:
     """Train; write spec.json, history.csv and metrics.json (last) into out_dir. Returns the exit code:
     0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved)."""
@@ -364,7 +381,8 @@ def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) 
             raise TrackingError(f"wandb.mode is {spec.wandb.mode!r} but the wandb package is not installed here; "
                                 f"install it (pip install wandb) or set wandb.mode: disabled in the spec")
         info = dist_mod.setup(spec.runtime.device)
-        return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
+        with RunLock(ckpt_dir) if info.is_main else contextlib.nullcontext():  # one writer per run
+            return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
     finally:
         flag.restore()
         if info is not None:
@@ -381,6 +399,8 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)  # a stale one must not look like this run's result
         write_json(out / "spec.json", spec_dict)
+        for name in ckpt.clean_temporaries(ckpt_dir):  # safe: the run lock is ours
+            log(f"removed {ckpt_dir / name}, left by a save that a kill interrupted")
     t = spec.training
     log(f"run {spec.run_id}: {spec.model.arch} with {spec.optimizer.cls} (arm {spec.optimizer.arm}, alpha "
         f"{fmt_key(spec.alpha)}), seed {spec.seed}, {t.steps} steps, fingerprint {spec.fingerprint}")
@@ -399,16 +419,22 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     key = spec.resume_key(versions)
     start, history, evals = 0, [], {}
     ref_loss, wall_before, timed_tokens, timed_time, wandb_id = None, 0.0, 0, 0.0, None
-    try:
-        state = ckpt.load(ckpt_dir, map_location="cpu")  # RNG states stay CPU tensors; load_state_dict moves
-    except Exception as e:  # unreadable (e.g. written by another torch): never resume from it
-        log(f"checkpoint {ckpt.path_of(ckpt_dir)} cannot be read ({type(e).__name__}: {e}): starting fresh")
-        state = None
+    # RNG states stay CPU tensors; load_state_dict moves. Unreadable files fall back to the one before.
+    state, fallbacks = ckpt.load(ckpt_dir, map_location="cpu", move_bad=info.is_main)
+    for ev in fallbacks:
+        log(f"warning: checkpoint {ckpt_dir / ev['file']} ({ev['size']} bytes) cannot be read ({ev['error']}): "
+            f"falling back to {ev['fallback']}")
     if state is not None:
         if state.get("resume_key") != key:
             log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
                 f"{state.get('resume_key')} != {key}, fingerprint {state.get('fingerprint')} vs {spec.fingerprint}): "
                 f"not resuming; starting fresh")
+        elif info.is_main and state.get("data_checksum") != sess.data.checksum:
+            raise data_mod.DataError(
+                f"the data changed since checkpoint {ckpt_dir} was written at step {state['step']} (data checksum "
+                f"{str(state.get('data_checksum'))[:16]}... then, {sess.data.checksum[:16]}... now; "
+                f"{sess.data.description}): resuming would train on other data. Restore the data, or delete "
+                f"{ckpt_dir} to start this run over")
         else:
             sess.model.load_state_dict(state["model"])
             sess.opt.load_state_dict(state["optimizer"])
@@ -417,8 +443,13 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
             ref_loss, wall_before = state["ref_loss"], state["wall_time_s"]
             timed_tokens, timed_time = state["timed_tokens"], state["timed_time"]
             wandb_id = state.get("wandb_id")
-            log(f"resuming from {ckpt.path_of(ckpt_dir)} at step {start} (world size then {state['world_size']}, "
+            src = ckpt_dir / fallbacks[-1]["fallback"] if fallbacks else ckpt.path_of(ckpt_dir)
+            log(f"resuming from {src} at step {start} (world size then {state['world_size']}, "
                 f"now {info.world_size})")
+    resumed = start > 0
+    for ev in fallbacks:
+        ev["resumed_at_step"] = start
+    _add_events(ckpt_dir, info, log, reset=not resumed, checkpoint_fallbacks=fallbacks)
     del state
 
     tracker = Tracker(spec.wandb, spec.run_id, spec_dict, info.is_main, resume_id=wandb_id, log=log)
@@ -433,7 +464,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                 "rng": ckpt.rng_state(info.device), "history": history, "evals": evals, "ref_loss": ref_loss,
                 "wall_time_s": wall_before + (time.time() - t_process), "timed_tokens": timed_tokens,
                 "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
-                "torch": torch.__version__})
+                "torch": torch.__version__, "data_checksum": sess.data.checksum})
             log(f"checkpoint at step {step} ({reason}): {p}")
         dist_mod.barrier(info)
 
@@ -511,6 +542,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         if info.is_main:
             write_csv(out / "history.csv", HISTORY_COLUMNS, history)
         tracker.finish(exit_code=ckpt.PREEMPTED_EXIT_CODE, preempted=True)
+        _add_events(ckpt_dir, info, log, record_errors=tracker.errors)
         log(f"preempted: exiting with code {ckpt.PREEMPTED_EXIT_CODE} so that the job is retried; the next start "
             f"resumes from the checkpoint")
         return ckpt.PREEMPTED_EXIT_CODE
@@ -545,6 +577,8 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     }
     tracker.summary(metrics)
     tracker.finish(exit_code=0)
+    events = _add_events(ckpt_dir, info, log, record_errors=tracker.errors)
+    metrics.update(events)  # record_errors, checkpoint_fallbacks: of every process of this run
     if spec.checkpoint.keep and status == "ok":
         save_checkpoint(steps_completed, "final (checkpoint.keep)")
     if info.is_main:

@@ -1,0 +1,121 @@
+"""No silent loss of records: wandb failures (a directory that cannot be made, a full disk that cuts its
+transaction log) are warnings in the log and `record_errors` in metrics.json; the run itself goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_trainer_helpers import ROOT, build_corpus, env, metrics, run_train, tiny_spec
+from trainer.spec import WandbSpec
+from trainer.tracking import Tracker, read_transaction_log
+
+pytest.importorskip("wandb")
+
+_WRITE = """
+import json, sys
+from trainer.spec import WandbSpec
+from trainer.tracking import Tracker
+msgs = []
+t = Tracker(WandbSpec(mode="offline", project="p", dir=sys.argv[1]), "r", {"a": 1}, True, log=msgs.append)
+for s in range(40):
+    t.log({"loss": float(s), "x": 1.0 / (s + 1)}, step=s)
+t.finish()
+print(json.dumps({"errors": t.errors, "run_dir": str(t._run_dir), "id": t.id, "n": t.n_logged, "msgs": msgs}))
+"""
+
+
+@pytest.fixture(scope="module")
+def wandb_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wb")
+    r = subprocess.run([sys.executable, "-c", _WRITE, str(d / "wandb")], capture_output=True, text=True, timeout=120,
+                       env=env(PYTHONPATH=str(ROOT), WANDB_MODE="offline"), cwd=d)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["errors"] == [] and info["n"] == 40, info
+    return Path(info["run_dir"]) / f"run-{info['id']}.wandb", info
+
+
+def test_transaction_log_is_read_back(wandb_file):
+    f, _ = wandb_file
+    kinds, problem = read_transaction_log(f)
+    assert problem == "" and kinds["history"] == 40 and kinds["exit"] == 1 and kinds["run"] == 1
+
+
+def test_a_cut_transaction_log_is_a_record_error(wandb_file, tmp_path):
+    f, info = wandb_file
+    run_dir = tmp_path / "offline-run-x"
+    run_dir.mkdir()
+    cut = run_dir / f.name
+    cut.write_bytes(f.read_bytes()[:4096])  # what a full 16 KiB disk left of a 67 KB file
+    kinds, problem = read_transaction_log(cut)
+    assert kinds.get("history", 0) < 40 and "exit" not in kinds and problem.startswith("a cut")
+    msgs = []
+    t = Tracker(WandbSpec(mode="disabled"), "r", {}, True, log=msgs.append)
+    t._run_dir, t.id, t.n_logged = run_dir, info["id"], 40
+    t.verify()
+    [e] = t.errors
+    assert e["record"] == "wandb" and f"holds {kinds.get('history', 0)} of the 40 history rows" in e["error"]
+    assert msgs and msgs[0].startswith("warning: records lost: ")
+    t.errors.clear()
+    cut.unlink()
+    t.verify()
+    assert "is missing" in t.errors[0]["error"]
+
+
+# --------------------------------------------------------------------------- real trainer processes
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("data") / "stdlib")
+
+
+def _wandb_spec(corpus, wdir):
+    return tiny_spec(corpus, training={"steps": 6}, eval={"every": 3, "at_steps": [3, 6]},
+                     wandb={"mode": "offline", "project": "muon-ablations-test", "dir": str(wdir)})
+
+
+@pytest.mark.slow
+def test_wandb_dir_that_cannot_be_made_is_a_warning_and_a_field(corpus, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    r, out, _ = run_train(_wandb_spec(corpus, tmp_path / "a_file" / "wandb"), tmp_path, "nodir", WANDB_MODE="offline")
+    assert r.returncode == 0, r.stderr
+    m = metrics(out)
+    assert m["status"] == "ok" and m["steps_completed"] == 6
+    [e] = m["record_errors"]
+    assert e["record"] == "wandb" and "could not start" in e["error"] and "a_file" in e["error"]
+    assert "warning: records lost: wandb could not start" in r.stderr
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_full_wandb_disk_is_a_warning_and_a_field(corpus, tmp_path):
+    """The fault as found: wandb's directory on a 16 KiB filesystem. Needs root (mount), else skipped."""
+    full = tmp_path / "tmpfs16k"
+    if not _mount_tmpfs(full, "16k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        spec = _wandb_spec(corpus, full / "wandb")
+        spec["training"]["steps"] = 150
+        spec["eval"] = {"every": 50, "at_steps": [50, 100, 150], "batches": 1, "target_losses": []}
+        r, out, _ = run_train(spec, tmp_path, "full", timeout=300, WANDB_MODE="offline")
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    m = metrics(out)
+    assert m["status"] == "ok" and m["steps_completed"] == 150
+    errs = [e for e in m["record_errors"] if e["record"] == "wandb"]
+    assert errs and "of the 151 history rows logged" in errs[0]["error"], m["record_errors"]
+    assert "warning: records lost: wandb's transaction log" in r.stderr
