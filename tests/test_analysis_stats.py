@@ -47,8 +47,12 @@ def test_paired_matches_scipy_ttest_rel():
     assert r["diff_pct"] == pytest.approx(100 * (a.mean() - b.mean()) / b.mean())
     assert r["effect_size"] == pytest.approx(d.mean() / d.std(ddof=1))
     assert r["effect_size_kind"] == "d_z"
+    # MDE: two-sided, Holm level 0.05/1, the phase's pooled relative sd (not this comparison's sample sd),
+    # uncorrelated pairs (sd of a difference = sd x sqrt 2)
+    sd_rel = math.sqrt((((a / a.mean() - 1) ** 2).sum() + ((b / b.mean() - 1) ** 2).sum()) / 4)
+    assert r["sd_rel"] == pytest.approx(sd_rel)
     es = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
-    assert r["mde"] == pytest.approx(es * d.std(ddof=1), rel=1e-6)
+    assert r["mde_pct"] == pytest.approx(100 * es * sd_rel * math.sqrt(2), rel=1e-5)
     assert (r["n_arm"], r["n_base"], r["std_arm"]) == (3, 3, pytest.approx(a.std(ddof=1)))
 
 
@@ -65,9 +69,12 @@ def test_welch_when_seeds_do_not_pair():
     assert (r["ci_low"], r["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     sp = math.sqrt((3 * a.var(ddof=1) + 2 * b.var(ddof=1)) / 5)
     assert r["effect_size"] == pytest.approx((a.mean() - b.mean()) / sp)
+    # the Welch MDE is the exact Welch power's (analysis.power), larger than the pooled formula's
+    from analysis.power import welch_power
+    sd_rel = r["sd_rel"]
+    assert welch_power(r["mde_pct"] / 100, sd_rel, sd_rel, 4, 3, 0.05, "two-sided") == pytest.approx(0.8, abs=1e-4)
     es = TTestIndPower().solve_power(effect_size=None, nobs1=4, ratio=3 / 4, alpha=0.05, power=0.8)
-    assert r["mde"] == pytest.approx(es * sp, rel=1e-6)
-    assert r["mde_pct"] == pytest.approx(100 * es * sp / b.mean(), rel=1e-6)
+    assert r["mde_pct"] > 100 * es * sd_rel
 
 
 def test_duplicate_seed_forces_welch():
