@@ -16,8 +16,10 @@ when the from-phase's overall verdict passed (and, for significant_best, a signi
 
 Winner's curse: the selected arm was picked as the best of k noisy estimates on the same data, so its
 estimate is optimistic. `winners_curse` reports k, the estimate, and the expected optimism if every
-candidate had the same true effect: se x E[max of k standard normals] (se: the standard error of one
-candidate's relative difference, from the comparison's CI), and the estimate less that optimism. Only
+candidate had the same true effect and independent noise around one shared baseline:
+se / sqrt(2) x E[max of k standard normals] (se: the standard error of the candidate's relative
+difference, from the comparison's CI; the sqrt 2 removes the baseline's share, equal variances assumed),
+and the estimate less that optimism. Only
 runs on seeds not used in the selection confirm it (`selection_seeds` lists the seeds used).
 """
 from __future__ import annotations
@@ -79,7 +81,9 @@ def winners_curse(chosen: dict, n_candidates: int, confidence: float = 0.95) -> 
     if n_candidates > 1 and is_num(lo) and is_num(hi) and is_num(mb) and float(mb) and is_num(est):
         df = max(float(chosen.get("n_arm") or 2) - 1, 1.0)
         se = (float(hi) - float(lo)) / 2 / sps.t.ppf(0.5 + confidence / 2, df) / float(mb) * 100
-        opt = se * expected_max_normal(int(n_candidates))
+        # the candidates share the baseline: only the arm's own half of the difference's variance differs
+        # between them, so the optimism is se / sqrt 2 x E[max of k normals] (equal variances assumed)
+        opt = se / math.sqrt(2) * expected_max_normal(int(n_candidates))
         out.update(se_pct=se, expected_optimism_pct=opt, adjusted_estimate_pct=float(est) + opt)
     out["note"] = (f"picked as the best of {n_candidates} configurations on the same data: its estimate "
                    f"({float(est):+.2f}%) is optimistic" + (
