@@ -33,12 +33,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 from . import power as pw
 from .gate_kinds import GATE_KINDS, SELECTED, resolve
 from .io import clean, fmt_p, is_num, md_table
-from .stats import baseline_mask, compare, pairing, pooled_rel_sd, ratio_test, usable_mask, with_family
+from .stats import baseline_mask, compare, holm, pairing, pooled_rel_sd, ratio_test, usable_mask, with_family
 
 log = logging.getLogger("analysis.gates")
 
@@ -487,13 +486,13 @@ def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves
               if not h["failure"] and is_num(h["p"])]
     k = len(family)
     if k:
-        adj = multipletests([hyps[n][0][i]["p"] for n, i in family], method="holm")[1]
+        adj = holm([hyps[n][0][i]["p"] for n, i in family])
         for (n, i), p in zip(family, adj):
             hyps[n][0][i]["p_holm"] = float(p)
     for n, (hs, _, _) in hyps.items():  # the opposite direction: Holm within the gate
         idx = [i for i, h in enumerate(hs) if not h["failure"] and is_num(h["p_against"])]
         if idx:
-            adj = multipletests([hs[i]["p_against"] for i in idx], method="holm")[1]
+            adj = holm([hs[i]["p_against"] for i in idx])
             for i, p in zip(idx, adj):
                 hs[i]["p_against_holm"] = float(p)
     results = []

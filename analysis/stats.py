@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 
 from . import power as pw
 
@@ -82,6 +81,20 @@ def with_family(runs: pd.DataFrame) -> pd.DataFrame:
 def usable_mask(df: pd.DataFrame, metric: str) -> pd.Series:
     vals = pd.to_numeric(df[metric], errors="coerce") if metric in df else pd.Series(np.nan, index=df.index)
     return (df["status"] == "ok") & np.isfinite(vals.astype(float))
+
+
+def holm(p) -> np.ndarray:
+    """Holm-adjusted p-values (equal to statsmodels multipletests(method="holm")[1], which calls
+    gc.collect() on every use: 0.15 s each)."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="mergesort")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
 
 
 def pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
@@ -270,8 +283,7 @@ def significance_table(runs: pd.DataFrame, baseline: str, *, confidence: float =
         if r["test"] != "none" and is_num_pos(sd_rel) else math.nan for r in out.to_dict("records")]
     out["mde"] = out["mde_pct"] / 100.0 * out["mean_base"]
     if has_p.any():
-        out.loc[has_p, "p_holm"] = multipletests(out.loc[has_p, "p"].to_numpy(), alpha=alpha_level,
-                                                 method="holm")[1]
+        out.loc[has_p, "p_holm"] = holm(out.loc[has_p, "p"].to_numpy())
     vn = [verdict_for(r, alpha_level) for r in out.to_dict("records")]
     out["verdict"] = [v for v, _ in vn]
     out["note"] = ["; ".join(x for x in (n, _degenerate(r)) if x)
