@@ -541,3 +541,10 @@ def gates_markdown(g: dict) -> str:
     rows = [(x["name"], x.get("kind", ""), f"**{x['verdict']}**", x.get("claim", x.get("threshold", "")),
              x["observed"], x["detail"]) for x in order]
     return head + md_table(["gate", "kind", "verdict", "claim tested", "observed", "detail"], rows)
+
+
+def gates_table(g: dict) -> pd.DataFrame:
+    """gates.json as a flat table (gates.csv, for snakemake --report): one row per gate."""
+    rows = [{"phase": g["phase"], "gate": x["name"], "kind": x.get("kind", ""), "verdict": x["verdict"],
+             "claim": x.get("claim", ""), "observed": x["observed"], "detail": x["detail"]} for x in g["gates"]]
+    return pd.DataFrame(rows, columns=["phase", "gate", "kind", "verdict", "claim", "observed", "detail"])

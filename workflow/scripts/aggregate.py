@@ -1,4 +1,10 @@
-"""Snakemake script: every run's metrics.json + history.csv -> results/{phase}/runs.csv and curves.csv."""
+"""Snakemake script: every run's metrics.json + history.csv -> results/{phase}/runs.csv and curves.csv.
+
+input:   metrics (list), histories (list, same order)
+params:  runs (list of {phase, role, model, arm, variant, param, value, alpha, seed, run_dir}, same order),
+         phase
+output:  runs (runs.csv), curves (curves.csv)
+"""
 from _script import logged
 
 from analysis.aggregate import aggregate

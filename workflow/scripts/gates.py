@@ -6,15 +6,15 @@ input:   runs (results/{phase}/runs.csv), curves (results/{phase}/curves.csv);
          optional design (design.json of the design check: its noise sd for this phase drives the power check)
 params:  phase (str), baseline (arm name), gates ({instance: {kind: K, ...settings}}, resolved again with
          analysis.gate_kinds.resolve), optional selection (the same dict as a param, instead of the input)
-output:  json (gates.json), md (gates.md)
+output:  json (gates.json), md (gates.md); optional csv (gates.csv: one row per gate, for snakemake --report)
 """
 import json
 
 from _script import logged
 
 from analysis.aggregate import read_curves, read_runs
-from analysis.gates import evaluate_gates, gates_markdown
-from analysis.io import atomic_write_text, write_json
+from analysis.gates import evaluate_gates, gates_markdown, gates_table
+from analysis.io import atomic_write_text, write_csv, write_json
 
 sm = snakemake  # noqa: F821
 
@@ -36,4 +36,6 @@ with logged(sm, "gates") as log:
                          noise_sd=(noise or {}).get("sd"))
     write_json(res, sm.output.json)
     atomic_write_text(sm.output.md, gates_markdown(res))
+    if "csv" in sm.output.keys():
+        write_csv(gates_table(res), sm.output.csv)
     log.info("phase %s gates: passed=%s", res["phase"], res["passed"])
