@@ -121,7 +121,7 @@ def md_escape(s: Any) -> str:
     escaped, so user text such as a <script> tag stays text; '<= 0.9' stays readable), no pipes or
     newlines that would break the row."""
     s = _ENTITY.sub("&amp;", str(s))
-    s = _TAGGY.sub("&lt;", s)
+    s = _TAGGY.sub("&lt;", s).replace("-->", "--&gt;")
     return s.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
