@@ -169,3 +169,24 @@ def test_empty_and_no_baseline():
     assert len(significance_table(pd.DataFrame(), "muon")) == 0
     sig = significance_table(runs_table([("arm", "on", 1e-3, {1: 2.9, 2: 2.95})]), "muon")
     assert sig.iloc[0]["n_base"] == 0 and sig.iloc[0]["verdict"] == "insufficient"
+
+
+def test_ratio_test_matches_scipy():
+    """The gates' one-sided test of mean(a) vs r x mean(b): scipy's one-sample t on a - r b (paired) and
+    Welch's t on a and r b, both directions."""
+    from analysis.stats import holm, ratio_test
+    rng = np.random.default_rng(4)
+    a, b = 3 + 0.02 * rng.standard_normal(5), 3 + 0.02 * rng.standard_normal(5)
+    for r, d in ((0.99, "less"), (1.05, "less"), (1.0, "greater")):
+        got = ratio_test(a, [1, 2, 3, 4, 5], b, [5, 4, 3, 2, 1], r, d)
+        ref = sps.ttest_1samp(a - r * b[::-1], 0.0, alternative=d)
+        assert got["test"] == "paired t" and got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        other = sps.ttest_1samp(a - r * b[::-1], 0.0, alternative="greater" if d == "less" else "less")
+        assert got["p_other"] == pytest.approx(other.pvalue, rel=1e-9)
+        got = ratio_test(a, [1, 2, 3, 4, 5], b[:4], [6, 7, 8, 9], r, d)
+        ref = sps.ttest_ind(a, r * b[:4], equal_var=False, alternative=d)
+        assert got["test"] == "welch" and got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert got["df"] == pytest.approx(ref.df)
+    assert ratio_test([1.0, 1.0], [1, 2], [2.0, 2.0], [1, 2], 1.0, "less")["p"] == 0.0  # zero spread
+    p = rng.uniform(0, 0.2, 9)
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])
