@@ -238,8 +238,11 @@ def plot_forest(runs: pd.DataFrame, path: str, baseline: str, phase: str = "", g
             ["model", "family", "arm", "variant"], kind="mergesort").reset_index(drop=True)
     multi = sig["model"].nunique() > 1
     h = 1.2 + 0.34 * len(sig)
+    longest = max(len(f"{m}: {a} {v}  (n=10/10, 1 div)") if multi else len(f"{a} {v}  (n=10/10, 1 div)")
+                  for m, a, v in zip(sig["model"], sig["arm"], sig["variant"]))
     fig, ax = plt.subplots(figsize=(10.5, h + 1.1))
-    fig.subplots_adjust(left=0.33, right=0.97, top=1 - 0.75 / (h + 1.1), bottom=0.75 / (h + 1.1))
+    fig.subplots_adjust(left=min(0.45, 0.03 + 0.0072 * longest), right=0.97, top=1 - 0.75 / (h + 1.1),
+                        bottom=0.75 / (h + 1.1))
     y = np.arange(len(sig))[::-1]
     rr = r.assign(_v=pd.to_numeric(r["final_val_loss"], errors="coerce"))
     rr = rr[(rr["status"] == "ok") & np.isfinite(rr["_v"])]
