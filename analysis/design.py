@@ -190,3 +190,15 @@ def design_markdown(rows: Sequence[Mapping], title: str = "Design check") -> str
     w = warnings_for(rows)
     tail = ["", "**Underpowered:**", ""] + [f"- {x}" for x in w] if w else ["", "Every gate meets its power floor."]
     return "\n".join(head) + "\n" + t + "\n".join(tail) + "\n"
+
+
+def design_from_files(phases: Mapping[str, Mapping], order: Sequence[str], runs_paths: Sequence[str] = (),
+                      **kw) -> tuple[list[dict], list[str]]:
+    """(rows, warnings) for the Snakefile's dry run: the runs.csv files that exist among `runs_paths` give
+    the noise estimate (missing files are skipped), `kw` goes to `design` (prior_sd, usd_per_gpu_hour, ...)."""
+    import os
+
+    from .aggregate import read_runs
+    tables = [read_runs(p) for p in runs_paths if os.path.isfile(p)]
+    rows = design({k: phases[k] for k in order if k in phases}, noise=noise_from_runs(tables, list(order)), **kw)
+    return rows, warnings_for(rows)

@@ -291,7 +291,8 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
     if selection:
         summary["selected"] = {"arm": selection.get("arm"), "variant": selection.get("variant")}
     # the summary is JSON inside an HTML comment: no '--' or '>' may close it early
-    js = json.dumps(summary, sort_keys=True).replace("--", "\\u002d\\u002d").replace(">", "\\u003e")
+    js = (json.dumps(summary, sort_keys=True).replace("--", "\\u002d\\u002d").replace(">", "\\u003e")
+          .replace("<", "\\u003c"))
     parts = [f"<!-- phase-summary {js} -->", f"## {md_text(phase)}", ""]
     if tiny:
         parts += ["_CPU twin (tiny): a smoke test of the workflow, not the study's result._", ""]

@@ -119,3 +119,25 @@ def test_trigger_rate_table_flags_identical_schedules():
     assert "100.0%" in md and "40.0%" in md
     assert len(flags) == 1 and "orthonoise, orthonoise-rank0.3, orthonoise-rank0.7" in flags[0]
     assert "differ only in trigger settings" in flags[0] and "identical in practice" in flags[0]
+
+
+def test_escaped_text_renders_as_text_in_html():
+    """The Markdown rendered to HTML (markdown-it, CommonMark with raw HTML allowed, as report viewers do)
+    carries the user's <script> as text, never as a tag."""
+    from markdown_it import MarkdownIt
+    evil = 'Plan <script>alert(1)</script> & <img src=x onerror=alert(2)> \n\n<!-- x --> `code`'
+    gates = {"phase": "p1", "passed": None, "gates": []}
+    runs = pd.DataFrame(columns=["phase", "role", "model", "arm", "variant", "seed", "status", "gpu_hours",
+                                 "wall_time_s", "final_val_loss"])
+    sec = section_markdown(phase="p1", question=evil, runs=runs, significance=pd.DataFrame(), gates=gates,
+                           plots=[], results_root=".", arms={}, usd_per_gpu_hour=1.0, baseline="muon")
+    html = MarkdownIt("commonmark", {"html": True}).enable("table").render(report_markdown([sec], evil, ["p1"]))
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_design_from_files_for_the_dry_run(tmp_path):
+    from analysis.design import design_from_files
+    rows, warn = design_from_files({"phase2": phase2()}, ["phase1", "phase2"], [str(tmp_path / "missing.csv")],
+                                   prior_sd=0.005)
+    assert len(rows) == 1 and len(warn) == 1 and rows[0]["sd_source"] == "prior"
