@@ -145,7 +145,8 @@ def _curve_plot(curves: pd.DataFrame, runs: pd.DataFrame, path: str, *, col: str
         lo, hi = math.inf, -math.inf
         for g in chosen.to_dict("records"):
             k = tuple(g[x] for x in KEY)
-            color, lw, z = ("black", 2.0, 3) if g["base"] else (cols[ci], 1.4, 2)
+            # the baseline thick and underneath, so arms that coincide with it stay visible on top
+            color, lw, z = ("black", 2.6, 1.8) if g["base"] else (cols[ci], 1.4, 2)
             if not g["base"]:
                 ci += 1
             ls = "-" if (ci <= 10 or g["base"]) else "--"
