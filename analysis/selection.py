@@ -29,7 +29,7 @@ import math
 import pandas as pd
 from scipy import stats as sps
 
-from .io import is_num
+from .io import fmt_p, is_num
 from .power import expected_max_normal
 
 RULES = ("significant_best", "lowest_mean")
@@ -119,7 +119,7 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
         if applied == "significant_best":
             gate_passed = verdict
             reason = (f"{lbl} has the largest significant improvement: {float(chosen['diff_pct']):+.2f}% vs "
-                      f"baseline (Holm p={float(chosen['p_holm']):.3f})")
+                      f"baseline (Holm p={fmt_p(chosen['p_holm'])})")
         elif applied == "lowest_mean":
             gate_passed = verdict
             reason = (f"{lbl} has the lowest mean final loss ({float(chosen['mean_arm']):.4f}) among "
