@@ -2,7 +2,8 @@
 
 input:   sections (section.md per phase, in phase order); optional design_md (design.md of the design check)
 params:  title (escaped here), phases, latest (default results/ABLATION_RESULTS.md);
-         optional tiny (bool: say in the first lines that this is the CPU twin), description (study text)
+         optional tiny (bool: say in the first lines that this is the CPU twin), summary (or description: the
+         study's text, escaped here)
 output:  md
 """
 from pathlib import Path
@@ -17,7 +18,7 @@ with logged(sm, "report") as log:
     p = sm.params
     latest = str(getattr(p, "latest", "results/ABLATION_RESULTS.md"))
     design_md = Path(sm.input.design_md).read_text(encoding="utf-8") if "design_md" in sm.input.keys() else ""
+    text = getattr(p, "summary", None) or getattr(p, "description", None) or ""
     write_report(as_list(sm.input.sections), str(sm.output.md), latest, str(p.title), as_list(p.phases),
-                 tiny=bool(getattr(p, "tiny", False)), description=str(getattr(p, "description", "") or ""),
-                 design_md=design_md)
+                 tiny=bool(getattr(p, "tiny", False)), description=str(text), design_md=design_md)
     log.info("wrote %s and %s", sm.output.md, latest)
