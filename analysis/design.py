@@ -9,8 +9,9 @@ dry-run warning). A phase is
      "configs": [{"model": "gpt-350m", "arm": "orthonoise", "variant": "alpha0.001", "role": "arm"}, ...],
      "gates": {name: {kind: ..., ...settings}},      # resolved again here
      "gpu_hours_per_run": 0.5,                        # or {model: hours}; null: unknown (cost n/a)
-     "n_runs": 32}                                    # optional: runs as planned (default configs x seeds,
+     "n_runs": 32,                                    # optional: runs as planned (default configs x seeds,
                                                       # baseline configs included)
+     "scratch_seeds": [42]}                           # optional: the scratch pair's seeds (default: seeds)
 
 The hypotheses are counted as analysis.gates forms them: one per judged configuration (an `arms` of null
 means every main-family non-baseline configuration; 'selected' is one), arm_better_than_arm one per
@@ -115,12 +116,13 @@ def design(phases: Mapping[str, Mapping], *, prior_sd: float = 0.005, prior_sd_o
             loss_based = st["kind"] not in ("metric_higher", "reaches_target_sooner")
             sd, s_src = (sd_loss, src) if loss_based else (prior_sd_other, "prior (not the loss)")
             a = float(st["level"]) / max(k, 1)
-            p = pw.power(thr, sd, n, a) if n >= 2 and counts[g] else math.nan
+            n_g = len(ph.get("scratch_seeds") or seeds) if st["kind"] == "reaches_target_sooner" else n
+            p = pw.power(thr, sd, n_g, a) if n_g >= 2 and counts[g] else math.nan
             need = pw.seeds_needed(thr, sd, a, power_target) if counts[g] else None
             floor = float(st["power_floor"])
             r_t, gh_t = _gpu_hours(ph, need) if need else (None, math.nan)
             rows.append({"phase": name, "gate": g, "kind": st["kind"], "hypotheses": counts[g], "k_family": k,
-                         "seeds": n, "sd": sd, "sd_source": s_src, "threshold": thr, "alpha_per_test": a,
+                         "seeds": n_g, "sd": sd, "sd_source": s_src, "threshold": thr, "alpha_per_test": a,
                          "power": p, "power_floor": floor,
                          "underpowered": bool(counts[g]) and not (p >= floor),
                          "seeds_for_target": need, "runs": runs, "gpu_hours": gh,

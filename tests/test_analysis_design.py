@@ -141,3 +141,13 @@ def test_design_from_files_for_the_dry_run(tmp_path):
     rows, warn = design_from_files({"phase2": phase2()}, ["phase1", "phase2"], [str(tmp_path / "missing.csv")],
                                    prior_sd=0.005)
     assert len(rows) == 1 and len(warn) == 1 and rows[0]["sd_source"] == "prior"
+
+
+def test_scratch_pair_with_one_seed_is_flagged():
+    ph = {"seeds": [7, 8, 9], "scratch_seeds": [42], "baseline": "muon",
+          "configs": [dict(model="s", arm="muon", variant="default", role="scratch_baseline"),
+                      dict(model="s", arm="on", variant="default", role="scratch_arm")],
+          "gates": {"scratch_faster": {"kind": "reaches_target_sooner"}}}
+    r = design({"phase3": ph})[0]
+    assert r["seeds"] == 1 and math.isnan(r["power"]) and r["underpowered"] and r["seeds_for_target"] >= 2
+    assert "fewer than 2 seeds" in warnings_for([r])[0]
