@@ -29,11 +29,20 @@ import math
 from typing import Any, Mapping, Sequence
 
 from . import power as pw
-from .gate_kinds import SELECTED, resolve
+from .gate_kinds import GATE_KINDS, SELECTED, resolve
 
 COLUMNS = ["phase", "gate", "kind", "hypotheses", "k_family", "seeds", "sd", "sd_source", "threshold",
            "alpha_per_test", "power", "power_floor", "underpowered", "seeds_for_target", "runs", "gpu_hours",
            "cost_usd", "runs_at_target", "gpu_hours_at_target", "cost_usd_at_target"]
+
+
+def with_floor(settings, power_floor):
+    """The study's default power floor for a statistical gate that sets none."""
+    kind = settings.get("kind") if isinstance(settings, Mapping) else None
+    if power_floor is not None and kind in GATE_KINDS and GATE_KINDS[kind].statistical \
+            and "power_floor" not in settings:
+        return {**settings, "power_floor": float(power_floor)}
+    return settings
 
 
 def _main_arms(ph: Mapping) -> list[tuple]:
@@ -90,15 +99,16 @@ def _gpu_hours(ph: Mapping, n_seeds: int) -> tuple[int, float]:
 
 def design(phases: Mapping[str, Mapping], *, prior_sd: float = 0.005, prior_sd_other: float = 0.05,
            noise: Mapping[str, tuple] | None = None, usd_per_gpu_hour: float = 0.0,
-           power_target: float = 0.8) -> list[dict]:
-    """One row per (phase, statistical gate); COLUMNS."""
+           power_target: float = 0.8, power_floor: float | None = None) -> list[dict]:
+    """One row per (phase, statistical gate); COLUMNS. `power_floor`: the study's default for gates that
+    set none."""
     rows = []
     for name, ph in phases.items():
         seeds = list(ph.get("seeds") or [])
         n = len(seeds)
         gates = {}
         for g, settings in (ph.get("gates") or {}).items():
-            st, problems = resolve(f"phases.{name}.gates.{g}", settings)
+            st, problems = resolve(f"phases.{name}.gates.{g}", with_floor(settings, power_floor))
             if problems:
                 raise ValueError("; ".join(problems))
             if "power_floor" in st:

@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import power as pw
+from .design import with_floor
 from .gate_kinds import GATE_KINDS, SELECTED, resolve
 from .io import clean, fmt_p, is_num, md_table
 from .stats import baseline_mask, holm, pairing, pooled_rel_sd, ratio_test, usable_mask, with_family
@@ -428,6 +429,7 @@ PLAIN_KINDS: dict[str, Callable[[Ctx, dict], dict]] = {
 
 
 # ------------------------------------------------------------------------------------- evaluation
+
 def _status(h: dict, s: dict, k_family: int) -> str:
     """pass / fail / insufficient for one hypothesis (module docstring)."""
     if h["failure"]:
@@ -482,13 +484,15 @@ def _describe(h: dict) -> str:
 
 def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves: pd.DataFrame | None,
                    gates: Mapping[str, Any] | None, baseline: str, phase: str, *, selection: Mapping | None = None,
-                   noise_sd: float | None = None) -> dict:
+                   noise_sd: float | None = None, power_floor: float | None = None) -> dict:
     """gates: {instance name: {kind: K, ...settings}} (resolved again here: unknown kinds or settings raise
     ValueError naming them). `significance` is accepted for the old call signature and not used: the gates
-    run their own one-sided tests."""
+    run their own one-sided tests. `power_floor` (the study's default) applies to statistical gates that do
+    not set their own."""
     ctx = Ctx(runs, curves, baseline, phase, selection, noise_sd)
     resolved = {}
     for name, settings in (gates or {}).items():
+        settings = with_floor(settings, power_floor)
         st, problems = resolve(f"gates.{name}", settings)
         if problems:
             raise ValueError("; ".join(problems))

@@ -151,3 +151,18 @@ def test_scratch_pair_with_one_seed_is_flagged():
     r = design({"phase3": ph})[0]
     assert r["seeds"] == 1 and math.isnan(r["power"]) and r["underpowered"] and r["seeds_for_target"] >= 2
     assert "fewer than 2 seeds" in warnings_for([r])[0]
+
+
+def test_study_power_floor_default():
+    from analysis.gates import evaluate_gates
+    rows = design({"phase2": phase2()}, power_floor=0.01)
+    assert rows[0]["power_floor"] == 0.01 and not rows[0]["underpowered"]
+    vals = {("muon", 1): 3.0, ("muon", 2): 3.02, ("on", 1): 0.99 * 3.0 + 0.01, ("on", 2): 0.99 * 3.02 - 0.012}
+    runs = pd.DataFrame([dict(phase="p", role=r, model="m", arm=a, variant="v", seed=s, status="ok",
+                              final_val_loss=vals[(a, s)])  # undecided against the 1% threshold
+                         for r, a in (("baseline", "muon"), ("arm", "on")) for s in (1, 2)])
+    g = {"g": {"kind": "beats_baseline", "min_improvement": 0.01}}
+    lo = evaluate_gates(runs, None, None, g, "muon", "p", noise_sd=0.005, power_floor=0.001)
+    hi = evaluate_gates(runs, None, None, g, "muon", "p", noise_sd=0.005)
+    assert lo["gates"][0]["settings"]["power_floor"] == 0.001 and lo["gates"][0]["verdict"] == "FAIL"
+    assert hi["gates"][0]["verdict"] == "INSUFFICIENT"

@@ -7,7 +7,8 @@ params:  phases ({phase: {seeds, baseline, configs: [{model, arm, variant, role}
          order (phase names in study order; default the keys of phases),
          prior_sd (sd of the per-seed final loss as a fraction of the loss when no earlier phase measured
          it; default 0.005), prior_sd_other (for metric_higher / reaches_target_sooner; default 0.05),
-         usd_per_gpu_hour (default 0), power_target (default 0.8)
+         usd_per_gpu_hour (default 0), power_target (default 0.8), power_floor (the study's default for
+         statistical gates that set none; default each gate's own, 0.8)
 output:  csv (design.csv: one row per phase x statistical gate, analysis.design.COLUMNS),
          md (design.md: the table and one line per underpowered gate with the seeds that fix it),
          json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}}; the
@@ -33,7 +34,8 @@ with logged(sm, "design") as log:
     rows = design({k: phases[k] for k in order if k in phases}, prior_sd=prior,
                   prior_sd_other=float(getattr(p, "prior_sd_other", None) or 0.05), noise=noise,
                   usd_per_gpu_hour=float(getattr(p, "usd_per_gpu_hour", 0) or 0),
-                  power_target=float(getattr(p, "power_target", None) or 0.8))
+                  power_target=float(getattr(p, "power_target", None) or 0.8),
+                  power_floor=getattr(p, "power_floor", None))
     warn = warnings_for(rows)
     for w in warn:
         log.warning("%s", w)

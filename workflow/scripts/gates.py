@@ -5,7 +5,8 @@ input:   runs (results/{phase}/runs.csv), curves (results/{phase}/curves.csv);
          optional selection (the selection.json this phase took its arm from; the gates' 'selected');
          optional design (design.json of the design check: its noise sd for this phase drives the power check)
 params:  phase (str), baseline (arm name), gates ({instance: {kind: K, ...settings}}, resolved again with
-         analysis.gate_kinds.resolve), optional selection (the same dict as a param, instead of the input)
+         analysis.gate_kinds.resolve), optional selection (the same dict as a param, instead of the input),
+         optional power_floor (the study's default for statistical gates that set none)
 output:  json (gates.json), md (gates.md); optional csv (gates.csv: one row per gate, for snakemake --report)
 """
 import json
@@ -33,7 +34,7 @@ with logged(sm, "gates") as log:
     noise = (design.get("noise") or {}).get(str(p.phase))
     res = evaluate_gates(read_runs(sm.input.runs), None, read_curves(sm.input.curves), dict(p.gates or {}),
                          str(p.baseline), str(p.phase), selection=selection,
-                         noise_sd=(noise or {}).get("sd"))
+                         noise_sd=(noise or {}).get("sd"), power_floor=getattr(p, "power_floor", None))
     write_json(res, sm.output.json)
     atomic_write_text(sm.output.md, gates_markdown(res))
     if "csv" in sm.output.keys():
