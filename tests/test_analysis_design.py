@@ -12,7 +12,7 @@ from analysis.design import design, design_markdown, noise_from_runs, warnings_f
 from analysis.report import report_markdown, section_markdown, trigger_rates
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_analysis_report import NL, script, sm  # noqa: E402
+from test_analysis_report import script, sm  # noqa: E402
 
 FAMILY = ["orthonoise", "orthonoise-anneal", "orthonoise-linear", "orthonoise-exp", "orthonoise-rank0.3",
           "orthonoise-rank0.7"]
