@@ -59,7 +59,7 @@ def _run_label(r: Mapping) -> str:
 class Ctx:
     def __init__(self, runs: pd.DataFrame, curves: pd.DataFrame | None, baseline: str, phase: str,
                  selection: Mapping | None = None, noise_sd: float | None = None, metric: str = "final_val_loss"):
-        self.runs = with_family(runs) if len(runs) else pd.DataFrame(
+        self.runs = with_family(runs).reset_index(drop=True) if len(runs) else pd.DataFrame(
             columns=["phase", "role", "model", "arm", "variant", "alpha", "seed", "status", metric, "family"])
         self.curves = curves if curves is not None else pd.DataFrame()
         self.baseline, self.phase, self.metric = baseline, phase, metric
@@ -70,6 +70,7 @@ class Ctx:
         self.selected_note = ""
         self._sd_cache: dict = {}
         self._grouped = None
+        self._qty: dict = {}
 
     # ------------------------------------------------------------------------------------------ arms
     def arm_keys(self, names: list | None) -> list[tuple]:
@@ -129,10 +130,17 @@ class Ctx:
 
     # ------------------------------------------------------------------------------------ quantities
     def values(self, df: pd.DataFrame, col: str) -> tuple[np.ndarray, list, int]:
-        """(usable values, their seeds, number of runs not ok) for a column of runs.csv."""
-        v = self.column(df, col)
-        ok = (df["status"] == "ok") & np.isfinite(v)
-        return v[ok].to_numpy(float), df.loc[ok, "seed"].tolist(), int((df["status"] != "ok").sum())
+        """(usable values, their seeds, number of runs not ok) for a column of runs.csv; df is a subset of
+        self.runs (the column is computed once for the whole table: the gates call this per configuration)."""
+        if col not in self._qty:
+            v = self.column(self.runs, col).to_numpy(float)
+            st_ok = (self.runs["status"] == "ok").to_numpy() if len(self.runs) else np.zeros(0, bool)
+            self._qty[col] = (v, st_ok & np.isfinite(v), st_ok, self.runs["seed"].to_numpy() if len(self.runs)
+                              else np.zeros(0))
+        v, ok, st_ok, seeds = self._qty[col]
+        pos = self.runs.index.get_indexer(df.index)
+        m = ok[pos]
+        return v[pos][m], seeds[pos][m].tolist(), int((~st_ok[pos]).sum())
 
     def column(self, df: pd.DataFrame, col: str) -> pd.Series:
         if col.startswith("val_loss_at_"):
