@@ -1,8 +1,12 @@
 """aggregate: every run's metrics.json and history.csv into two tables (runs.csv, curves.csv).
 
 Diverged runs are included (status "diverged", losses as recorded, or NaN when absent); nothing is dropped.
-The run's identity (phase, role, model, arm, alpha, seed, run_dir) comes from the workflow's run list,
-the measurements from the trainer's files (keys as in docs/DESIGN.md).
+The run's identity (phase, role, model, arm, variant, param, value, alpha, seed, run_dir) comes from the
+workflow's run list, the measurements from the trainer's files (keys as in docs/DESIGN.md). `variant` is
+the path label of the swept value (`alpha0.001`, `lr0.003`, `default`): with (model, arm) it names one
+configuration, and every grouping of the analysis uses it. `param` is the swept setting's dotted path
+("" when none), `value` its number (NaN when none), `alpha` the OrthoNoise noise alpha (kept for the plots).
+A record without `variant` (older run lists) gets `alpha<alpha>` or `default`.
 """
 from __future__ import annotations
 
@@ -18,11 +22,11 @@ import pandas as pd
 
 log = logging.getLogger("analysis.aggregate")
 
-ID_COLS = ["phase", "role", "model", "arm", "alpha", "seed"]
+ID_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed"]
 HEAD_COLS = ID_COLS + ["status", "diverged_step", "steps_completed", "final_val_loss", "best_val_loss"]
 TAIL_COLS = ["eff_rank_mean", "noise_fraction_mean", "tokens_per_s", "wall_time_s", "gpu_hours",
              "world_size", "wandb_id", "fingerprint", "run_dir"]
-CURVE_COLS = ["phase", "role", "model", "arm", "alpha", "seed", "step", "val_loss", "train_loss",
+CURVE_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "step", "val_loss", "train_loss",
               "eff_rank_mean"]
 ROLES = ("baseline", "arm", "scratch_baseline", "scratch_arm")
 
@@ -74,6 +78,14 @@ def load_metrics(path: str | Path) -> dict:
     return m
 
 
+def variant_of(meta: Mapping[str, Any]) -> str:
+    v = meta.get("variant")
+    if v not in (None, ""):
+        return str(v)
+    a = _float(meta.get("alpha"))
+    return f"alpha{format(a, 'g')}" if math.isfinite(a) else "default"
+
+
 def run_record(meta: Mapping[str, Any], metrics: Mapping[str, Any], phase: str | None = None) -> dict:
     """One runs.csv row (without the dynamic val_loss_at_/steps_to_ columns order)."""
     diag = metrics.get("diagnostics") or {}
@@ -86,6 +98,9 @@ def run_record(meta: Mapping[str, Any], metrics: Mapping[str, Any], phase: str |
         "role": role,
         "model": str(meta["model"]),
         "arm": str(meta["arm"]),
+        "variant": variant_of(meta),
+        "param": str(meta.get("param") or ""),
+        "value": _float(meta.get("value")),
         "alpha": _float(meta.get("alpha")),
         "seed": int(meta["seed"]),
         "status": str(metrics.get("status") or "unknown"),
@@ -161,7 +176,7 @@ def aggregate(metrics_paths: Sequence[str], history_paths: Sequence[str], runs: 
         m = load_metrics(mp)
         rec = run_record(meta, m, phase)
         rec["phase"] = phase
-        key = (rec["role"], rec["model"], rec["arm"], rec["alpha"], rec["seed"])
+        key = (rec["role"], rec["model"], rec["arm"], rec["variant"], rec["seed"])
         if key in seen:
             raise ValueError(f"aggregate: run {key} listed twice")
         seen.add(key)
@@ -170,7 +185,7 @@ def aggregate(metrics_paths: Sequence[str], history_paths: Sequence[str], runs: 
         records.append(rec)
         h = read_history(hp)
         n = len(h["step"])
-        for c in ("role", "model", "arm", "alpha", "seed"):
+        for c in ("role", "model", "arm", "variant", "param", "value", "alpha", "seed"):
             curves[c].extend([rec[c]] * n)
         curves["phase"].extend([phase] * n)
         for c in ("step", "val_loss", "train_loss", "eff_rank_mean"):
@@ -187,9 +202,10 @@ def aggregate(metrics_paths: Sequence[str], history_paths: Sequence[str], runs: 
 
 def read_runs(path: str | Path) -> pd.DataFrame:
     """runs.csv back into a DataFrame with the right dtypes (strings stay strings)."""
-    df = pd.read_csv(path, dtype={"phase": str, "role": str, "model": str, "arm": str, "status": str,
-                                  "wandb_id": str, "fingerprint": str, "run_dir": str})
-    for c in ("wandb_id", "fingerprint", "run_dir"):
+    df = pd.read_csv(path, dtype={"phase": str, "role": str, "model": str, "arm": str, "variant": str,
+                                  "param": str, "status": str, "wandb_id": str, "fingerprint": str,
+                                  "run_dir": str})
+    for c in ("wandb_id", "fingerprint", "run_dir", "param"):
         if c in df:
             df[c] = df[c].fillna("")
     return df
@@ -197,6 +213,10 @@ def read_runs(path: str | Path) -> pd.DataFrame:
 
 def read_curves(path: str | Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype={"phase": str, "role": str, "model": str, "arm": str})
+        df = pd.read_csv(path, dtype={"phase": str, "role": str, "model": str, "arm": str, "variant": str,
+                                      "param": str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=CURVE_COLS)
+    if "param" in df:
+        df["param"] = df["param"].fillna("")
+    return df

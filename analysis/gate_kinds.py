@@ -54,9 +54,12 @@ GATE_KINDS: dict[str, GateKind] = {
          "max_value": Param("number", 1.0e6, "largest allowed value")},
         statistical=False),
     "baseline_sane": GateKind(
-        "the baseline trained: its final loss is below its own start by a factor, and below a ceiling",
+        "the baseline trained: every baseline run finished, its final loss is below its own start by a "
+        "factor, below a ceiling, and not far behind the best arm (a broken baseline is not 'beaten')",
         {"max_ratio_to_start": Param("fraction", 0.9, "final val loss / first evaluated val loss, at most"),
-         "max_final_loss": Param("number", None, "an absolute ceiling on the final val loss", nullable=True)},
+         "max_final_loss": Param("number", None, "an absolute ceiling on the final val loss", nullable=True),
+         "max_gap_to_best_arm": Param("fraction", 0.1, "the baseline's mean final loss may exceed the best "
+                                      "arm's by at most this fraction (null: no check)", nullable=True)},
         statistical=False),
     "within_baseline": GateKind(
         "each arm's mean final loss is at most the baseline's x (1 + margin) (non-inferiority)",
@@ -66,7 +69,9 @@ GATE_KINDS: dict[str, GateKind] = {
         "some arm lowers the mean final loss by more than min_improvement (a test against the threshold)",
         {"min_improvement": Param("fraction", 0.0, "the relative improvement the arm must exceed"),
          "arms": Param("arms", None, "the candidate arms (null: every arm)", nullable=True),
-         "model": Param("model", None, "judge only this model's runs (null: the phase's)", nullable=True)}),
+         "model": Param("model", None, "judge only this model's runs (null: the phase's)", nullable=True),
+         "design_effect": Param("fraction", None, "the relative difference the power check is computed at "
+                                "when the threshold is 0 (null: the threshold, or 0.01 when it is 0)", nullable=True)}),
     "not_worse_than_baseline": GateKind(
         "the named arms are not worse than the baseline by more than a margin, at a step or at the end",
         {"margin": Param("fraction", 0.01, "the non-inferiority margin (relative)"),
@@ -76,14 +81,20 @@ GATE_KINDS: dict[str, GateKind] = {
         "one arm has a lower mean final loss than another",
         {"better": Param("arm", REQUIRED, "the arm expected to be better"),
          "worse": Param("arm", REQUIRED, "the arm expected to be worse"),
-         "margin": Param("fraction", 0.0, "by more than this relative margin")}),
+         "margin": Param("fraction", 0.0, "by more than this relative margin"),
+         "design_effect": Param("fraction", None, "the relative difference the power check is computed at "
+                                "when the threshold is 0 (null: the margin, or 0.01 when it is 0)", nullable=True)}),
     "metric_higher": GateKind(
         "a metric of the named arms is higher than the baseline's",
         {"metric": Param("metric", "eff_rank_mean", "the runs.csv column"),
-         "arms": Param("arms", REQUIRED, "the arms judged")}),
+         "arms": Param("arms", REQUIRED, "the arms judged"),
+         "design_effect": Param("fraction", None, "the relative difference the power check is computed at "
+                                "when the threshold is 0 (null: 0.05)", nullable=True)}),
     "reaches_target_sooner": GateKind(
-        "the scratch arm reaches the scratch baseline's final loss in fewer steps",
-        {}),
+        "the scratch arm reaches the scratch baseline's mean final loss in fewer steps",
+        {"min_speedup": Param("fraction", 0.0, "in at most (1 - min_speedup) x the baseline's steps"),
+         "design_effect": Param("fraction", None, "the relative difference the power check is computed at "
+                                "when the threshold is 0 (null: min_speedup, or 0.1 when it is 0)", nullable=True)}),
 }
 
 

@@ -1,9 +1,29 @@
-"""gates: each success criterion of the study plan as a named check -> PASS / FAIL / INSUFFICIENT.
+"""gates: a study's named gate instances -> PASS / FAIL / INSUFFICIENT, each testing what its words claim.
 
-`GATES` maps each gate name to its settings and their defaults (the workflow's config schema can use it);
-unknown gate names and unknown settings raise ValueError naming them. Every gate reports
-{"name", "verdict", "threshold", "observed", "detail", "settings", "values"}; the phase's "passed" is
-true when all gates PASS, false when any FAILs, otherwise null (something INSUFFICIENT, or no gates).
+A gate instance is `{kind: K, ...settings}`; the kinds and their settings are declared in
+analysis/gate_kinds.py (resolved with defaults by `resolve`). Every gate reports {"name", "kind",
+"verdict", "claim", "observed", "detail", "settings", "values"}; the phase's "passed" is true when all
+gates PASS, false when any FAILs, otherwise null.
+
+Statistical gates (all but no_crashes, metric_logged, baseline_sane) state their claim as one or more
+one-sided hypotheses on ratios of means (lower loss is better), e.g. beats_baseline with min_improvement m:
+H1: mean(arm) < (1 - m) mean(baseline), tested exactly by stats.ratio_test (paired t on a - (1 - m) b when
+the seeds pair, else Welch on a and (1 - m) b). The phase's statistical hypotheses form ONE multiplicity
+family: their p-values are Holm-adjusted together (a control gate is corrected with the comparisons it
+controls). Each hypothesis is then:
+  pass          Holm p < level;
+  fail          the judged arm has a diverged (or never-reaching) seed, or the opposite one-sided test
+                (Holm within the gate) rejects the claim ("the data say no"), or nothing was decided although
+                the design's power at the threshold is >= power_floor;
+  insufficient  fewer than min_n usable seeds on a side, or nothing decided and the power at the threshold
+                is below power_floor (or unknown): "the design could not tell".
+Power at the threshold: a one-sided test at level / K (K = the phase's family size; Holm's worst case)
+with the hypothesis' seeds, at a true difference one threshold away from the boundary (non-inferiority:
+a true difference of 0 against margin m; a threshold m > 0: m; a threshold of 0: design_effect). The sd
+is the design check's (`noise_sd`, a fraction of the loss) for final-loss hypotheses when given, else the
+pooled within-configuration sd of the quantity in this phase; paired runs are assumed uncorrelated.
+A gate over several hypotheses: beats_baseline PASSes when ANY passes (the claim is "some arm"),
+FAILs when every one fails; the others need ALL (any fail -> FAIL).
 """
 from __future__ import annotations
 
@@ -13,423 +33,528 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
-from .io import clean, fmt, fmt_alpha, is_num, md_table
-from .selection import best_arm
-from .stats import baseline_mask, compare, usable_mask, with_family
+from . import power as pw
+from .design import with_floor
+from .gate_kinds import GATE_KINDS, SELECTED, resolve
+from .io import clean, fmt_p, is_num, md_table
+from .stats import baseline_mask, holm, pairing, pooled_rel_sd, ratio_test, usable_mask, with_family
 
 log = logging.getLogger("analysis.gates")
 
 PASS, FAIL, INSUFFICIENT = "PASS", "FAIL", "INSUFFICIENT"
-REQUIRED = object()
-
-GATES: dict[str, dict[str, Any]] = {
-    "no_crashes": {},
-    "loss_within_baseline": {"max_rel_diff": 0.05, "two_sided": False},
-    "effective_rank_logged": {"min_value": 1.0, "max_value": 1.0e6},
-    "beats_baseline": {"min_improvement": 0.01, "arms": None},
-    "effective_rank_higher": {"arms": REQUIRED, "alpha": 0.05},
-    "isotropic_worse": {"orthonoise": "orthonoise", "isotropic": "isotropic", "alpha": 0.05},
-    "early_loss_not_worse": {"step": 100, "tolerance": 0.0, "arms": None},
-    "advantage_replicates": {"min_improvement": 0.005, "model": None, "arms": None},
-    "scratch_faster": {},
-}
-_IGNORED_KEYS = {"description"}
+GATES = GATE_KINDS  # the kinds a study may name (settings: gate_kinds.params_of)
+KEY = ["model", "arm", "variant"]
 
 
-class Ctx:
-    def __init__(self, runs: pd.DataFrame, sig: pd.DataFrame, curves: pd.DataFrame, baseline: str,
-                 phase: str, metric: str = "final_val_loss"):
-        self.runs = with_family(runs) if len(runs) else runs.assign(family=pd.Series(dtype=str))
-        self.sig = sig if sig is not None else pd.DataFrame()
-        self.curves = curves if curves is not None else pd.DataFrame()
-        self.baseline = baseline
-        self.phase = phase
-        self.metric = metric
-        self.is_base = baseline_mask(self.runs, baseline) if len(self.runs) else pd.Series(dtype=bool)
-
-
-def _result(name, verdict, threshold, observed, detail, values=None) -> dict:
-    return {"name": name, "verdict": verdict, "threshold": threshold, "observed": observed, "detail": detail,
-            "values": values if values is not None else {}}
+def _label(model, arm, variant) -> str:
+    return f"{model}/{arm}" + (f" {variant}" if variant not in (None, "", "default") else "")
 
 
 def _run_label(r: Mapping) -> str:
-    a = f" alpha={fmt_alpha(r.get('alpha'))}" if is_num(r.get("alpha")) else ""
-    return f"{r.get('model')}/{r.get('arm')}{a}/seed{int(r.get('seed'))}"
+    return f"{_label(r.get('model'), r.get('arm'), r.get('variant'))}/seed{int(r.get('seed'))}"
 
 
-def _group_label(model, arm, alpha) -> str:
-    a = f" alpha={fmt_alpha(alpha)}" if is_num(alpha) else ""
-    return f"{model}/{arm}{a}"
+class Ctx:
+    def __init__(self, runs: pd.DataFrame, curves: pd.DataFrame | None, baseline: str, phase: str,
+                 selection: Mapping | None = None, noise_sd: float | None = None, metric: str = "final_val_loss"):
+        self.runs = with_family(runs).reset_index(drop=True) if len(runs) else pd.DataFrame(
+            columns=["phase", "role", "model", "arm", "variant", "alpha", "seed", "status", metric, "family"])
+        self.curves = curves if curves is not None else pd.DataFrame()
+        self.baseline, self.phase, self.metric = baseline, phase, metric
+        self.selection = dict(selection) if selection else None
+        self.noise_sd = float(noise_sd) if is_num(noise_sd) and float(noise_sd) > 0 else None
+        self.is_base = baseline_mask(self.runs, baseline) if len(self.runs) else pd.Series(dtype=bool)
+        self.main = self.runs[self.runs["family"] == "main"] if len(self.runs) else self.runs
+        self.selected_note = ""
+        self._sd_cache: dict = {}
+        self._grouped = None
+        self._qty: dict = {}
+
+    # ------------------------------------------------------------------------------------------ arms
+    def arm_keys(self, names: list | None) -> list[tuple]:
+        """(model, arm, variant) of the main-family non-baseline configurations named (None: all);
+        'selected' is the arm the phase took from an earlier one, or this phase's best arm."""
+        r = self.main[~self.is_base.loc[self.main.index]] if len(self.main) else self.main
+        keys = sorted({tuple(x) for x in r[KEY].itertuples(index=False)}) if len(r) else []
+        if names is None:
+            return keys
+        out = []
+        for n in names:
+            if n == SELECTED:
+                out += [k for k in self.selected_keys() if k not in out]
+            else:
+                out += [k for k in keys if k[1] == n and k not in out]
+        return out
+
+    def selected_keys(self) -> list[tuple]:
+        r = self.main[~self.is_base.loc[self.main.index]] if len(self.main) else self.main
+        if self.selection and self.selection.get("arm"):
+            arm, var = self.selection["arm"], self.selection.get("variant")
+            m = r["arm"] == arm
+            if var is not None and "variant" in r:
+                m &= r["variant"] == str(var)
+            self.selected_note = f"'selected' = {arm} {var or ''} (from the earlier phase's selection)".strip()
+            return sorted({tuple(x) for x in r.loc[m, KEY].itertuples(index=False)})
+        best = self.best_key()
+        if best is None:
+            return []
+        self.selected_note = (f"'selected' = {_label(*best)}: this phase's arm with the lowest mean "
+                              "final loss (no earlier selection; its estimate is optimistic)")
+        return [best]
+
+    def best_key(self) -> tuple | None:
+        r = self.main[~self.is_base.loc[self.main.index]] if len(self.main) else self.main
+        if len(r) == 0:
+            return None
+        v = pd.to_numeric(r[self.metric], errors="coerce").where(usable_mask(r, self.metric))
+        d = r.assign(_v=v, _div=r["status"] != "ok").groupby(KEY, sort=True).agg(m=("_v", "mean"), d=("_div", "sum"))
+        d = d[(d["d"] == 0) & d["m"].notna()]
+        return None if len(d) == 0 else tuple(d["m"].idxmin())
+
+    def base_rows(self, model: str, family: str = "main") -> pd.DataFrame:
+        return self._groups()[1].get((family, model), self.runs.iloc[0:0])
+
+    def rows(self, key: tuple, family: str = "main") -> pd.DataFrame:
+        return self._groups()[0].get((family,) + tuple(key), self.runs.iloc[0:0])
+
+    def _groups(self):
+        """{(family, model, arm, variant): non-baseline runs}, {(family, model): baseline runs}: built once."""
+        if self._grouped is None:
+            r = self.runs
+            arms = {k: g for k, g in r[~self.is_base].groupby(["family"] + KEY, sort=False)} if len(r) else {}
+            base = {k: g for k, g in r[self.is_base].groupby(["family", "model"], sort=False)} if len(r) else {}
+            self._grouped = (arms, base)
+        return self._grouped
+
+    # ------------------------------------------------------------------------------------ quantities
+    def values(self, df: pd.DataFrame, col: str) -> tuple[np.ndarray, list, int]:
+        """(usable values, their seeds, number of runs not ok) for a column of runs.csv; df is a subset of
+        self.runs (the column is computed once for the whole table: the gates call this per configuration)."""
+        if col not in self._qty:
+            v = self.column(self.runs, col).to_numpy(float)
+            st_ok = (self.runs["status"] == "ok").to_numpy() if len(self.runs) else np.zeros(0, bool)
+            self._qty[col] = (v, st_ok & np.isfinite(v), st_ok, self.runs["seed"].to_numpy() if len(self.runs)
+                              else np.zeros(0))
+        v, ok, st_ok, seeds = self._qty[col]
+        pos = self.runs.index.get_indexer(df.index)
+        m = ok[pos]
+        return v[pos][m], seeds[pos][m].tolist(), int((~st_ok[pos]).sum())
+
+    def column(self, df: pd.DataFrame, col: str) -> pd.Series:
+        if col.startswith("val_loss_at_"):
+            return self.val_at(df, int(col[12:]))
+        if col not in df:
+            return pd.Series(np.nan, index=df.index, dtype=float)
+        return pd.to_numeric(df[col], errors="coerce").astype(float)
+
+    def val_at(self, df: pd.DataFrame, step: int) -> pd.Series:
+        """Per-run val loss at `step`: runs.csv val_loss_at_<step>, else curves.csv at that step."""
+        col = f"val_loss_at_{step}"
+        out = pd.to_numeric(df[col], errors="coerce").astype(float) if col in df else \
+            pd.Series(np.nan, index=df.index, dtype=float)
+        cv = self.curves
+        if out.isna().any() and len(cv) and "val_loss" in cv:
+            cv = with_family(cv[(cv["step"] == step) & cv["val_loss"].notna()])
+            look = {(r["role"] if "role" in cv else "", r["model"], r["arm"], r["variant"], int(r["seed"])):
+                    float(r["val_loss"]) for r in cv.to_dict("records")}
+            for i, r in df[out.isna()].iterrows():
+                v = look.get((r["role"] if "role" in df else "", r["model"], r["arm"], r["variant"], int(r["seed"])))
+                if v is not None:
+                    out.loc[i] = v
+        return out
+
+    def rel_sd(self, col: str, family: str = "main") -> tuple[float, str]:
+        """The sd (fraction of the level) used by the power check for this quantity."""
+        if col == self.metric and self.noise_sd is not None:
+            return self.noise_sd, "design check"
+        if (col, family) not in self._sd_cache:
+            self._sd_cache[(col, family)] = self._rel_sd(col, family)
+        return self._sd_cache[(col, family)]
+
+    def _rel_sd(self, col: str, family: str) -> tuple[float, str]:
+        r = self.runs[(self.runs["family"] == family) & (self.runs["status"] == "ok")]
+        if len(r) == 0:
+            return math.nan, "none"
+        sd, dof = pooled_rel_sd(r.assign(_q=self.column(r, col)), "_q", KEY)
+        return sd, (f"pooled in this phase ({dof} df)" if dof else "none")
 
 
-# --------------------------------------------------------------------------------------------- gates
-def gate_no_crashes(c: Ctx, s: dict) -> dict:
-    name = "no_crashes"
-    thr = "every run has status ok"
-    if len(c.runs) == 0:
-        return _result(name, INSUFFICIENT, thr, "no runs", "the phase has no runs")
-    bad = c.runs[c.runs["status"] != "ok"]
-    obs = f"{len(c.runs) - len(bad)}/{len(c.runs)} ok"
-    if len(bad):
-        items = []
-        for r in bad.to_dict("records"):
-            st = r["status"] + (f" at step {int(r['diverged_step'])}" if is_num(r.get("diverged_step")) else "")
-            items.append(f"{_run_label(r)} ({st})")
-        return _result(name, FAIL, thr, obs, "not ok: " + "; ".join(items), {"not_ok": items})
-    return _result(name, PASS, thr, obs, f"all {len(c.runs)} runs finished with status ok")
+# ------------------------------------------------------------------------------------- hypotheses
+def _hyp(label: str, claim: str, *, a=None, sa=None, b=None, sb=None, ratio=1.0, direction="less",
+         failure: str | None = None, distance=math.nan, sd=math.nan, sd_src="", note="") -> dict:
+    a = np.asarray(a if a is not None else [], float)
+    b = np.asarray(b if b is not None else [], float)
+    h = {"label": label, "claim": claim, "n_arm": len(a), "n_base": len(b), "failure": failure, "note": note,
+         "ratio": ratio, "direction": direction, "distance": distance, "sd": sd, "sd_source": sd_src,
+         "p": math.nan, "p_against": math.nan, "test": "none", "estimate_pct": math.nan,
+         "ci_pct": [math.nan, math.nan], "mean_arm": math.nan, "mean_base": math.nan,
+         "paired": pairing(list(sa or []), list(sb or []))}
+    if len(a) and len(b):
+        ma, mb = float(a.mean()), float(b.mean())
+        h.update(mean_arm=ma, mean_base=mb, estimate_pct=100 * (ma / mb - 1) if mb else math.nan)
+        if len(a) >= 2 and len(b) >= 2 and mb:
+            t = ratio_test(a, sa, b, sb, 1.0, "less")  # the plain difference, for its 95% CI
+            if is_num(t["df"]):
+                half = sps.t.ppf(0.975, t["df"]) * (abs((ma - mb) / t["t"]) if is_num(t["t"]) and t["t"] else 0.0)
+                h["ci_pct"] = [100 * (ma - mb - half) / mb, 100 * (ma - mb + half) / mb]
+    if failure is None and len(a) >= 2 and len(b) >= 2:
+        t = ratio_test(a, sa, b, sb, ratio, direction)
+        h.update(p=t["p"], p_against=t["p_other"], test=t["test"])
+    return h
 
 
-def _means(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    u = usable_mask(df, metric)
-    d = df.assign(_v=pd.to_numeric(df[metric], errors="coerce").where(u), _div=df["status"] == "diverged")
-    return d.groupby(["model", "family", "arm", "alpha"], dropna=False, sort=True).agg(
-        mean=("_v", "mean"), n=("_v", "count"), n_div=("_div", "sum")).reset_index()
+def _arm_vs_base(c: Ctx, key: tuple, col: str, ratio: float, direction: str, claim: str, distance: float,
+                 family: str = "main", fail_on_diverged: bool = True) -> dict:
+    ar, br = c.rows(key, family), c.base_rows(key[0], family)
+    a, sa, na_bad = c.values(ar, col)
+    b, sb, _ = c.values(br, col)
+    sd, src = c.rel_sd(col, family)
+    fail = None
+    if fail_on_diverged and na_bad:
+        bad = [_run_label(r) + f" ({r['status']})" for r in ar[ar["status"] != "ok"].to_dict("records")]
+        fail = "a run that is not ok is a failure: " + ", ".join(bad)
+    elif len(ar) and len(a) == 0:
+        fail = f"no usable {col} value"
+    return _hyp(_label(*key), claim, a=a, sa=sa, b=b, sb=sb, ratio=ratio, direction=direction, failure=fail,
+                distance=distance, sd=sd, sd_src=src)
 
 
-def gate_loss_within_baseline(c: Ctx, s: dict) -> dict:
-    name = "loss_within_baseline"
-    tol = float(s["max_rel_diff"])
-    two = bool(s["two_sided"])
-    thr = (f"|mean final loss / baseline - 1| <= {tol:.1%}" if two
-           else f"mean final loss <= baseline mean x (1 + {tol:.1%}) for every arm")
-    if len(c.runs) == 0:
-        return _result(name, INSUFFICIENT, thr, "no runs", "the phase has no runs")
-    base = _means(c.runs[c.is_base], c.metric)
-    arms = _means(c.runs[~c.is_base], c.metric)
-    if len(arms) == 0:
-        return _result(name, INSUFFICIENT, thr, "no arms", "the phase has no non-baseline arm")
-    bmean = {(r["model"], r["family"]): r["mean"] for r in base.to_dict("records")}
-    fails, missing, vals = [], [], {}
-    worst = None
-    for r in arms.to_dict("records"):
-        lbl = _group_label(r["model"], r["arm"], r["alpha"])
-        bm = bmean.get((r["model"], r["family"]), math.nan)
-        if not is_num(bm):
-            missing.append(f"{lbl}: no usable baseline run")
-            continue
-        if not is_num(r["mean"]):
-            fails.append(f"{lbl}: no finite final loss ({int(r['n_div'])} diverged)")
-            vals[lbl] = None
-            continue
-        rel = r["mean"] / bm - 1.0
-        vals[lbl] = rel
-        if worst is None or rel > worst[1]:
-            worst = (lbl, rel)
-        if (abs(rel) if two else rel) > tol:
-            fails.append(f"{lbl}: {rel:+.2%} ({r['mean']:.4f} vs {bm:.4f})")
-    obs = f"worst {worst[0]} {worst[1]:+.2%}" if worst else "none computable"
-    if fails:
-        return _result(name, FAIL, thr, obs, "outside: " + "; ".join(fails + missing), {"rel_diff": vals})
-    if missing:
-        return _result(name, INSUFFICIENT, thr, obs, "; ".join(missing), {"rel_diff": vals})
-    return _result(name, PASS, thr, obs, f"all {len(vals)} arms within (relative differences vs baseline)",
-                   {"rel_diff": vals})
+# ----------------------------------------------------------------------------------- statistical kinds
+def k_within_baseline(c: Ctx, s: dict) -> tuple[list, str, str]:
+    m = float(s["margin"])
+    claim = f"mean final loss < baseline x (1 + {m:.1%}) (non-inferiority, margin {m:.1%})"
+    hs = [_arm_vs_base(c, k, c.metric, 1 + m, "less", claim, m) for k in c.arm_keys(s["arms"])]
+    return hs, "all", claim
 
 
-def gate_effective_rank_logged(c: Ctx, s: dict) -> dict:
-    name = "effective_rank_logged"
-    lo, hi = float(s["min_value"]), float(s["max_value"])
-    thr = f"every run (baseline included) has a finite eff_rank_mean in [{lo:g}, {hi:g}]"
-    if len(c.runs) == 0:
-        return _result(name, INSUFFICIENT, thr, "no runs", "the phase has no runs")
-    er = pd.to_numeric(c.runs.get("eff_rank_mean", pd.Series(np.nan, index=c.runs.index)), errors="coerce")
-    good = np.isfinite(er) & (er >= lo) & (er <= hi)
-    bad = c.runs[~good]
-    obs = f"{int(good.sum())}/{len(c.runs)} runs; range {fmt(er[good].min(), 2)}..{fmt(er[good].max(), 2)}" \
-        if good.any() else f"0/{len(c.runs)} runs"
-    if len(bad):
-        items = [f"{_run_label(r)} (eff_rank_mean={fmt(r.get('eff_rank_mean'), 3) or 'missing'}, {r['status']})"
-                 for r in bad.to_dict("records")]
-        return _result(name, FAIL, thr, obs, "not logged or out of range: " + "; ".join(items))
-    return _result(name, PASS, thr, obs, "logged in every run")
+def k_beats_baseline(c: Ctx, s: dict) -> tuple[list, str, str]:
+    m = float(s["min_improvement"])
+    dist = m if m > 0 else float(s["design_effect"] or 0.01)
+    claim = f"mean final loss < baseline x (1 - {m:.1%}) (improvement > {m:.1%})"
+    keys = [k for k in c.arm_keys(s["arms"]) if s["model"] is None or k[0] == s["model"]]
+    return [_arm_vs_base(c, k, c.metric, 1 - m, "less", claim, dist) for k in keys], "any", claim
 
 
-def _improvement_gate(c: Ctx, name: str, min_imp: float, model: str | None, arms: list | None) -> dict:
-    who = "some arm" if arms is None else f"some arm of {list(arms)}"
-    thr = f"{who} improves mean final loss by > {min_imp:.1%} with verdict 'better' (Holm-corrected)"
-    sig = c.sig
-    if len(sig) and "family" in sig:
-        sig = sig[sig["family"].fillna("main") == "main"]
-    if model is not None and len(sig):
-        sig = sig[sig["model"] == model]
-    if arms is not None and len(sig):
-        sig = sig[sig["arm"].isin(list(arms))]
-    if len(sig) == 0:
-        return _result(name, INSUFFICIENT, thr, "no comparisons", "no arm-vs-baseline comparison in this phase")
-    testable = sig[(sig["n_arm"] >= 2) & (sig["n_base"] >= 2)]
-    if len(testable) == 0:
-        return _result(name, INSUFFICIENT, thr, "no comparison with >= 2 seeds each side",
-                       f"{len(sig)} comparisons, all with fewer than 2 usable seeds on a side")
-    imp = -testable["diff_pct"] / 100.0
-    best_i = imp.idxmax()
-    b = testable.loc[best_i]
-    obs = (f"best {_group_label(b['model'], b['arm'], b['alpha'])}: {-b['diff_pct']:.2f}% lower loss, "
-           f"Holm p={fmt(b['p_holm'], 3, sig=True)}, verdict {b['verdict']}")
-    ok = testable[(testable["verdict"] == "better") & (imp > min_imp)]
-    vals = {_group_label(r["model"], r["arm"], r["alpha"]): {"improvement": -r["diff_pct"] / 100.0,
-                                                             "p_holm": r["p_holm"], "verdict": r["verdict"]}
-            for r in testable.to_dict("records")}
-    if len(ok):
-        lbls = [f"{_group_label(r['model'], r['arm'], r['alpha'])} ({-r['diff_pct']:.2f}%, Holm p="
-                f"{r['p_holm']:.3g})" for r in ok.sort_values("diff_pct").to_dict("records")]
-        return _result(name, PASS, thr, obs, "qualifying: " + "; ".join(lbls), vals)
-    return _result(name, FAIL, thr, obs, f"none of {len(testable)} testable comparisons is significantly "
-                   f"better by more than {min_imp:.1%}", vals)
+def k_not_worse_than_baseline(c: Ctx, s: dict) -> tuple[list, str, str]:
+    m = float(s["margin"])
+    col = c.metric if s["step"] is None else f"val_loss_at_{int(s['step'])}"
+    where = "final loss" if s["step"] is None else f"val loss at step {int(s['step'])}"
+    claim = f"mean {where} < baseline x (1 + {m:.1%}) (non-inferiority, margin {m:.1%})"
+    hs = [_arm_vs_base(c, k, col, 1 + m, "less", claim, m) for k in c.arm_keys(s["arms"])]
+    return hs, "all", claim
 
 
-def gate_beats_baseline(c: Ctx, s: dict) -> dict:
-    return _improvement_gate(c, "beats_baseline", float(s["min_improvement"]), None, s["arms"])
+def k_metric_higher(c: Ctx, s: dict) -> tuple[list, str, str]:
+    col = s["metric"]
+    dist = float(s["design_effect"] or 0.05)
+    claim = f"mean {col} > baseline's"
+    return [_arm_vs_base(c, k, col, 1.0, "greater", claim, dist) for k in c.arm_keys(s["arms"])], "all", claim
 
 
-def gate_advantage_replicates(c: Ctx, s: dict) -> dict:
-    return _improvement_gate(c, "advantage_replicates", float(s["min_improvement"]), s["model"], s["arms"])
+def k_arm_better_than_arm(c: Ctx, s: dict) -> tuple[list, str, str]:
+    m = float(s["margin"])
+    dist = m if m > 0 else float(s["design_effect"] or 0.01)
+    better, worse = c.arm_keys([s["better"]]), c.arm_keys([s["worse"]])
+    claim = f"{s['better']}'s mean final loss < {s['worse']}'s x (1 - {m:.1%})"
+    pairs = []
+    for bk in better:
+        same_model = [w for w in worse if w[0] == bk[0]]
+        shared = [w for w in same_model if w[2] == bk[2]]
+        pairs += [(bk, w) for w in (shared or same_model)]
+    hs = []
+    for bk, wk in pairs:
+        br, wr = c.rows(bk), c.rows(wk)
+        a, sa, a_bad = c.values(br, c.metric)
+        b, sb, b_bad = c.values(wr, c.metric)
+        sd, src = c.rel_sd(c.metric)
+        lbl = f"{_label(*bk)} vs {_label(*wk)}"
+        fail = note = None
+        if a_bad:
+            fail = f"{_label(*bk)} has {a_bad} run(s) not ok: a failure"
+        h = _hyp(lbl, claim, a=a, sa=sa, b=b, sb=sb, ratio=1 - m, direction="less", failure=fail, distance=dist,
+                 sd=sd, sd_src=src)
+        if not a_bad and b_bad and len(a) >= int(s["min_n"]):
+            h.update(forced_pass=f"{_label(*wk)} has {b_bad} run(s) not ok and {_label(*bk)} none")
+        hs.append(h)
+    return hs, "all", claim
 
 
-def gate_effective_rank_higher(c: Ctx, s: dict) -> dict:
-    name = "effective_rank_higher"
-    arms = list(s["arms"] or [])
-    if not arms:
-        raise ValueError("gate 'effective_rank_higher': setting 'arms' must list at least one arm")
-    a_lvl = float(s["alpha"])
-    thr = f"mean eff_rank_mean of {arms} > baseline's, Welch t-test (two-sided) p < {a_lvl:g}"
-    if len(c.runs) == 0:
-        return _result(name, INSUFFICIENT, thr, "no runs", "the phase has no runs")
-    r = c.runs[c.runs["family"] == "main"]
-    isb = c.is_base.loc[r.index]
-    er = pd.to_numeric(r.get("eff_rank_mean"), errors="coerce")
-    ok = (r["status"] == "ok") & np.isfinite(er)
-    results, vals = [], {}
-    for model in sorted(r["model"].unique()):
-        m = r["model"] == model
-        a = er[m & ~isb & r["arm"].isin(arms) & ok].to_numpy(float)
-        b = er[m & isb & ok].to_numpy(float)
-        if len(a) < 2 or len(b) < 2:
-            results.append((model, INSUFFICIENT, f"{model}: {len(a)} arm / {len(b)} baseline values"))
-            continue
-        cmp = compare(a, [], b, [1], alpha_level=a_lvl)  # seed lists differ -> Welch
-        vals[model] = {"mean_arms": cmp["mean_arm"], "mean_base": cmp["mean_base"], "t": cmp["t"],
-                       "p": cmp["p"], "n_arms": len(a), "n_base": len(b)}
-        good = cmp["diff"] > 0 and cmp["p"] < a_lvl
-        results.append((model, PASS if good else FAIL,
-                        f"{model}: {cmp['mean_arm']:.3f} vs {cmp['mean_base']:.3f} (t={cmp['t']:.3g}, "
-                        f"p={cmp['p']:.3g}, n={len(a)}/{len(b)})"))
-    if not results:
-        return _result(name, INSUFFICIENT, thr, "no runs", "no main-family runs")
-    verdicts = [v for _, v, _ in results]
-    verdict = FAIL if FAIL in verdicts else (PASS if all(v == PASS for v in verdicts) else INSUFFICIENT)
-    det = "; ".join(d for _, _, d in results)
-    return _result(name, verdict, thr, det, det, vals)
-
-
-def _alpha_key(a) -> float | None:
-    return round(float(a), 12) if is_num(a) else None
-
-
-def gate_isotropic_worse(c: Ctx, s: dict) -> dict:
-    name = "isotropic_worse"
-    on, iso, a_lvl = s["orthonoise"], s["isotropic"], float(s["alpha"])
-    thr = (f"{iso} mean final loss > {on}'s at every shared alpha, one-sided p < {a_lvl:g} "
-           f"(paired t where seeds pair, else Welch) at one alpha at least")
-    if len(c.runs) == 0:
-        return _result(name, INSUFFICIENT, thr, "no runs", "the phase has no runs")
-    r = c.runs[(c.runs["family"] == "main") & ~c.is_base]
-    r = r.assign(_ak=r["alpha"].map(_alpha_key), _u=usable_mask(r, c.metric),
-                 _v=pd.to_numeric(r[c.metric], errors="coerce"))
-    shared = []
-    for (model, ak), g in r.groupby(["model", "_ak"], sort=True, dropna=True):
-        go, gi = g[g["arm"] == on], g[g["arm"] == iso]
-        if len(go) and len(gi):
-            shared.append((model, ak, go, gi))
-    if not shared:
-        return _result(name, INSUFFICIENT, thr, "no shared alpha", f"no alpha has both {on} and {iso} runs")
-    details, vals, direction_ok, any_sig, any_testable = [], {}, True, False, False
-    for model, ak, go, gi in shared:
-        uo, ui = go[go["_u"]], gi[gi["_u"]]
-        lbl = f"{model} alpha={ak:g}"
-        if len(ui) == 0 or len(uo) == 0:
-            # a side with no usable (all diverged) run: isotropic failing is 'worse', orthonoise failing is not
-            holds = len(ui) == 0 and len(uo) > 0
-            direction_ok &= holds
-            details.append(f"{lbl}: {len(uo)} usable {on} / {len(ui)} usable {iso} runs "
-                           f"({'direction holds' if holds else 'direction fails'})")
-            continue
-        cmp = compare(ui["_v"].to_numpy(), ui["seed"].tolist(), uo["_v"].to_numpy(), uo["seed"].tolist(),
-                      alpha_level=a_lvl, alternative="greater")
-        holds = cmp["diff"] > 0
-        direction_ok &= bool(holds)
-        sig = is_num(cmp["p"]) and cmp["p"] < a_lvl
-        any_testable |= cmp["test"] != "none"
-        any_sig |= bool(sig and holds)
-        vals[lbl] = {"mean_isotropic": cmp["mean_arm"], "mean_orthonoise": cmp["mean_base"], "test": cmp["test"],
-                     "t": cmp["t"], "p_one_sided": cmp["p"], "n_isotropic": cmp["n_arm"],
-                     "n_orthonoise": cmp["n_base"]}
-        details.append(f"{lbl}: {iso} {cmp['mean_arm']:.4f} vs {on} {cmp['mean_base']:.4f} "
-                       f"({cmp['diff_pct']:+.2f}%), {cmp['test']}"
-                       + (f" one-sided p={cmp['p']:.3g}" if is_num(cmp["p"]) else " (n<2: no test)"))
-    det = "; ".join(details)
-    obs = f"direction {'holds' if direction_ok else 'fails'} at {len(shared)} shared alpha(s); " \
-          f"{'a' if any_sig else 'no'} significant one"
-    if not direction_ok:
-        return _result(name, FAIL, thr, obs, det, vals)
-    if not any_testable:
-        return _result(name, INSUFFICIENT, thr, obs, "no shared alpha with >= 2 usable seeds each side; " + det,
-                       vals)
-    return _result(name, PASS if any_sig else FAIL, thr, obs, det, vals)
-
-
-def _val_at(c: Ctx, df: pd.DataFrame, step: int) -> pd.Series:
-    """Per-run val loss at `step`: runs.csv val_loss_at_<step>, else curves.csv at that step."""
-    col = f"val_loss_at_{step}"
-    out = pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, index=df.index)
-    if out.isna().any() and len(c.curves) and "val_loss" in c.curves:
-        cv = c.curves[(c.curves["step"] == step) & c.curves["val_loss"].notna()]
-        if "role" in cv:
-            key = ["role", "model", "arm", "seed"]
-        else:
-            key = ["model", "arm", "seed"]
-        look = {}
-        for r in cv.to_dict("records"):
-            look[tuple(r[k] for k in key) + (_alpha_key(r["alpha"]),)] = r["val_loss"]
-        for i, r in df[out.isna()].iterrows():
-            v = look.get(tuple(r[k] for k in key) + (_alpha_key(r["alpha"]),))
-            if v is not None:
-                out.loc[i] = v
-    return out
-
-
-def gate_early_loss_not_worse(c: Ctx, s: dict) -> dict:
-    name = "early_loss_not_worse"
-    step, tol = int(s["step"]), float(s["tolerance"])
-    thr = f"best arm's mean val loss at step {step} <= baseline's x (1 + {tol:g})"
-    chosen, rule, _ = best_arm(c.sig, s["arms"])
-    if chosen is None:
-        return _result(name, INSUFFICIENT, thr, "no best arm", "no arm with a usable mean final loss to select")
-    r = c.runs[c.runs["family"] == "main"]
-    isb = c.is_base.loc[r.index]
-    ak = _alpha_key(chosen["alpha"])
-    sel = (~isb & (r["model"] == chosen["model"]) & (r["arm"] == chosen["arm"])
-           & (r["alpha"].map(_alpha_key) == ak))
-    bsel = isb & (r["model"] == chosen["model"])
-    va = _val_at(c, r[sel & (r["status"] == "ok")], step)
-    vb = _val_at(c, r[bsel & (r["status"] == "ok")], step)
-    va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
-    lbl = _group_label(chosen["model"], chosen["arm"], chosen["alpha"])
-    if len(va) == 0 or len(vb) == 0:
-        return _result(name, INSUFFICIENT, thr, f"step {step} not evaluated",
-                       f"best arm {lbl} (rule {rule}): {len(va)} arm / {len(vb)} baseline runs have a val loss at "
-                       f"step {step}")
-    ma, mb = float(va.mean()), float(vb.mean())
-    obs = f"{lbl}: {ma:.4f} vs baseline {mb:.4f} ({(ma / mb - 1):+.2%})"
-    vals = {"arm": lbl, "rule": rule, "mean_arm": ma, "mean_base": mb, "n_arm": len(va), "n_base": len(vb)}
-    verdict = PASS if ma <= mb * (1 + tol) else FAIL
-    return _result(name, verdict, thr, obs, f"best arm chosen by rule '{rule}'; n={len(va)}/{len(vb)}", vals)
-
-
-def _steps_to(curve: pd.DataFrame, target: float) -> float:
-    hit = curve[curve["val_loss"] <= target]
-    return float(hit["step"].iloc[0]) if len(hit) else math.nan
-
-
-def gate_scratch_faster(c: Ctx, s: dict) -> dict:
-    name = "scratch_faster"
-    thr = "scratch arm reaches the scratch baseline's mean final val loss in fewer steps (mean over seeds)"
+def k_reaches_target_sooner(c: Ctx, s: dict) -> tuple[list, str, str]:
+    m = float(s["min_speedup"])
+    dist = m if m > 0 else float(s["design_effect"] or 0.1)
+    claim = f"scratch arm's steps to the scratch baseline's mean final loss < (1 - {m:.0%}) x the baseline's"
+    r = c.runs[c.runs["family"] == "scratch"] if len(c.runs) else c.runs
     cv = c.curves
-    if len(c.runs) == 0 or "role" not in c.runs:
-        return _result(name, INSUFFICIENT, thr, "no scratch runs", "the phase has no scratch runs")
-    sr = c.runs[c.runs["role"].isin(["scratch_baseline", "scratch_arm"])]
-    if len(sr) == 0 or len(cv) == 0 or "role" not in cv:
-        return _result(name, INSUFFICIENT, thr, "no scratch runs", "the phase has no scratch runs with curves")
-    cv = cv[cv["role"].isin(["scratch_baseline", "scratch_arm"]) & cv["val_loss"].notna()]
-    cv = cv[np.isfinite(cv["val_loss"].astype(float))].sort_values("step", kind="mergesort")
-    curves = {k: g for k, g in cv.groupby(["role", "model", "arm", "seed"], sort=True)}
-    base_ok = sr[(sr["role"] == "scratch_baseline") & (sr["status"] == "ok")]
-    arm_runs = sr[sr["role"] == "scratch_arm"]
-    finals = []
-    for r in base_ok.to_dict("records"):
-        g = curves.get(("scratch_baseline", r["model"], r["arm"], r["seed"]))
-        if g is not None and len(g):
-            finals.append((r, g, float(g["val_loss"].iloc[-1]), float(g["step"].iloc[-1])))
-    if not finals or len(arm_runs) == 0:
-        return _result(name, INSUFFICIENT, thr, "no scratch runs",
-                       f"{len(finals)} scratch baseline runs with a val curve, {len(arm_runs)} scratch arm runs")
-    target = float(np.mean([f for _, _, f, _ in finals]))
-    base_steps = []
-    for _, g, _, last in finals:
-        st = _steps_to(g, target)
-        base_steps.append(st if is_num(st) else last)  # never below the mean: counted at its last step
-    arm_steps, problems = [], []
-    for r in arm_runs.to_dict("records"):
-        g = curves.get(("scratch_arm", r["model"], r["arm"], r["seed"]))
-        st = _steps_to(g, target) if g is not None else math.nan
-        if r["status"] != "ok":
-            problems.append(f"{_run_label(r)} {r['status']}")
-        elif not is_num(st):
-            problems.append(f"{_run_label(r)} never reached {target:.4f}")
-        arm_steps.append(st)
-    mb = float(np.mean(base_steps))
-    ma = float(np.nanmean(arm_steps)) if any(is_num(x) for x in arm_steps) else math.nan
-    obs = f"arm {fmt(ma, 0)} vs baseline {mb:.0f} steps to val loss {target:.4f}"
-    vals = {"target": target, "arm_steps": arm_steps, "baseline_steps": base_steps}
-    if problems:
-        return _result(name, FAIL, thr, obs, "; ".join(problems), vals)
-    verdict = PASS if ma < mb else FAIL
-    return _result(name, verdict, thr, obs, f"{len(arm_steps)} arm / {len(base_steps)} baseline seeds; a "
-                   "baseline seed that never goes below the mean is counted at its last evaluated step", vals)
+    if len(r) == 0 or len(cv) == 0 or "val_loss" not in cv:
+        return [], "all", claim
+    cv = with_family(cv)
+    cv = cv[(cv["family"] == "scratch") & cv["val_loss"].notna()].sort_values("step", kind="mergesort")
+    curves = {k: g for k, g in cv.groupby(["model", "arm", "variant", "seed"], sort=False)}
+    hs = []
+    for model in sorted(r["model"].unique()):
+        base = r[c.is_base.loc[r.index] & (r["model"] == model)]
+        arms = r[~c.is_base.loc[r.index] & (r["model"] == model)]
+        fin = []
+        for x in base[base["status"] == "ok"].to_dict("records"):
+            g = curves.get((x["model"], x["arm"], x["variant"], x["seed"]))
+            if g is not None and len(g):
+                fin.append((x["seed"], g))
+        if not fin:
+            continue
+        target = float(np.mean([g["val_loss"].iloc[-1] for _, g in fin]))
+
+        def steps(g):
+            hit = g[g["val_loss"] <= target]
+            return float(hit["step"].iloc[0]) if len(hit) else math.nan
+        # a baseline seed that never goes below the mean counts at its last evaluated step (in its favour)
+        b = [steps(g) if is_num(steps(g)) else float(g["step"].iloc[-1]) for _, g in fin]
+        sb = [sd for sd, _ in fin]
+        for key, ar in arms.groupby(["arm", "variant"], sort=True):
+            a, sa, bad = [], [], []
+            for x in ar.to_dict("records"):
+                g = curves.get((x["model"], x["arm"], x["variant"], x["seed"]))
+                st = steps(g) if g is not None else math.nan
+                if x["status"] != "ok" or not is_num(st):
+                    bad.append(_run_label(x) + (f" ({x['status']})" if x["status"] != "ok" else " never reached it"))
+                else:
+                    a.append(st)
+                    sa.append(x["seed"])
+            sd, dof = pooled_rel_sd(pd.DataFrame({"g": ["a"] * len(a) + ["b"] * len(b), "v": a + b}), "v", ["g"])
+            h = _hyp(f"{_label(model, *key)} vs scratch baseline", claim, a=a, sa=sa, b=b, sb=sb, ratio=1 - m,
+                     direction="less", failure=("a failure: " + ", ".join(bad)) if bad else None, distance=dist,
+                     sd=sd, sd_src=f"pooled steps ({dof} df)" if dof else "none",
+                     note=f"target val loss {target:.4f}")
+            hs.append(h)
+    return hs, "all", claim
 
 
-GATE_FUNCS: dict[str, Callable[[Ctx, dict], dict]] = {
-    "no_crashes": gate_no_crashes,
-    "loss_within_baseline": gate_loss_within_baseline,
-    "effective_rank_logged": gate_effective_rank_logged,
-    "beats_baseline": gate_beats_baseline,
-    "effective_rank_higher": gate_effective_rank_higher,
-    "isotropic_worse": gate_isotropic_worse,
-    "early_loss_not_worse": gate_early_loss_not_worse,
-    "advantage_replicates": gate_advantage_replicates,
-    "scratch_faster": gate_scratch_faster,
+STATISTICAL_KINDS: dict[str, Callable[[Ctx, dict], tuple[list, str, str]]] = {
+    "within_baseline": k_within_baseline,
+    "beats_baseline": k_beats_baseline,
+    "not_worse_than_baseline": k_not_worse_than_baseline,
+    "metric_higher": k_metric_higher,
+    "arm_better_than_arm": k_arm_better_than_arm,
+    "reaches_target_sooner": k_reaches_target_sooner,
 }
 
 
-def resolve_settings(name: str, settings: Mapping | None) -> dict:
-    if name not in GATES:
-        raise ValueError(f"unknown gate {name!r}; known gates: {sorted(GATES)}")
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(GATES[name]) - _IGNORED_KEYS)
-    if unknown:
-        raise ValueError(f"gate {name!r}: unknown setting(s) {unknown}; allowed: {sorted(GATES[name])}")
-    out = {}
-    for k, default in GATES[name].items():
-        if k in settings:
-            out[k] = settings[k]
-        elif default is REQUIRED:
-            raise ValueError(f"gate {name!r}: setting {k!r} is required")
+# ------------------------------------------------------------------------------------ plain kinds
+def _result(verdict, claim, observed, detail, values=None) -> dict:
+    return {"verdict": verdict, "claim": claim, "observed": observed, "detail": detail,
+            "values": values if values is not None else {}}
+
+
+def k_no_crashes(c: Ctx, s: dict) -> dict:
+    claim = "every run has status ok"
+    if len(c.runs) == 0:
+        return _result(INSUFFICIENT, claim, "no runs", "the phase has no runs")
+    bad = c.runs[c.runs["status"] != "ok"]
+    obs = f"{len(c.runs) - len(bad)}/{len(c.runs)} ok"
+    if len(bad):
+        items = [f"{_run_label(r)} ({r['status']}" + (f" at step {int(r['diverged_step'])}" if
+                 is_num(r.get("diverged_step")) else "") + ")" for r in bad.to_dict("records")]
+        return _result(FAIL, claim, obs, "not ok: " + "; ".join(items), {"not_ok": items})
+    return _result(PASS, claim, obs, f"all {len(c.runs)} runs finished with status ok")
+
+
+def k_metric_logged(c: Ctx, s: dict) -> dict:
+    col, lo, hi = s["metric"], float(s["min_value"]), float(s["max_value"])
+    claim = f"every run (baseline included) has a finite {col} in [{lo:g}, {hi:g}]"
+    if len(c.runs) == 0:
+        return _result(INSUFFICIENT, claim, "no runs", "the phase has no runs")
+    v = c.column(c.runs, col)
+    good = np.isfinite(v) & (v >= lo) & (v <= hi)
+    bad = c.runs[~good]
+    obs = f"{int(good.sum())}/{len(c.runs)} runs"
+    if len(bad):
+        items = [_run_label(r) for r in bad.to_dict("records")]
+        return _result(FAIL, claim, obs, f"missing or out of range in: {', '.join(items)}", {"bad": items})
+    return _result(PASS, claim, obs, f"{col} range {float(v.min()):.3g} to {float(v.max()):.3g}")
+
+
+def k_baseline_sane(c: Ctx, s: dict) -> dict:
+    ratio_max, ceiling, gap = float(s["max_ratio_to_start"]), s["max_final_loss"], s["max_gap_to_best_arm"]
+    claim = (f"every baseline run ok, final/first val loss <= {ratio_max:g}"
+             + (f", final <= {float(ceiling):g}" if ceiling is not None else "")
+             + (f", mean final <= best arm's x (1 + {float(gap):.0%})" if gap is not None else ""))
+    r = c.runs
+    base = r[c.is_base] if len(r) else r
+    if len(base) == 0:
+        return _result(INSUFFICIENT, claim, "no baseline runs", f"the phase has no run of {c.baseline}")
+    problems, vals = [], {}
+    first = {}
+    cv = c.curves
+    if len(cv) and "val_loss" in cv:
+        cvf = with_family(cv[cv["val_loss"].notna()]).sort_values("step", kind="mergesort")
+        for k, g in cvf.groupby(["model", "arm", "variant", "seed"], sort=False):
+            first[k] = float(g["val_loss"].iloc[0])
+    for x in base.to_dict("records"):
+        lbl = _run_label(x)
+        fin = float(x[c.metric]) if is_num(x.get(c.metric)) else math.nan
+        if x["status"] != "ok" or not is_num(fin):
+            problems.append(f"{lbl}: status {x['status']} (a baseline that does not finish is broken)")
+            continue
+        st = first.get((x["model"], x["arm"], x["variant"], x["seed"]))
+        if st is not None and st > 0:
+            vals[lbl] = {"final": fin, "first": st, "ratio": fin / st}
+            if fin / st > ratio_max:
+                problems.append(f"{lbl}: final {fin:.4f} is {fin / st:.2f} x its first evaluated loss {st:.4f}")
         else:
-            out[k] = default
-    return out
+            vals[lbl] = {"final": fin}
+        if ceiling is not None and fin > float(ceiling):
+            problems.append(f"{lbl}: final {fin:.4f} above the ceiling {float(ceiling):g}")
+    if gap is not None and len(c.main):
+        for model in sorted(c.main["model"].unique()):
+            bv = pd.to_numeric(base.loc[(base["model"] == model) & (base["status"] == "ok"), c.metric],
+                               errors="coerce").dropna()
+            am = c.main[~c.is_base.loc[c.main.index] & (c.main["model"] == model) & (c.main["status"] == "ok")]
+            if len(bv) == 0 or len(am) == 0:
+                continue
+            means = am.assign(_v=pd.to_numeric(am[c.metric], errors="coerce")).groupby(KEY)["_v"].mean().dropna()
+            if len(means) == 0:
+                continue
+            best, bm = means.idxmin(), float(means.min())
+            rel = float(bv.mean()) / bm - 1
+            vals[f"{model} gap to best arm"] = rel
+            if rel > float(gap):
+                problems.append(f"{model}: baseline mean {bv.mean():.4f} is {rel:.1%} above the best arm "
+                                f"{_label(*best)} ({bm:.4f}): a baseline this far behind is suspect, not beaten")
+    obs = f"{len(base)} baseline runs" + (f", {len(problems)} problem(s)" if problems else ", sane")
+    if problems:
+        return _result(FAIL, claim, obs, "; ".join(problems), vals)
+    ratios = [v["ratio"] for v in vals.values() if isinstance(v, dict) and "ratio" in v]
+    det = f"final/first val loss {min(ratios):.2f} to {max(ratios):.2f}" if ratios else "no first evaluation found"
+    return _result(PASS, claim, obs, det, vals)
 
 
-def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame, curves: pd.DataFrame,
-                   gates: Mapping[str, Any] | None, baseline: str, phase: str) -> dict:
-    ctx = Ctx(runs, significance, curves, baseline, phase)
-    results = []
+PLAIN_KINDS: dict[str, Callable[[Ctx, dict], dict]] = {
+    "no_crashes": k_no_crashes,
+    "metric_logged": k_metric_logged,
+    "baseline_sane": k_baseline_sane,
+}
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+def _status(h: dict, s: dict, k_family: int) -> str:
+    """pass / fail / insufficient for one hypothesis (module docstring)."""
+    if h["failure"]:
+        h["why"] = h["failure"]
+        return "fail"
+    if h.get("forced_pass"):
+        h["why"] = h["forced_pass"]
+        return "pass"
+    mn = int(s["min_n"])
+    if h["n_arm"] < mn or h["n_base"] < mn:
+        h["why"] = f"{h['n_arm']}/{h['n_base']} usable seeds, fewer than min_n={mn}"
+        return "insufficient"
+    if is_num(h.get("p_holm")) and h["p_holm"] < float(s["level"]):
+        h["why"] = f"Holm p={fmt_p(h['p_holm'])} < {float(s['level']):g}"
+        return "pass"
+    pw_ = math.nan
+    if is_num(h["sd"]) and h["sd"] > 0 and is_num(h["distance"]) and h["distance"] > 0:
+        pw_ = pw.power(h["distance"], h["sd"], min(h["n_arm"], h["n_base"]), float(s["level"]) / max(k_family, 1),
+                       paired=h["paired"], n2=h["n_base"])
+    h["power"] = pw_
+    if is_num(h.get("p_against_holm")) and h["p_against_holm"] < float(s["level"]):
+        h["why"] = f"the opposite is significant (Holm p={fmt_p(h['p_against_holm'])}): the data say no"
+        return "fail"
+    floor = float(s["power_floor"])
+    if is_num(pw_) and pw_ >= floor:
+        h["why"] = (f"not shown (Holm p={fmt_p(h.get('p_holm'))}) although the power at the threshold is "
+                    f"{pw_:.0%} >= {floor:.0%}")
+        return "fail"
+    h["why"] = (f"not decided (Holm p={fmt_p(h.get('p_holm'))}) and the power at the threshold is "
+                + (f"{pw_:.0%} < {floor:.0%}" if is_num(pw_) else "unknown (no noise estimate)")
+                + ": the design could not tell")
+    return "insufficient"
+
+
+def _combine(statuses: list[str], mode: str) -> str:
+    if not statuses:
+        return INSUFFICIENT
+    if mode == "any":
+        if "pass" in statuses:
+            return PASS
+        return FAIL if all(x == "fail" for x in statuses) else INSUFFICIENT
+    if "fail" in statuses:
+        return FAIL
+    return PASS if all(x == "pass" for x in statuses) else INSUFFICIENT
+
+
+def _describe(h: dict) -> str:
+    est = f"{h['estimate_pct']:+.2f}%" if is_num(h["estimate_pct"]) else "n/a"
+    ci = (f" [{h['ci_pct'][0]:+.2f}%, {h['ci_pct'][1]:+.2f}%]" if is_num(h["ci_pct"][0]) else "")
+    return f"{h['label']}: {est}{ci}, n={h['n_arm']}/{h['n_base']}, {h['status']} ({h['why']})"
+
+
+def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves: pd.DataFrame | None,
+                   gates: Mapping[str, Any] | None, baseline: str, phase: str, *, selection: Mapping | None = None,
+                   noise_sd: float | None = None, power_floor: float | None = None) -> dict:
+    """gates: {instance name: {kind: K, ...settings}} (resolved again here: unknown kinds or settings raise
+    ValueError naming them). `significance` is accepted for the old call signature and not used: the gates
+    run their own one-sided tests. `power_floor` (the study's default) applies to statistical gates that do
+    not set their own."""
+    ctx = Ctx(runs, curves, baseline, phase, selection, noise_sd)
+    resolved = {}
     for name, settings in (gates or {}).items():
-        st = resolve_settings(name, settings)
-        res = GATE_FUNCS[name](ctx, st)
-        res["settings"] = {k: v for k, v in st.items()}
+        settings = with_floor(settings, power_floor)
+        st, problems = resolve(f"gates.{name}", settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        resolved[name] = st
+    hyps: dict[str, tuple] = {}
+    for name, st in resolved.items():
+        if st["kind"] in STATISTICAL_KINDS:
+            hyps[name] = STATISTICAL_KINDS[st["kind"]](ctx, st)
+    family = [(n, i) for n, (hs, _, _) in hyps.items() for i, h in enumerate(hs)
+              if not h["failure"] and is_num(h["p"])]
+    k = len(family)
+    if k:
+        adj = holm([hyps[n][0][i]["p"] for n, i in family])
+        for (n, i), p in zip(family, adj):
+            hyps[n][0][i]["p_holm"] = float(p)
+    for n, (hs, _, _) in hyps.items():  # the opposite direction: Holm within the gate
+        idx = [i for i, h in enumerate(hs) if not h["failure"] and is_num(h["p_against"])]
+        if idx:
+            adj = holm([hs[i]["p_against"] for i in idx])
+            for i, p in zip(idx, adj):
+                hs[i]["p_against_holm"] = float(p)
+    results = []
+    for name, st in resolved.items():
+        kind = st["kind"]
+        if kind in PLAIN_KINDS:
+            res = PLAIN_KINDS[kind](ctx, st)
+        else:
+            hs, mode, claim = hyps[name]
+            for h in hs:
+                h["status"] = _status(h, st, k)
+            verdict = _combine([h["status"] for h in hs], mode)
+            who = "some" if mode == "any" else "every"
+            if not hs:
+                obs, det = "nothing to judge", "no configuration of this phase matches the gate's arms / data"
+            else:
+                counts = {x: sum(h["status"] == x for h in hs) for x in ("pass", "fail", "insufficient")}
+                obs = f"{counts['pass']} pass, {counts['fail']} fail, {counts['insufficient']} insufficient of {len(hs)}"
+                det = "; ".join(_describe(h) for h in hs)
+            if ctx.selected_note and any(SELECTED in (v if isinstance(v, list) else [v]) for v in st.values()):
+                det = ctx.selected_note + ". " + det
+            res = _result(verdict, f"{who} judged configuration: {claim}; one-sided, Holm over the phase's "
+                          f"{k} hypotheses at {float(st['level']):g}, min n {st['min_n']}, power floor "
+                          f"{float(st['power_floor']):.0%}", obs, det,
+                          {"hypotheses": [{x: h.get(x) for x in (
+                              "label", "status", "why", "n_arm", "n_base", "test", "mean_arm", "mean_base",
+                              "estimate_pct", "ci_pct", "p", "p_holm", "p_against", "p_against_holm", "power",
+                              "distance", "sd", "sd_source", "note")} for h in hs], "k_family": k, "mode": mode})
+        res = {"name": name, "kind": kind, **res, "settings": st}
         results.append(res)
-        log.info("gate %s: %s (%s)", name, res["verdict"], res["observed"])
+        log.info("gate %s (%s): %s (%s)", name, kind, res["verdict"], res["observed"])
     verdicts = [r["verdict"] for r in results]
-    if not verdicts:
-        passed = None
-    elif FAIL in verdicts:
-        passed = False
-    elif all(v == PASS for v in verdicts):
-        passed = True
-    else:
-        passed = None
-    return clean({"phase": phase, "passed": passed, "gates": results})
+    passed = None if not verdicts else (False if FAIL in verdicts else (True if all(v == PASS for v in verdicts)
+                                                                        else None))
+    return clean({"phase": phase, "passed": passed, "k_family": k, "gates": results})
 
 
 def passed_word(passed) -> str:
@@ -439,5 +564,14 @@ def passed_word(passed) -> str:
 def gates_markdown(g: dict) -> str:
     head = (f"**{g['phase']} gates: {passed_word(g['passed'])}** "
             f"({sum(x['verdict'] == PASS for x in g['gates'])}/{len(g['gates'])} PASS)\n\n")
-    rows = [(x["name"], x["verdict"], x["threshold"], x["observed"], x["detail"]) for x in g["gates"]]
-    return head + md_table(["gate", "verdict", "threshold", "observed", "detail"], rows)
+    order = sorted(g["gates"], key=lambda x: x.get("kind") != "baseline_sane")  # the baseline check first
+    rows = [(x["name"], x.get("kind", ""), f"**{x['verdict']}**", x.get("claim", x.get("threshold", "")),
+             x["observed"], x["detail"]) for x in order]
+    return head + md_table(["gate", "kind", "verdict", "claim tested", "observed", "detail"], rows)
+
+
+def gates_table(g: dict) -> pd.DataFrame:
+    """gates.json as a flat table (gates.csv, for snakemake --report): one row per gate."""
+    rows = [{"phase": g["phase"], "gate": x["name"], "kind": x.get("kind", ""), "verdict": x["verdict"],
+             "claim": x.get("claim", ""), "observed": x["observed"], "detail": x["detail"]} for x in g["gates"]]
+    return pd.DataFrame(rows, columns=["phase", "gate", "kind", "verdict", "claim", "observed", "detail"])

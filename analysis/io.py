@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -111,8 +112,46 @@ def fmt_alpha(a: Any) -> str:
     return format(float(a), "g")
 
 
+_TAGGY = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
 def md_escape(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    """A table cell: no raw HTML (a '<' that could open a tag and a '&' that could start an entity are
+    escaped, so user text such as a <script> tag stays text; '<= 0.9' stays readable), no pipes or
+    newlines that would break the row."""
+    s = _ENTITY.sub("&amp;", str(s))
+    s = _TAGGY.sub("&lt;", s).replace("-->", "--&gt;")
+    return s.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+_MD_SPECIAL = "\\`*_{}[]()#+!<>&|~"
+
+
+def md_text(s: Any) -> str:
+    """User text (a study's title or question) in running Markdown: HTML-escaped and Markdown
+    punctuation backslash-escaped, so it renders as the literal text in Markdown and in HTML."""
+    out = []
+    for ch in str(s).replace("\r", " ").replace("\n", " "):
+        if ch == "&":
+            out.append("&amp;")
+        elif ch == "<":
+            out.append("&lt;")
+        elif ch == ">":
+            out.append("&gt;")
+        elif ch in _MD_SPECIAL:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def fmt_p(p: Any) -> str:
+    """Every p-value of the report in one format: three decimals, '<0.001' below."""
+    if not is_num(p):
+        return "n/a"
+    p = float(p)
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:

@@ -19,29 +19,27 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from .gates import gates_markdown, passed_word
-from .io import atomic_write_text, fmt, fmt_alpha, is_num, md_table
+from .io import atomic_write_text, fmt, fmt_p, is_num, md_escape, md_table, md_text
+from .stats import with_family
 
 SUMMARY_RE = re.compile(r"<!-- phase-summary (\{.*?\}) -->")
 IMG_RE = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
 
-STUDY_BLURB = (
-    "An ablation study of **OrthoNoise**: a small orthogonal perturbation (QR of Gaussian noise, scaled by "
-    "alpha x the gradient norm) added to Muon's momentum before orthogonalisation, against plain **Muon**, "
-    "with an isotropic-noise control. Three phases: **phase1** sanity (does it train, is the effective rank "
-    "logged), **phase2** signal hunt (alpha sweep with and without annealing, schedules, rank thresholds), "
-    "**phase3** validation of the best phase-2 arm at the larger model plus a from-scratch pair.")
-
 HOW_TO_READ = """\
 How to read the verdicts:
-- **Significance** compares each arm with the baseline of the same model (lower loss is better; `diff %` < 0
-  means the arm is better). The test is a paired t-test over seeds when both sides ran the same seeds (same
-  init and data order), else Welch's t-test; `p_holm` is Holm-corrected over all comparisons of the phase.
-  **better** / **worse**: `p_holm` < 0.05 in that direction (and, for better, no diverged seed).
-  **no significant difference**: not shown to differ; differences smaller than the MDE (minimum detectable
-  effect at 80% power) would usually be missed. **insufficient**: fewer than 2 usable seeds on a side: no test.
-- A **diverged** run is a failure: excluded from means, counted, and its arm can never be "better".
-- **Gates** are the study plan's success criteria: PASS / FAIL / INSUFFICIENT (not enough data to decide).
-  A phase PASSED when every gate passes, FAILED when any fails, and is INCONCLUSIVE otherwise.
+- **Significance** compares each configuration with the baseline of the same model (lower loss is better;
+  `diff %` < 0 means the arm is better): a paired t-test over seeds when both sides ran the same seeds,
+  else Welch's t-test, two-sided; `p (Holm)` is Holm-corrected over all comparisons of the phase.
+  **better** / **worse**: Holm p < 0.05 in that direction (and, for better, no diverged seed). The MDE is
+  the true difference this test would detect with 80% power at the Holm level, from a noise estimate, not
+  from the comparison's own two or three seeds.
+- **Gates** test exactly their claim, one-sided, Holm over all of the phase's gate hypotheses: a threshold
+  gate ("beats by more than 1%") tests against the threshold, a "not worse" gate is a non-inferiority test
+  with its margin. **PASS**: shown. **FAIL**: the data say no (the opposite is significant, a run of the
+  judged arm diverged, or the design had the power to show the claim and did not). **INSUFFICIENT**: too
+  few seeds, or too little power at the threshold to tell: not a "no".
+- A **diverged** run is a failure: excluded from means, counted, and its arm can never pass a claim.
+- A phase PASSED when every gate passes, FAILED when any fails, and is INCONCLUSIVE otherwise.
 """
 
 
@@ -62,18 +60,25 @@ def _role_order(role: str) -> int:
     return {"baseline": 0, "arm": 1, "scratch_baseline": 2, "scratch_arm": 3}.get(role, 4)
 
 
+def _cfg(x: Mapping) -> str:
+    v = x.get("variant")
+    return f"{x.get('arm')}" + ("" if v in (None, "", "default") or (isinstance(v, float) and math.isnan(v))
+                                else f" {v}")
+
+
 def runs_markdown(runs: pd.DataFrame, usd_per_gpu_hour: float) -> tuple[str, dict]:
     if len(runs) == 0:
         return "_No runs._\n", {"n": 0, "gpu_hours": 0.0, "cost": 0.0, "wall_s": 0.0, "n_diverged": 0}
+    runs = with_family(runs)
     r = runs.assign(_ro=runs["role"].map(_role_order)).sort_values(
-        ["_ro", "model", "arm", "alpha", "seed"], kind="mergesort", na_position="first")
+        ["_ro", "model", "arm", "variant", "seed"], kind="mergesort", na_position="first")
     rows = []
     for x in r.to_dict("records"):
         st = str(x["status"])
         if st == "diverged" and is_num(x.get("diverged_step")):
             st += f" @ {int(x['diverged_step'])}"
         gh = float(x["gpu_hours"]) if is_num(x.get("gpu_hours")) else math.nan
-        rows.append([x["model"], x["role"], x["arm"], fmt_alpha(x.get("alpha")), int(x["seed"]), st,
+        rows.append([x["model"], x["role"], x["arm"], x["variant"], int(x["seed"]), st,
                      fmt(x.get("final_val_loss"), 4), _dur(x.get("wall_time_s")), fmt(gh, 3),
                      fmt(gh * usd_per_gpu_hour, 2) if is_num(gh) else "", x.get("wandb_id") or ""])
     gh = pd.to_numeric(runs["gpu_hours"], errors="coerce")
@@ -82,7 +87,7 @@ def runs_markdown(runs: pd.DataFrame, usd_per_gpu_hour: float) -> tuple[str, dic
            "wall_s": float(wall.sum()), "n_diverged": int((runs["status"] == "diverged").sum())}
     rows.append([f"**total: {len(runs)} runs**", "", "", "", "", f"{tot['n_diverged']} diverged", "",
                  _dur(tot["wall_s"]), fmt(tot["gpu_hours"], 3), fmt(tot["cost"], 2), ""])
-    md = md_table(["model", "role", "arm", "alpha", "seed", "status", "final val loss", "wall time",
+    md = md_table(["model", "role", "arm", "variant", "seed", "status", "final val loss", "wall time",
                    "GPU-h", f"cost (USD @ {usd_per_gpu_hour:g}/GPU-h)", "wandb id"], rows)
     return md, tot
 
@@ -93,72 +98,135 @@ def significance_markdown(sig: pd.DataFrame) -> str:
     fam = "family" in sig and (sig["family"] != "main").any()
     rows = []
     for x in sig.to_dict("records"):
-        ci = f"[{fmt(x['ci_low'], 4)}, {fmt(x['ci_high'], 4)}]" if is_num(x.get("ci_low")) else ""
-        mde = f"{fmt(x['mde'], 4)} ({fmt(x['mde_pct'], 2)}%)" if is_num(x.get("mde")) else ""
+        mb = x.get("mean_base")
+        ci = (f"[{fmt(100 * x['ci_low'] / mb, 2, pct=True)}, {fmt(100 * x['ci_high'] / mb, 2, pct=True)}]"
+              if is_num(x.get("ci_low")) and is_num(mb) else "")
+        mde = f"{fmt(x['mde_pct'], 2)}%" if is_num(x.get("mde_pct")) else ""
         es = f"{fmt(x['effect_size'], 2)} ({x['effect_size_kind']})" if is_num(x.get("effect_size")) else ""
         row = [x["model"]] + ([x["family"]] if fam else []) + [
-            x["arm"], fmt_alpha(x.get("alpha")), x["test"] if x["test"] != "none" else "",
+            _cfg(x), x["test"] if x["test"] != "none" else "",
             f"{int(x['n_arm'])}/{int(x['n_base'])}" + (f" ({int(x['n_diverged_arm'])} div)"
                                                       if x.get("n_diverged_arm") else ""),
             fmt(x["mean_arm"], 4), fmt(x["mean_base"], 4), fmt(x["diff_pct"], 2, pct=True), ci,
-            fmt(x["p"], 3, sig=True), fmt(x["p_holm"], 3, sig=True), es, mde,
-            f"**{x['verdict']}**" + (f" ({x['note']})" if x.get("note") else "")]
+            fmt_p(x["p"]) if is_num(x.get("p")) else "", fmt_p(x["p_holm"]) if is_num(x.get("p_holm")) else "",
+            es, mde, f"**{x['verdict']}**" + (f" ({x['note']})" if x.get("note") else "")]
         rows.append(row)
     head = ["model"] + (["family"] if fam else []) + [
-        "arm", "alpha", "test", "n arm/base", "mean arm", "mean base", "diff %", "95% CI of diff", "p",
-        "p (Holm)", "effect size", "MDE (80% power)", "verdict"]
+        "configuration", "test", "n arm/base", "mean arm", "mean base", "diff %", "95% CI of diff (%)", "p",
+        "p (Holm)", "effect size", "MDE (80%, Holm)", "verdict"]
     return md_table(head, rows)
 
 
+TRIGGER_KEYS = ("rank_threshold", "threshold", "trigger", "rank_every")
+
+
+def trigger_rates(runs: pd.DataFrame, arms: Mapping[str, Any] | None = None, tol: float = 0.005) -> tuple[str, list]:
+    """(Markdown table of each configuration's trigger rate, lines flagging configurations whose noise
+    schedule was identical in practice). The trigger rate is noise_fraction_mean: the fraction of
+    matrix-steps that received noise, mean over ok seeds. Configurations of one model and variant whose
+    rates are all >= 1 - tol (or all <= tol) and whose settings differ only in trigger settings
+    (rank_threshold, ...) ran the same schedule: the trigger never changed what happened."""
+    if len(runs) == 0 or "noise_fraction_mean" not in runs:
+        return "", []
+    r = with_family(runs)
+    r = r[(r["status"] == "ok")].assign(_t=pd.to_numeric(r["noise_fraction_mean"], errors="coerce"))
+    g = r.groupby(["model", "role", "arm", "variant"], sort=True)["_t"].agg(["mean", "min", "max", "count"])
+    g = g[g["count"] > 0].reset_index()
+    if len(g) == 0 or g["mean"].isna().all():
+        return "", []
+    rows = [[x["model"], x["role"], _cfg(x), fmt(100 * x["mean"], 1) + "%" if is_num(x["mean"]) else "",
+             f"{fmt(100 * x['min'], 1)}% to {fmt(100 * x['max'], 1)}%" if is_num(x["min"]) else "",
+             int(x["count"])] for x in g.to_dict("records")]
+    md = md_table(["model", "role", "configuration", "trigger rate (matrix-steps noised)", "seed range", "seeds"],
+                  rows)
+    flags = []
+    noisy = g[g["mean"].notna()]
+    for (model, variant), gg in noisy.groupby(["model", "variant"], sort=True):
+        for lo_hi, name in (((1 - tol, 1.0 + 1e-9), "fired on every matrix-step"), ((-1e-9, tol), "never fired")):
+            hit = gg[(gg["mean"] >= lo_hi[0]) & (gg["mean"] <= lo_hi[1])]
+            if name == "never fired":
+                hit = hit[hit["role"] != "baseline"]
+            arms_hit = sorted(set(hit["arm"]))
+            if len(arms_hit) < 2:
+                if len(arms_hit) == 1 and name.startswith("fired") and _has_trigger(arms, arms_hit[0]):
+                    flags.append(f"{model} {arms_hit[0]} {variant}: the trigger {name}: its threshold had no effect")
+                continue
+            same = _differ_only_in_trigger(arms, arms_hit)
+            if same is not False:
+                flags.append(f"{model} {variant}: {', '.join(arms_hit)} {name}"
+                             + (" and differ only in trigger settings" if same else "")
+                             + ": their noise schedule was identical in practice (one arm under several names)")
+    return md, flags
+
+
+def _has_trigger(arms: Mapping | None, arm: str) -> bool:
+    st = (arms or {}).get(arm) or {}
+    return any(k in TRIGGER_KEYS for k in (st.get("muon") or {}))
+
+
+def _differ_only_in_trigger(arms: Mapping | None, names: list[str]):
+    """True / False when the settings are known, None when they are not given."""
+    if not arms or any(n not in arms for n in names):
+        return None
+
+    def strip(st):
+        st = json.loads(json.dumps(st, default=str))
+        for k in list((st.get("muon") or {})):
+            if k in TRIGGER_KEYS:
+                del st["muon"][k]
+        return json.dumps(st, sort_keys=True)
+    return len({strip(arms[n]) for n in names}) == 1
+
+
 def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: float,
-            selection: Mapping | None) -> list[str]:
+            selection: Mapping | None, gates: Mapping | None = None) -> list[str]:
     out: list[str] = []
     if len(sig):
-        groups = sig.groupby(["n_arm", "n_base"], sort=True)
-        for (na, nb), g in groups:
+        k = int(sig["p"].notna().sum())
+        for (na, nb), g in sig.groupby(["n_arm", "n_base"], sort=True):
             na, nb = int(na), int(nb)
             if na < 2 or nb < 2:
                 out.append(f"{len(g)} comparison(s) have fewer than 2 usable seeds on a side (arm {na}, "
                            f"baseline {nb}): no test is possible, verdict 'insufficient'.")
                 continue
-            m = pd.to_numeric(g["mde_pct"], errors="coerce").abs().dropna()
-            m = m[m > 0]  # zero spread between seeds: no meaningful MDE
+            m = pd.to_numeric(g["mde_pct"], errors="coerce").dropna()
             seeds = f"n={na} seeds per side" if na == nb else f"n={na} arm / {nb} baseline seeds"
             if len(m):
-                rng = f" (median of {len(m)} comparisons; range {m.min():.2f}% to {m.max():.2f}%)" \
-                    if len(m) > 1 else ""
-                out.append(f"With {seeds} this test can only detect differences larger than "
-                           f"{m.median():.2f}% of the baseline loss{rng} at {power:.0%} power and "
-                           f"alpha={alpha_level:g}; smaller true effects will usually read 'no significant "
-                           f"difference'.")
+                src = str(g["sd_source"].iloc[0]) if "sd_source" in g else ""
+                sd = g["sd_rel"].iloc[0] if "sd_rel" in g else math.nan
+                out.append(f"With {seeds} and {k} Holm-corrected comparisons, the significance test detects "
+                           f"with {power:.0%} power only true differences larger than {m.median():.2f}% of the "
+                           f"baseline loss (two-sided, level {alpha_level:g}/{k}, seed sd "
+                           f"{fmt(100 * sd, 2)}% from {src}); smaller true effects will usually read "
+                           f"'no significant difference'.")
         tests = sig["test"].value_counts().to_dict()
         if tests.get("paired t"):
-            out.append(f"{tests['paired t']} comparison(s) used a paired t-test (both sides ran the same seeds, "
-                       f"so seed-to-seed noise cancels).")
+            out.append(f"{tests['paired t']} comparison(s) used a paired t-test: both sides ran the same seeds, so "
+                       "the test is on the per-seed differences, which removes what the two runs of a seed share "
+                       "(initialisation, data order) and leaves n - 1 degrees of freedom.")
         if tests.get("welch"):
-            out.append(f"{tests['welch']} comparison(s) used Welch's t-test (the seed sets differ, e.g. after a "
-                       f"divergence), which is less sensitive than the paired test.")
-        k = int(sig["p"].notna().sum())
+            out.append(f"{tests['welch']} comparison(s) used Welch's t-test: the seed sets differ (e.g. after a "
+                       "divergence), so the runs are compared as two independent samples.")
         if k > 1:
             out.append(f"p-values are Holm-corrected over the {k} comparisons of this phase: a raw p < "
                        f"{alpha_level:g} is not by itself significant.")
     if len(runs):
         div = runs[runs["status"] == "diverged"]
         if len(div):
-            items = ", ".join(f"{x['model']}/{x['arm']} alpha={fmt_alpha(x['alpha'])} seed {int(x['seed'])}"
+            items = ", ".join(f"{x['model']}/{_cfg(x)} seed {int(x['seed'])}"
                               + (f" (step {int(x['diverged_step'])})" if is_num(x.get("diverged_step")) else "")
-                              for x in div.to_dict("records"))
+                              for x in with_family(div).to_dict("records"))
             out.append(f"{len(div)} run(s) diverged: {items}. Diverged runs are excluded from means and tests, "
-                       f"counted as failures, and their arm cannot be called better.")
+                       f"counted as failures, and their arm cannot pass a claim.")
         other = runs[~runs["status"].isin(["ok", "diverged"])]
         if len(other):
             out.append(f"{len(other)} run(s) have an unexpected status: "
                        + ", ".join(sorted(set(other["status"].astype(str)))) + ".")
-        seeds = runs.groupby(["model", "arm", "alpha"], dropna=False)["seed"].nunique()
+        seeds = with_family(runs).groupby(["model", "arm", "variant"], dropna=False)["seed"].nunique()
         if len(seeds):
             span = str(int(seeds.min())) if seeds.min() == seeds.max() else f"{int(seeds.min())} to {int(seeds.max())}"
-            out.append(f"Seeds per arm (runs, diverged included): {span} "
-                       f"({len(seeds)} model/arm/alpha groups, {len(runs)} runs); one model size per "
+            out.append(f"Seeds per configuration (runs, diverged included): {span} "
+                       f"({len(seeds)} model/arm/variant groups, {len(runs)} runs); one model size per "
                        f"comparison, so nothing here speaks for other scales or step budgets.")
         gh = pd.to_numeric(runs["gpu_hours"], errors="coerce")
         if (gh.fillna(0) == 0).all():
@@ -166,58 +234,108 @@ def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: fl
                        "wall hours only on CUDA).")
     if selection:
         if selection.get("forced") and selection.get("gate_passed") is not True:
-            out.append("Phase 3 was FORCED by the configuration although the phase-2 gate did not pass: treat "
-                       "its results as exploratory.")
+            out.append("This phase was FORCED by the configuration although the earlier phase's gate did not "
+                       "pass: treat its results as exploratory.")
+        wc = selection.get("winners_curse") or {}
+        if wc.get("note"):
+            out.append(f"Winner's curse: the selected arm was {wc['note']}.")
+        used = set(selection.get("selection_seeds") or [])
+        if used and len(runs):
+            again = sorted(used & {int(x) for x in runs["seed"]})
+            if again:
+                out.append(f"Seeds {', '.join(map(str, again))} were also used to select the arm: on those seeds "
+                           "this phase is not an independent confirmation.")
+    if gates and gates.get("k_family"):
+        out.append(f"The gates' {gates['k_family']} statistical hypotheses form one Holm family (one-sided).")
     return out
 
 
 def selection_markdown(sel: Mapping) -> str:
-    a = sel.get("alpha")
-    lines = [f"- selected arm: **{sel.get('arm')}**" + (f", alpha = {a:g}" if is_num(a) else ""),
-             f"- rule: {sel.get('rule', '')}; phase-2 gate passed: {sel.get('gate_passed')}; "
-             f"forced: {sel.get('forced')}",
-             f"- reason: {sel.get('reason', '')}"]
+    wc = sel.get("winners_curse") or {}
+    lines = [f"- selected: **{md_escape(sel.get('arm'))}** {md_escape(sel.get('variant') or '')}"
+             + (f" ({md_escape(sel.get('param'))} = {sel.get('value'):g})" if is_num(sel.get("value")) and
+                sel.get("param") else "") + f", from {md_escape(sel.get('model'))}",
+             f"- rule: {sel.get('rule', '')}; gate passed: {sel.get('gate_passed')}; forced: {sel.get('forced')}",
+             f"- reason: {md_escape(sel.get('reason', ''))}"]
+    if wc.get("note"):
+        lines.append(f"- winner's curse: {md_escape(wc['note'])}")
     return "\n".join(lines) + "\n"
+
+
+def design_lines(design: Mapping | None, phase: str) -> list[str]:
+    if not design:
+        return []
+    rows = [r for r in design.get("rows", []) if r.get("phase") == phase]
+    out = []
+    for r in rows:
+        pw_ = r.get("power")
+        out.append(f"{md_escape(r['gate'])} ({r['kind']}): {r['hypotheses']} of {r['k_family']} hypotheses, "
+                   f"{r['seeds']} seeds, power {fmt(100 * pw_, 1) + '%' if is_num(pw_) else 'n/a'} at the "
+                   f"threshold {fmt(100 * r['threshold'], 1)}% (sd {fmt(100 * r['sd'], 2)}%, {r['sd_source']})"
+                   + (f"; **underpowered**: {r['seeds_for_target']} seeds would give 80%"
+                      if r.get("underpowered") and r.get("seeds_for_target") else
+                      ("; **underpowered**" if r.get("underpowered") else "")))
+    return out
 
 
 def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significance: pd.DataFrame, gates: dict,
                      plots: Sequence[str], results_root: str, arms: Mapping[str, Any], usd_per_gpu_hour: float,
                      baseline: str, selection: Mapping | None = None, power: float = 0.8,
-                     alpha_level: float = 0.05) -> str:
+                     alpha_level: float = 0.05, design: Mapping | None = None, tiny: bool = False) -> str:
     runs_md, tot = runs_markdown(runs, float(usd_per_gpu_hour))
     ng = len(gates.get("gates", []))
     npass = sum(g["verdict"] == "PASS" for g in gates.get("gates", []))
     summary = {"phase": phase, "question": question, "passed": gates.get("passed"), "n_pass": npass,
                "n_gates": ng, "n_runs": tot["n"], "n_diverged": tot["n_diverged"],
-               "gpu_hours": round(tot["gpu_hours"], 6), "cost": round(tot["cost"], 4)}
+               "gpu_hours": round(tot["gpu_hours"], 6), "cost": round(tot["cost"], 4), "tiny": bool(tiny)}
     if selection:
-        summary["selected"] = {"arm": selection.get("arm"), "alpha": selection.get("alpha")}
-    parts = [f"<!-- phase-summary {json.dumps(summary, sort_keys=True)} -->",
-             f"## {phase}", "", f"**Question.** {question}", "",
-             f"**Outcome: {passed_word(gates.get('passed'))}** ({npass}/{ng} gates PASS; {tot['n']} runs, "
-             f"{tot['n_diverged']} diverged, {tot['gpu_hours']:.3f} GPU-hours, USD {tot['cost']:.2f}).", ""]
+        summary["selected"] = {"arm": selection.get("arm"), "variant": selection.get("variant")}
+    # the summary is JSON inside an HTML comment: no '--' or '>' may close it early
+    js = (json.dumps(summary, sort_keys=True).replace("--", "\\u002d\\u002d").replace(">", "\\u003e")
+          .replace("<", "\\u003c"))
+    parts = [f"<!-- phase-summary {js} -->", f"## {md_text(phase)}", ""]
+    if tiny:
+        parts += ["_CPU twin (tiny): a smoke test of the workflow, not the study's result._", ""]
+    parts += [f"**Question.** {md_text(question)}", "",
+              f"**Outcome: {passed_word(gates.get('passed'))}** ({npass}/{ng} gates PASS; {tot['n']} runs, "
+              f"{tot['n_diverged']} diverged, {tot['gpu_hours']:.3f} GPU-hours, USD {tot['cost']:.2f}).", ""]
+    sane = [g for g in gates.get("gates", []) if g.get("kind") == "baseline_sane"]
+    for g in sane:
+        parts += [f"**Baseline sanity ({md_escape(g['name'])}): {g['verdict']}.** {md_escape(g['detail'])}", ""]
+    if not sane:
+        parts += ["_No baseline sanity check is configured for this phase (gate kind `baseline_sane`)._", ""]
+    dl = design_lines(design, phase)
+    if dl:
+        parts += ["### Design check (before the runs)", ""] + [f"- {x}" for x in dl] + [""]
     if selection:
-        parts += ["### Arm selected from phase 2", "", selection_markdown(selection)]
+        parts += ["### Arm selected from an earlier phase", "", selection_markdown(selection)]
     parts += ["### Gates", "", gates_markdown(gates),
-              f"### Significance against the baseline ({baseline})", "", significance_markdown(significance),
-              "### Caveats", ""]
-    cav = caveats(runs, significance, power, alpha_level, selection)
+              f"### Significance against the baseline ({md_escape(baseline)})", "", significance_markdown(significance)]
+    trig, flags = trigger_rates(runs, arms)
+    if trig:
+        parts += ["### Noise trigger rate per configuration", "", trig]
+        parts += [f"- **{md_escape(f)}**" for f in flags] + ([""] if flags else [])
+    parts += ["### Caveats", ""]
+    cav = caveats(runs, significance, power, alpha_level, selection, gates)
+    if flags:
+        cav.append("Some configurations ran an identical noise schedule in practice (see the trigger rates): "
+                   "their comparisons are not separate evidence.")
     parts += [("\n".join(f"- {c}" for c in cav) + "\n") if cav else "- none recorded\n"]
     parts += ["### Plots", ""]
     captions = {"val_loss": "Validation loss vs step", "early": "Early training (zoomed)",
-                "alpha": "Final loss vs alpha", "final_vs_alpha": "Final loss vs alpha",
-                "eff_rank": "Effective rank vs step"}
+                "forest": "Difference from the baseline per configuration (forest plot)",
+                "eff_rank": "Effective rank of the momentum vs step"}
     for p in plots:
         stem = Path(p).stem
-        cap = captions.get(stem, stem)
-        parts += [f"![{cap}]({_rel(p, results_root)})", ""]
+        parts += [f"![{captions.get(stem, stem)}]({_rel(p, results_root)})", ""]
     parts += ["### Runs", "", runs_md, "### Optimizer settings (as used)", ""]
     used = sorted(set(runs["arm"].astype(str))) if len(runs) else []
     for arm in used:
         if arm in arms:
-            parts += [f"`{arm}`:", "", "```json", json.dumps(arms[arm], indent=2, default=str), "```", ""]
+            parts += [f"`{md_escape(arm)}`:", "", "```json",
+                      json.dumps(arms[arm], indent=2, default=str).replace("```", "` ` `"), "```", ""]
         else:
-            parts += [f"`{arm}`: settings not given to the report", ""]
+            parts += [f"`{md_escape(arm)}`: settings not given to the report", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -241,30 +359,41 @@ def rebase_images(text: str, results_root: str, out_dir: str) -> str:
 
 
 def report_markdown(sections: Sequence[str], title: str, phases: Sequence[str],
-                    generated: str | None = None) -> str:
+                    generated: str | None = None, tiny: bool = False, description: str = "",
+                    design_md: str = "") -> str:
     generated = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sums = [parse_summary(s) or {} for s in sections]
+    tiny = tiny or any(s.get("tiny") for s in sums)
     rows = []
     for i, s in enumerate(sums):
         ph = s.get("phase") or (phases[i] if i < len(phases) else f"section {i + 1}")
         rows.append([ph, s.get("question", ""), f"**{passed_word(s.get('passed'))}**",
                      f"{s.get('n_pass', '')}/{s.get('n_gates', '')}", s.get("n_runs", ""), s.get("n_diverged", ""),
                      fmt(s.get("gpu_hours"), 3), fmt(s.get("cost"), 2)])
-    parts = [f"# {title}", "", f"_Generated {generated} by the workflow from the files under `results/`; "
-             "regenerate instead of editing._", "", STUDY_BLURB, "", HOW_TO_READ, "## Summary", "",
-             md_table(["phase", "question", "gates", "gates PASS", "runs", "diverged", "GPU-h", "cost (USD)"],
-                      rows)]
+    parts = [f"# {md_text(title)}", ""]
+    if tiny:
+        parts += ["> **CPU twin.** This report comes from the tiny CPU twin of the study (small models, few "
+                  "steps): it tests the workflow, and its numbers say nothing about the optimizers.", ""]
+    parts += [f"_Generated {generated} by the workflow from the files under `results/`; "
+              "regenerate instead of editing._", ""]
+    if description:
+        parts += [md_text(description), ""]
+    parts += [HOW_TO_READ, "## Summary", "",
+              md_table(["phase", "question", "gates", "gates PASS", "runs", "diverged", "GPU-h", "cost (USD)"], rows)]
     missing = [p for p in phases if p not in {s.get("phase") for s in sums}]
     if missing:
         parts += [f"_Phases not in this report (not run yet): {', '.join(missing)}._", ""]
+    if design_md:
+        parts += [design_md.rstrip(), ""]
     body = "\n".join(parts) + "\n" + "\n".join(s.rstrip() + "\n" for s in sections)
     return body
 
 
 def write_report(sections_paths: Sequence[str], out_path: str, latest_path: str | None, title: str,
-                 phases: Sequence[str], results_root: str | None = None) -> str:
+                 phases: Sequence[str], results_root: str | None = None, tiny: bool = False,
+                 description: str = "", design_md: str = "") -> str:
     texts = [Path(p).read_text(encoding="utf-8") for p in sections_paths]
-    text = report_markdown(texts, title, phases)
+    text = report_markdown(texts, title, phases, tiny=tiny, description=description, design_md=design_md)
     root = results_root or (os.path.dirname(latest_path) if latest_path else os.path.dirname(
         os.path.dirname(out_path)))
     atomic_write_text(out_path, rebase_images(text, root, os.path.dirname(out_path) or "."))

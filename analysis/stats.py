@@ -1,6 +1,6 @@
 """significance: each arm against the baseline of the same model and role family.
 
-One row per (model, family, arm, alpha) that is not the baseline. `family` is "main" for the roles
+One row per (model, family, arm, variant) that is not the baseline. `family` is "main" for the roles
 baseline/arm and "scratch" for scratch_baseline/scratch_arm: scratch arms are compared with the scratch
 baseline only.
 
@@ -10,12 +10,20 @@ arm's verdict to be anything but "better" (a diverged seed is a failure, not a m
 
 Test: "paired t" (scipy.stats.ttest_rel on the seed-matched differences) when the usable seeds of both
 sides are the same set, each seed once, n >= 2; otherwise "welch" (scipy.stats.ttest_ind,
-equal_var=False). Fewer than 2 usable values on either side: verdict "insufficient" and no t, p, p_holm,
-CI (empty cells, never a number). p_holm: Holm over all of the phase's comparisons that have a p
-(statsmodels multipletests). Effect size: Cohen's d_z = mean(d)/sd(d) for paired, Cohen's d =
-diff / pooled sd for Welch. MDE: the difference (in loss units, and % of the baseline mean) that a
-two-sided test at alpha_level would detect with the given power, from statsmodels TTestPower (paired,
-times sd of the differences) or TTestIndPower (times the pooled sd; an approximation for Welch).
+equal_var=False). Pairing tests the mean of the per-seed differences: it removes whatever the two runs of
+one seed share (initialisation, data order) and costs degrees of freedom (n - 1 instead of about 2n - 2);
+whether it is the more sensitive test depends on how strongly seed-matched runs correlate. Fewer than 2
+usable values on either side: verdict "insufficient" and no t, p, p_holm, CI (empty cells, never a number).
+p_holm: Holm over all of the phase's comparisons that have a p (statsmodels multipletests). Effect size:
+Cohen's d_z = mean(d)/sd(d) for paired, Cohen's d = diff / pooled sd for Welch.
+
+MDE (mde, mde_pct): the true difference that this comparison's test, two-sided, at the Holm worst-case
+level alpha_level / k (k = comparisons with a p in the phase), detects with probability `power`. Exact
+(analysis/power.py): noncentral t for paired, the Welch integral for Welch. The sd is NOT the comparison's
+own sample sd (at n = 2 that is too noisy to plan with): it is `noise_sd` (a fraction of the loss, e.g. the
+design check's estimate) when given, else the pooled within-configuration sd of this phase (every
+configuration with >= 2 usable seeds), relative to each configuration's mean; paired runs are assumed
+uncorrelated (sd of a difference = sd x sqrt 2). `sd_rel` and `sd_source` say which.
 """
 from __future__ import annotations
 
@@ -27,17 +35,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import special
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower, TTestPower
+
+from . import power as pw
 
 log = logging.getLogger("analysis.stats")
 
 BASE_ROLES = ("baseline", "scratch_baseline")
-SIG_COLS = ["phase", "model", "family", "arm", "alpha", "metric", "n_arm", "n_base", "mean_arm", "mean_base",
+SIG_COLS = ["phase", "model", "family", "arm", "variant", "param", "value", "alpha", "metric", "n_arm", "n_base", "mean_arm", "mean_base",
             "std_arm", "std_base", "diff", "diff_pct", "ci_low", "ci_high", "test", "df", "t", "p", "p_holm",
             "effect_size", "effect_size_kind", "mde", "mde_pct", "n_diverged_arm", "n_diverged_base",
-            "seeds_arm", "seeds_base", "verdict", "note"]
+            "seeds_arm", "seeds_base", "k_family", "sd_rel", "sd_source", "verdict", "note"]
 VERDICTS = ("better", "worse", "no significant difference", "insufficient")
 
 
@@ -53,8 +62,20 @@ def baseline_mask(runs: pd.DataFrame, baseline: str) -> pd.Series:
 
 
 def with_family(runs: pd.DataFrame) -> pd.DataFrame:
+    """A copy with `family`, and the identity columns variant/param/value/alpha filled in when a table
+    predates them (variant from alpha as aggregate.variant_of does)."""
     out = runs.copy()
     out["family"] = out["role"].map(family_of) if "role" in out else "main"
+    if "alpha" not in out:
+        out["alpha"] = math.nan
+    if "variant" not in out:
+        out["variant"] = [f"alpha{format(float(a), 'g')}" if is_num_pos(a) or a == 0 else "default"
+                          for a in out["alpha"]]
+    out["variant"] = out["variant"].fillna("default").astype(str)
+    if "param" not in out:
+        out["param"] = ""
+    if "value" not in out:
+        out["value"] = math.nan
     return out
 
 
@@ -63,22 +84,18 @@ def usable_mask(df: pd.DataFrame, metric: str) -> pd.Series:
     return (df["status"] == "ok") & np.isfinite(vals.astype(float))
 
 
-@lru_cache(maxsize=None)
-def mde_effect_size(kind: str, n1: int, n2: int, alpha: float, power: float) -> float:
-    """Standardised minimum detectable effect (two-sided). Cached: it depends only on the n's."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if kind == "paired":
-                es = TTestPower().solve_power(effect_size=None, nobs=n1, alpha=alpha, power=power,
-                                              alternative="two-sided")
-            else:
-                es = TTestIndPower().solve_power(effect_size=None, nobs1=n1, ratio=n2 / n1, alpha=alpha,
-                                                 power=power, alternative="two-sided")
-            return float(np.asarray(es).item())
-        except Exception as e:  # statsmodels root finding can fail for degenerate inputs
-            log.warning("MDE solve failed for %s n=%d/%d: %s", kind, n1, n2, e)
-            return math.nan
+def holm(p) -> np.ndarray:
+    """Holm-adjusted p-values (equal to statsmodels multipletests(method="holm")[1], which calls
+    gc.collect() on every use: 0.15 s each)."""
+    p = np.asarray(p, dtype=float)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="mergesort")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
 
 
 def pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,19 +141,66 @@ def compare(arm_vals: np.ndarray, arm_seeds: list, base_vals: np.ndarray, base_s
             sd = float(d.std(ddof=1))
             es = float(d.mean() / sd) if sd > 0 else math.nan
             r.update(test="paired t", effect_size=es, effect_size_kind="d_z")
-            mde_sd = sd
-            mes = mde_effect_size("paired", n1, n1, alpha_level, power)
         else:
             res = sps.ttest_ind(a, b, equal_var=False, alternative=alternative)
             sp = pooled_sd(a, b)
             es = float(r["diff"] / sp) if sp > 0 else math.nan
             r.update(test="welch", effect_size=es, effect_size_kind="d")
-            mde_sd = sp
-            mes = mde_effect_size("welch", n1, n2, alpha_level, power)
         ci = res.confidence_interval(confidence)
         r.update(t=float(res.statistic), p=float(res.pvalue), df=float(res.df),
-                 ci_low=float(ci.low), ci_high=float(ci.high), mde=mes * mde_sd)
+                 ci_low=float(ci.low), ci_high=float(ci.high))
     return r
+
+
+def ratio_test(arm_vals, arm_seeds, base_vals, base_seeds, ratio: float, direction: str) -> dict:
+    """One-sided test of mean(arm) against ratio x mean(base); direction "less": H1 mean(arm) < ratio x
+    mean(base), "greater": H1 mean(arm) > ratio x mean(base). Exact for that hypothesis: paired, the
+    seed-matched a - ratio x b against 0 (one-sample t, as scipy ttest_1samp); else Welch's t on a and
+    ratio x b (as scipy ttest_ind(equal_var=False)); written out in numpy because the gates run it for
+    every configuration. Zero spread (all differences equal) gives p = 0 when the difference lies in H1,
+    else 1. Returns test, n, p, t, df, and the opposite direction's p as p_other."""
+    a = np.asarray(arm_vals, dtype=float)
+    b = np.asarray(base_vals, dtype=float)
+    out = {"test": "none", "p": math.nan, "p_other": math.nan, "t": math.nan, "df": math.nan,
+           "n_arm": len(a), "n_base": len(b)}
+    if len(a) < 2 or len(b) < 2:
+        return out
+    sign = -1.0 if direction == "less" else 1.0
+    if pairing(list(arm_seeds), list(base_seeds)):
+        d = a[np.argsort(np.asarray(arm_seeds))] - ratio * b[np.argsort(np.asarray(base_seeds))]
+        out["test"] = "paired t"
+        diff, var, df = float(d.mean()), float(d.var(ddof=1)) / len(d), float(len(d) - 1)
+    else:
+        out["test"] = "welch"
+        rb = ratio * b
+        va, vb = float(a.var(ddof=1)) / len(a), float(rb.var(ddof=1)) / len(b)
+        diff, var = float(a.mean() - rb.mean()), va + vb
+        df = var ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if var > 0 else math.nan
+    if not var > 0:
+        p = 0.0 if sign * diff > 0 else 1.0
+        return dict(out, p=p, p_other=1.0 - p if sign * diff != 0 else 1.0, df=df)
+    t = diff / math.sqrt(var)
+    # special.stdtr(df, x) is Student's t cdf (scipy.stats.t's own kernel, without its per-call overhead)
+    return dict(out, p=float(special.stdtr(df, -sign * t)), p_other=float(special.stdtr(df, sign * t)), t=t, df=df)
+
+
+def pooled_rel_sd(df: pd.DataFrame, value_col: str, group_cols: list[str]) -> tuple[float, int]:
+    """The pooled within-group sd of `value_col`, each group's values divided by the group's mean (a
+    fraction), over groups with >= 2 finite values; returns (sd, degrees of freedom)."""
+    if value_col not in df or len(df) == 0:
+        return math.nan, 0
+    x = pd.to_numeric(df[value_col], errors="coerce").astype(float)
+    d = df[list(group_cols)].assign(_x=x)
+    d = d[np.isfinite(d["_x"])]
+    if len(d) == 0:
+        return math.nan, 0
+    g = d.groupby(list(group_cols), dropna=False, sort=False)["_x"]
+    m, n = g.transform("mean"), g.transform("count")
+    keep = (n >= 2) & (m != 0)
+    counts, means = g.count(), g.mean()
+    dof = int((counts[(counts >= 2) & (means != 0)] - 1).sum())
+    ss = float(((d.loc[keep, "_x"] / m[keep] - 1.0) ** 2).sum())
+    return (math.sqrt(ss / dof) if dof else math.nan), dof
 
 
 def _seed_str(seeds: list) -> str:
@@ -165,15 +229,22 @@ def verdict_for(row: dict, alpha_level: float) -> tuple[str, str]:
 
 
 def _degenerate(row: dict) -> str:
-    mde = row.get("mde")
-    if row["test"] != "none" and (mde is not None and not math.isnan(mde) and mde == 0.0):
-        return "zero spread between seeds: the t-test and MDE are degenerate"
+    sa, sb = row.get("std_arm"), row.get("std_base")
+    if row["test"] != "none" and sa == 0.0 and sb == 0.0:
+        return "zero spread between seeds: the t-test is degenerate"
     return ""
+
+
+def is_num_pos(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x)) and float(x) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def significance_table(runs: pd.DataFrame, baseline: str, *, confidence: float = 0.95,
                        alpha_level: float = 0.05, power: float = 0.8,
-                       metric: str = "final_val_loss") -> pd.DataFrame:
+                       metric: str = "final_val_loss", noise_sd: float | None = None) -> pd.DataFrame:
     """The phase's significance table (see the module docstring)."""
     if runs is None or len(runs) == 0:
         return pd.DataFrame(columns=SIG_COLS)
@@ -183,31 +254,45 @@ def significance_table(runs: pd.DataFrame, baseline: str, *, confidence: float =
     df["_usable"] = usable_mask(df, metric)
     df["_div"] = df["status"] == "diverged"
     df["_val"] = pd.to_numeric(df[metric], errors="coerce").astype(float)
+    phase = str(df["phase"].iloc[0]) if "phase" in df else ""
+    rows = []
     is_base = baseline_mask(df, baseline)
     base = df[is_base]
     arms = df[~is_base]
-    phase = str(df["phase"].iloc[0]) if "phase" in df else ""
     base_groups = {k: g for k, g in base.groupby(["model", "family"], sort=False)}
-    rows = []
-    for (model, fam, arm, alpha), g in arms.groupby(["model", "family", "arm", "alpha"], dropna=False,
-                                                    sort=True):
+    if noise_sd is not None and is_num_pos(noise_sd):
+        sd_rel, sd_source = float(noise_sd), "given (design check)"
+    else:
+        sd_rel, dof = pooled_rel_sd(df[df["_usable"]], "_val", ["model", "family", "arm", "variant"])
+        sd_source = f"pooled over this phase ({dof} df)" if dof else "none (no configuration has 2 usable seeds)"
+    for (model, fam, arm, variant), g in arms.groupby(["model", "family", "arm", "variant"], dropna=False,
+                                                      sort=True):
         bg = base_groups.get((model, fam), base.iloc[0:0])
         gu, bu = g[g["_usable"]], bg[bg["_usable"]]
         r = compare(gu["_val"].to_numpy(), gu["seed"].tolist(), bu["_val"].to_numpy(), bu["seed"].tolist(),
                     confidence=confidence, alpha_level=alpha_level, power=power)
-        r.update(phase=phase, model=model, family=fam, arm=arm, alpha=alpha, metric=metric,
+        first = g.iloc[0]
+        r.update(phase=phase, model=model, family=fam, arm=arm, variant=variant, param=first["param"],
+                 value=first["value"], alpha=first["alpha"], metric=metric,
                  n_diverged_arm=int(g["_div"].sum()), n_diverged_base=int(bg["_div"].sum()),
                  seeds_arm=_seed_str(gu["seed"].tolist()), seeds_base=_seed_str(bu["seed"].tolist()))
-        r["mde_pct"] = 100.0 * r["mde"] / r["mean_base"] if r["mean_base"] else math.nan
         rows.append(r)
     if not rows:
         return pd.DataFrame(columns=SIG_COLS)
     out = pd.DataFrame(rows)
     out["p_holm"] = math.nan
     has_p = out["p"].notna()
+    k = max(int(has_p.sum()), 1)
+    out["k_family"] = k
+    out["sd_rel"] = sd_rel
+    out["sd_source"] = sd_source
+    out["mde_pct"] = [
+        100.0 * _mde_cached(sd_rel, int(r["n_arm"]), int(r["n_base"]), alpha_level / k, power,
+                            r["test"] == "paired t")
+        if r["test"] != "none" and is_num_pos(sd_rel) else math.nan for r in out.to_dict("records")]
+    out["mde"] = out["mde_pct"] / 100.0 * out["mean_base"]
     if has_p.any():
-        out.loc[has_p, "p_holm"] = multipletests(out.loc[has_p, "p"].to_numpy(), alpha=alpha_level,
-                                                 method="holm")[1]
+        out.loc[has_p, "p_holm"] = holm(out.loc[has_p, "p"].to_numpy())
     vn = [verdict_for(r, alpha_level) for r in out.to_dict("records")]
     out["verdict"] = [v for v, _ in vn]
     out["note"] = ["; ".join(x for x in (n, _degenerate(r)) if x)
@@ -217,14 +302,20 @@ def significance_table(runs: pd.DataFrame, baseline: str, *, confidence: float =
     return out[SIG_COLS]
 
 
+@lru_cache(maxsize=256)
+def _mde_cached(sd: float, n1: int, n2: int, alpha: float, power: float, paired: bool) -> float:
+    return pw.mde(sd, n1, alpha, power, paired=paired, n2=n2, alternative="two-sided")
+
+
 def read_significance(path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={"phase": str, "model": str, "family": str, "arm": str, "test": str,
+                                      "variant": str, "param": str, "sd_source": str,
                                       "verdict": str, "note": str, "seeds_arm": str, "seeds_base": str,
                                       "effect_size_kind": str, "metric": str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=SIG_COLS)
-    for c in ("note", "seeds_arm", "seeds_base", "effect_size_kind", "test"):
+    for c in ("note", "seeds_arm", "seeds_base", "effect_size_kind", "test", "param", "sd_source"):
         if c in df:
             df[c] = df[c].fillna("")
     return df

@@ -25,7 +25,8 @@ def write_run(root: str | Path, *, model: str, arm: str, alpha: float | None, se
               init_loss: float = 10.8, eff_rank: float = 20.0, eval_steps: Sequence[int] = (50, 100, 250, 500),
               target_losses: Sequence[float] = (4.0, 3.5), gpu_hours: float = 0.0, wall_time_s: float = 600.0,
               world_size: int = 1, tau: float | None = None, noise: float = 0.0,
-              rng: np.random.Generator | None = None, role: str = "arm", phase: str = "phase1") -> dict:
+              rng: np.random.Generator | None = None, role: str = "arm", phase: str = "phase1",
+              variant: str | None = None, noise_fraction: float = 0.01) -> dict:
     """Write one run directory; returns the run record the workflow passes as params.runs (plus paths).
 
     The val curve decays like exp(-step / tau) from init_loss to exactly final_loss at `steps`; a diverged run's losses blow up after
@@ -33,7 +34,8 @@ def write_run(root: str | Path, *, model: str, arm: str, alpha: float | None, se
     rng = rng or np.random.default_rng(seed)
     tau = tau or steps / 6.0
     a_str = format(float(alpha), "g") if alpha is not None else "0"
-    run_dir = Path(root) / "runs" / model / arm / f"alpha{a_str}" / f"seed{seed}"
+    variant = variant or f"alpha{a_str}"
+    run_dir = Path(root) / "runs" / model / arm / variant / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     steps_list = sorted(set(np.linspace(0, steps, n_rows).round().astype(int).tolist()) | set(eval_steps)
                         | ({diverged_step} if status == "diverged" and diverged_step is not None else set()))
@@ -78,7 +80,7 @@ def write_run(root: str | Path, *, model: str, arm: str, alpha: float | None, se
         "world_size": world_size,
         "device": "cpu",
         "diagnostics": {"eff_rank_mean": eff_rank if status == "ok" else None, "eff_rank_min": eff_rank / 2,
-                        "noise_fraction_mean": 0.01, "eps_mean": 1e-3, "update_rms_mean": 0.2,
+                        "noise_fraction_mean": noise_fraction, "eps_mean": 1e-3, "update_rms_mean": 0.2,
                         "grad_norm_mean": 1.0},
         "wandb": {"mode": "offline", "id": f"w{zlib.crc32(f'{model}/{arm}/{a_str}/{seed}'.encode()):08x}",
                   "dir": "results/wandb"},
@@ -90,7 +92,8 @@ def write_run(root: str | Path, *, model: str, arm: str, alpha: float | None, se
     }
     with open(run_dir / "metrics.json", "w", encoding="utf-8") as fh:
         json.dump(metrics, fh)
-    return {"phase": phase, "role": role, "model": model, "arm": arm, "alpha": alpha, "seed": seed,
+    return {"phase": phase, "role": role, "model": model, "arm": arm, "variant": variant,
+            "param": "muon.alpha" if alpha is not None else "", "value": alpha, "alpha": alpha, "seed": seed,
             "run_dir": str(run_dir), "metrics": str(run_dir / "metrics.json"),
             "history": str(run_dir / "history.csv")}
 

@@ -33,17 +33,21 @@ from analysis.report import section_markdown, write_report  # noqa: E402
 from analysis.stats import read_significance, significance_table  # noqa: E402
 from analysis.synth import synth_study  # noqa: E402
 
-GATES = {"no_crashes": {}, "loss_within_baseline": {"max_rel_diff": 0.05}, "effective_rank_logged": {},
-         "beats_baseline": {"min_improvement": 0.01},
-         "effective_rank_higher": {"arms": ["orthonoise", "orthonoise-anneal"]},
-         "isotropic_worse": {"orthonoise": "orthonoise", "isotropic": "isotropic"},
-         "early_loss_not_worse": {"step": 100, "tolerance": 0.0}}
+GATES = {"baseline_sane": {"kind": "baseline_sane"}, "no_crashes": {"kind": "no_crashes"},
+         "loss_within_baseline": {"kind": "within_baseline", "margin": 0.05},
+         "effective_rank_logged": {"kind": "metric_logged"},
+         "beats_baseline": {"kind": "beats_baseline", "min_improvement": 0.01,
+                            "arms": ["orthonoise", "orthonoise-anneal"]},
+         "effective_rank_higher": {"kind": "metric_higher", "arms": ["selected"]},
+         "isotropic_worse": {"kind": "arm_better_than_arm", "better": "selected", "worse": "isotropic"},
+         "early_loss_not_worse": {"kind": "not_worse_than_baseline", "step": 100, "arms": ["selected"]}}
 
 
 def chain(recs: list[dict], res: Path, phase: str = "phase2") -> dict:
     t: dict[str, float] = {}
     ph = res / phase
-    meta = [{k: r[k] for k in ("phase", "role", "model", "arm", "alpha", "seed", "run_dir")} for r in recs]
+    keys = ("phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "run_dir")
+    meta = [{k: r[k] for k in keys} for r in recs]
 
     t0 = time.perf_counter()
     runs, curves = aggregate([r["metrics"] for r in recs], [r["history"] for r in recs], meta, phase)
@@ -64,7 +68,7 @@ def chain(recs: list[dict], res: Path, phase: str = "phase2") -> dict:
     t["gates"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    plots = {k: str(ph / "plots" / f"{k}.png") for k in ("val_loss", "early", "alpha", "eff_rank")}
+    plots = {k: str(ph / "plots" / f"{k}.png") for k in ("val_loss", "early", "forest", "eff_rank")}
     make_plots(read_runs(ph / "runs.csv"), read_curves(ph / "curves.csv"), plots, "muon", 100, phase=phase)
     t["plots"] = time.perf_counter() - t0
 

@@ -22,15 +22,18 @@ def _study(tmp_path):
 
 
 def _agg(recs, phase="phase1"):
-    meta = [{k: r[k] for k in ("phase", "role", "model", "arm", "alpha", "seed", "run_dir")} for r in recs]
+    keys = ("phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "run_dir")
+    meta = [{k: r[k] for k in keys} for r in recs]
     return aggregate([r["metrics"] for r in recs], [r["history"] for r in recs], meta, phase)
 
 
 def test_runs_table_columns_and_values(tmp_path):
     runs, curves = _agg(_study(tmp_path))
     assert len(runs) == 4  # the diverged run is kept
-    head = ["phase", "role", "model", "arm", "alpha", "seed", "status", "diverged_step"]
-    assert list(runs.columns[:8]) == head
+    head = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "status",
+            "diverged_step"]
+    assert list(runs.columns[:11]) == head
+    assert set(runs["variant"]) == {"alpha0", "alpha0.001"}
     for c in ["final_val_loss", "best_val_loss", "val_loss_at_50", "val_loss_at_100", "val_loss_at_500",
               "steps_to_4", "steps_to_3.5", "eff_rank_mean", "noise_fraction_mean", "tokens_per_s",
               "wall_time_s", "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]:
@@ -50,7 +53,8 @@ def test_runs_table_columns_and_values(tmp_path):
 
 def test_curves_long_table(tmp_path):
     runs, curves = _agg(_study(tmp_path))
-    for c in ["model", "arm", "alpha", "seed", "step", "val_loss", "train_loss", "eff_rank_mean"]:
+    for c in ["model", "arm", "variant", "param", "value", "alpha", "seed", "step", "val_loss", "train_loss",
+              "eff_rank_mean"]:
         assert c in curves.columns
     assert curves.groupby(["arm", "seed"]).size().min() > 5
     div = curves[(curves["arm"] == "orthonoise") & (curves["seed"] == 2)]
@@ -84,7 +88,8 @@ def test_null_and_nan_metrics_and_missing_keys(tmp_path):
 
 def test_errors_name_the_problem(tmp_path):
     recs = _study(tmp_path)
-    meta = [{k: r[k] for k in ("phase", "role", "model", "arm", "alpha", "seed", "run_dir")} for r in recs]
+    keys = ("phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "run_dir")
+    meta = [{k: r[k] for k in keys} for r in recs]
     with pytest.raises(ValueError, match="parallel"):
         aggregate([r["metrics"] for r in recs], [r["history"] for r in recs[:3]], meta, "p")
     with pytest.raises(FileNotFoundError, match="nope"):
@@ -99,3 +104,20 @@ def test_errors_name_the_problem(tmp_path):
 def test_empty_phase():
     runs, curves = aggregate([], [], [], "phase1")
     assert len(runs) == 0 and "final_val_loss" in runs.columns and len(curves) == 0
+
+
+def test_variant_is_the_key_and_defaults_from_alpha(tmp_path):
+    """Two runs of one arm and seed that differ only in variant are two runs; a record without a variant
+    gets alpha<alpha>, or 'default' without an alpha."""
+    a = write_run(tmp_path, model="tiny", arm="muon", alpha=None, seed=1, final_loss=3.0, variant="lr0.003")
+    b = write_run(tmp_path, model="tiny", arm="muon", alpha=None, seed=1, final_loss=3.1, variant="lr0.01")
+    meta = [dict(phase="p", role="arm", model="tiny", arm="muon", variant=v, param="muon.lr", value=lr,
+                 alpha=0.0, seed=1, run_dir=r["run_dir"]) for r, v, lr in ((a, "lr0.003", 3e-3), (b, "lr0.01", 1e-2))]
+    runs, _ = aggregate([a["metrics"], b["metrics"]], [a["history"], b["history"]], meta, "p")
+    assert list(runs["variant"]) == ["lr0.003", "lr0.01"] and list(runs["param"]) == ["muon.lr"] * 2
+    with pytest.raises(ValueError, match="twice"):
+        aggregate([a["metrics"]] * 2, [a["history"]] * 2, [meta[0], meta[0]], "p")
+    old = [dict(phase="p", role="arm", model="tiny", arm="x", alpha=1e-3, seed=1, run_dir=""),
+           dict(phase="p", role="arm", model="tiny", arm="y", seed=1, run_dir="")]
+    runs, _ = aggregate([a["metrics"]] * 2, [a["history"]] * 2, old, "p")
+    assert list(runs["variant"]) == ["alpha0.001", "default"]

@@ -1,267 +1,280 @@
-"""Every gate on crafted run tables: PASS, FAIL and INSUFFICIENT; the overall verdict; the selection rule."""
+"""Gate kinds on crafted run tables: PASS / FAIL / INSUFFICIENT, each defect of issue 9 with its own seeded
+case; the overall verdict; the selection rule and its winner's curse."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
 
-from analysis.gates import GATES, evaluate_gates, gates_markdown
+from analysis.gate_kinds import GATE_KINDS
+from analysis.gates import evaluate_gates, gates_markdown
 from analysis.selection import select_arm
 from analysis.stats import significance_table
 
-SEEDS = (1, 2, 3)
 
-
-def mk(role, arm, alpha, losses, model="tiny", er=20.0, v100=None):
+def mk(role, arm, variant, losses, model="tiny", er=20.0, v100=None, status=None):
+    """losses: {seed: loss or None (diverged)}."""
     rows = []
     for i, (seed, v) in enumerate(losses.items()):
-        e = er[i] if isinstance(er, (list, tuple)) else er
-        rows.append(dict(phase="p", role=role, model=model, arm=arm, alpha=alpha, seed=seed,
-                         status="diverged" if v is None else "ok", diverged_step=50 if v is None else np.nan,
-                         final_val_loss=np.nan if v is None else v,
-                         val_loss_at_100=np.nan if v is None else (v + 1.0 if v100 is None else v100),
-                         eff_rank_mean=e, gpu_hours=0.0, wall_time_s=1.0, wandb_id="", run_dir=""))
+        e = er[i] if isinstance(er, (list, tuple, np.ndarray)) else er
+        rows.append(dict(phase="p", role=role, model=model, arm=arm, variant=variant, param="", value=np.nan,
+                         alpha=0.0, seed=seed, status="diverged" if v is None else (status or "ok"),
+                         diverged_step=50 if v is None else np.nan, final_val_loss=np.nan if v is None else v,
+                         val_loss_at_100=np.nan if v is None else (v + 1.0 if v100 is None else v100[i]),
+                         eff_rank_mean=e, noise_fraction_mean=0.5, gpu_hours=0.0, wall_time_s=1.0, wandb_id="",
+                         run_dir=""))
     return pd.DataFrame(rows)
 
 
-def base(model="tiny", er=20.0, v100=None, vals=(3.00, 3.05, 2.98)):
-    return mk("baseline", "muon", 0.0, dict(zip(SEEDS, vals)), model=model, er=er, v100=v100)
+def seeds_vals(vals):
+    return dict(zip(range(1, len(vals) + 1), vals))
 
 
-def shifted(arm, alpha, rel, role="arm", model="tiny", er=20.0, v100=None, vals=(3.00, 3.05, 2.98),
-            jitter=0.002):
-    return mk(role, arm, alpha, {s: v * (1 + rel) + jitter * (k % 2) for k, (s, v) in enumerate(zip(SEEDS, vals))},
-              model=model, er=er, v100=v100)
+def base(vals, **kw):
+    return mk("baseline", "muon", "default", seeds_vals(vals), **kw)
 
 
-def run(gates, *tables, curves=None):
+def arm(name, vals, variant="alpha0.001", **kw):
+    return mk("arm", name, variant, seeds_vals(vals), **kw)
+
+
+def gate(settings, *tables, curves=None, selection=None, noise_sd=0.005, name="g"):
     runs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    sig = significance_table(runs, "muon")
-    return evaluate_gates(runs, sig, curves if curves is not None else pd.DataFrame(), gates, "muon", "p")
+    res = evaluate_gates(runs, None, curves, {name: settings}, "muon", "p", selection=selection, noise_sd=noise_sd)
+    return res["gates"][0]
 
 
-def verdict(gate, *tables, settings=None, curves=None):
-    res = run({gate: settings or {}}, *tables, curves=curves)
-    g = res["gates"][0]
-    assert set(g) >= {"name", "verdict", "threshold", "observed", "detail"}
-    return g
+RNG = np.random.default_rng(7)
+B5 = 3.0 * (1 + 0.005 * RNG.standard_normal(5))
 
 
-# ------------------------------------------------------------------------------------------------ gates
-def test_no_crashes():
-    assert verdict("no_crashes", base(), shifted("on", 1e-3, 0.0))["verdict"] == "PASS"
-    g = verdict("no_crashes", base(), mk("arm", "on", 1e-3, {1: 3.0, 2: None}))
-    assert g["verdict"] == "FAIL" and "on" in g["detail"] and "seed2" in g["detail"] and "diverged" in g["detail"]
-    assert verdict("no_crashes")["verdict"] == "INSUFFICIENT"
+# ------------------------------------------------------------------------------------- plain kinds
+def test_no_crashes_and_metric_logged():
+    assert gate({"kind": "no_crashes"}, base(B5), arm("on", B5))["verdict"] == "PASS"
+    g = gate({"kind": "no_crashes"}, base(B5), arm("on", [3.0, None]))
+    assert g["verdict"] == "FAIL" and "seed2" in g["detail"] and "diverged" in g["detail"]
+    assert gate({"kind": "no_crashes"})["verdict"] == "INSUFFICIENT"
+    assert gate({"kind": "metric_logged"}, base(B5), arm("on", B5))["verdict"] == "PASS"
+    g = gate({"kind": "metric_logged"}, base(B5), arm("on", B5, er=[20, 20, np.nan, 20, 20]))
+    assert g["verdict"] == "FAIL" and "seed3" in g["detail"]
 
 
-def test_loss_within_baseline():
-    assert verdict("loss_within_baseline", base(), shifted("on", 1e-3, 0.02))["verdict"] == "PASS"
-    assert verdict("loss_within_baseline", base(), shifted("on", 1e-3, -0.2))["verdict"] == "PASS"  # better
-    g = verdict("loss_within_baseline", base(), shifted("on", 1e-3, 0.08))
-    assert g["verdict"] == "FAIL" and "+8" in g["detail"]
-    g = verdict("loss_within_baseline", base(), shifted("on", 1e-3, 0.02), settings={"max_rel_diff": 0.01})
-    assert g["verdict"] == "FAIL"
-    g = verdict("loss_within_baseline", base(), shifted("on", 1e-3, -0.2), settings={"two_sided": True})
-    assert g["verdict"] == "FAIL"
-    assert verdict("loss_within_baseline", mk("arm", "on", 1e-3, {1: None, 2: None}), base())["verdict"] == "FAIL"
-    assert verdict("loss_within_baseline", shifted("on", 1e-3, 0.0))["verdict"] == "INSUFFICIENT"  # no baseline
-    assert verdict("loss_within_baseline", base())["verdict"] == "INSUFFICIENT"  # no arms
+def test_baseline_sane_catches_a_broken_baseline():
+    """Issue 14 item 8: a baseline at lr 1e3 made every arm 'better' by ~35%; the baseline check fails it."""
+    curves = pd.DataFrame([dict(role="baseline", model="tiny", arm="muon", variant="default", alpha=0.0, seed=s,
+                                step=st, val_loss=v) for s in range(1, 6) for st, v in ((0, 10.8), (500, 4.1))])
+    broken = gate({"kind": "baseline_sane"}, base([4.1] * 5), arm("on", B5), curves=curves)
+    assert broken["verdict"] == "FAIL" and "suspect" in broken["detail"]
+    ok = gate({"kind": "baseline_sane"}, base(B5), arm("on", B5 * 0.99), curves=curves.assign(val_loss=10.8))
+    assert ok["verdict"] == "PASS"
+    flat = curves.assign(val_loss=3.0)  # final / start = 1: it did not train
+    assert gate({"kind": "baseline_sane"}, base(B5), arm("on", B5), curves=flat)["verdict"] == "FAIL"
+    assert gate({"kind": "baseline_sane"}, base([3.0, None]), arm("on", [3.0, 3.0]))["verdict"] == "FAIL"
+    assert gate({"kind": "baseline_sane", "max_final_loss": 2.0}, base(B5), arm("on", B5))["verdict"] == "FAIL"
+    assert gate({"kind": "baseline_sane"}, arm("on", B5))["verdict"] == "INSUFFICIENT"
 
 
-def test_effective_rank_logged():
-    assert verdict("effective_rank_logged", base(), shifted("on", 1e-3, 0.0))["verdict"] == "PASS"
-    g = verdict("effective_rank_logged", base(er=[20.0, np.nan, 20.0]), shifted("on", 1e-3, 0.0))
-    assert g["verdict"] == "FAIL" and "muon" in g["detail"]  # the baseline is checked too
-    assert verdict("effective_rank_logged", base(er=0.5))["verdict"] == "FAIL"
-    assert verdict("effective_rank_logged")["verdict"] == "INSUFFICIENT"
+# ------------------------------------------------------------------------------- threshold gates
+def test_beats_baseline_tests_against_the_threshold_not_zero():
+    """Issue 9: an estimate of 1.20% with a 95% CI of [0.71%, 1.69%] passed 'beats by more than 1%'."""
+    b = np.array([3.000, 3.010, 2.990, 3.005, 2.995])
+    z = np.array([-1.2, 0.6, 0.2, -0.8, 1.2])
+    z = (z - z.mean()) / z.std(ddof=1)
+    d = -0.012 * b.mean() + 0.0049 * b.mean() / 2.776445 * math.sqrt(5) * z  # 1.20%, CI half-width 0.49%
+    a = b + d
+    sig = significance_table(pd.concat([base(b), arm("on", a)]), "muon").iloc[0]
+    assert sig["diff_pct"] == pytest.approx(-1.20, abs=0.01)
+    assert sig["ci_low"] / sig["mean_base"] * 100 == pytest.approx(-1.69, abs=0.02)
+    assert sig["ci_high"] / sig["mean_base"] * 100 == pytest.approx(-0.71, abs=0.02)
+    assert sig["verdict"] == "better"  # significantly better than 0 ...
+    g = gate({"kind": "beats_baseline", "min_improvement": 0.01}, base(b), arm("on", a))
+    assert g["verdict"] in ("FAIL", "INSUFFICIENT")  # ... but not shown to beat by more than 1%
+    h = g["values"]["hypotheses"][0]
+    assert h["p_holm"] > 0.05 and h["status"] != "pass"
+    # the same data against a 0.5% threshold: shown
+    assert gate({"kind": "beats_baseline", "min_improvement": 0.005}, base(b), arm("on", a))["verdict"] == "PASS"
 
 
-def test_beats_baseline():
-    g = verdict("beats_baseline", base(), shifted("on", 1e-3, -0.05), shifted("on", 1e-2, 0.001))
-    assert g["verdict"] == "PASS" and "on alpha=0.001" in g["detail"]
-    # significant but only 0.5% better
-    g = verdict("beats_baseline", base(), shifted("on", 1e-3, -0.005, jitter=0.0))
-    assert g["verdict"] == "FAIL"
-    # big improvement, not significant (noisy)
-    noisy = mk("arm", "on", 1e-3, {1: 2.5, 2: 3.4, 3: 2.7})
-    assert verdict("beats_baseline", base(), noisy)["verdict"] == "FAIL"
-    # only the listed arms count (e.g. the isotropic control beating the baseline does not pass the gate)
-    g = verdict("beats_baseline", base(), shifted("iso", 1e-3, -0.05), shifted("on", 1e-3, 0.0),
-                settings={"arms": ["on"]})
-    assert g["verdict"] == "FAIL"
-    # one seed only
-    one = mk("arm", "on", 1e-3, {1: 2.0})
-    assert verdict("beats_baseline", base(), one)["verdict"] == "INSUFFICIENT"
-    # a diverged seed: never better -> FAIL
-    div = mk("arm", "on", 1e-3, {1: 2.80, 2: 2.84, 3: 2.79, 4: None})
-    b4 = pd.concat([base(), mk("baseline", "muon", 0.0, {4: 3.01})])
-    assert verdict("beats_baseline", b4, div)["verdict"] == "FAIL"
+def test_underpowered_is_insufficient_not_fail():
+    """Issue 9: 2 seeds and 15 Holm comparisons cannot detect a true 1.5% improvement (sd 0.5%): the gate
+    says INSUFFICIENT; with enough seeds and no effect it says FAIL."""
+    rng = np.random.default_rng(3)
+    tables = [base(3.0 * (1 + 0.005 * rng.standard_normal(2)))]
+    for i in range(15):
+        tables.append(arm(f"a{i}", 3.0 * (1 - 0.015 + 0.005 * rng.standard_normal(2))))
+    g = gate({"kind": "beats_baseline", "min_improvement": 0.0}, *tables)
+    assert g["verdict"] == "INSUFFICIENT" and "could not tell" in g["detail"]
+    assert g["values"]["k_family"] == 15
+    assert all(h["power"] < 0.05 for h in g["values"]["hypotheses"])
+    # 12 seeds, no true effect, one arm: the design could see 1% and did not -> FAIL
+    b = 3.0 * (1 + 0.005 * rng.standard_normal(12))
+    a = 3.0 * (1 + 0.005 * rng.standard_normal(12))
+    g = gate({"kind": "beats_baseline", "min_improvement": 0.01}, base(b), arm("on", a))
+    assert g["verdict"] == "FAIL" and g["values"]["hypotheses"][0]["power"] >= 0.8
 
 
-def test_effective_rank_higher():
-    s = {"arms": ["on", "on-anneal"]}
-    hi = [25.0, 25.5, 24.8]
-    g = verdict("effective_rank_higher", base(er=[20.0, 20.3, 19.9]), shifted("on", 1e-3, 0, er=hi),
-                shifted("on-anneal", 1e-2, 0, er=hi), shifted("iso", 1e-3, 0, er=10.0), settings=s)
-    assert g["verdict"] == "PASS"
-    ref = sps.ttest_ind(hi + hi, [20.0, 20.3, 19.9], equal_var=False)
-    assert g["values"]["tiny"]["p"] == pytest.approx(ref.pvalue)
-    g = verdict("effective_rank_higher", base(er=[20.0, 20.3, 19.9]), shifted("on", 1e-3, 0, er=[20.1, 19.8, 20.2]),
-                settings=s)
-    assert g["verdict"] == "FAIL"
-    g = verdict("effective_rank_higher", base(er=[20.0, 20.3, 19.9]), mk("arm", "on", 1e-3, {1: 3.0}, er=30.0),
-                settings=s)
+def test_min_n_gives_insufficient_for_every_statistical_kind():
+    one = [base([3.0]), arm("on", [2.9]), arm("iso", [3.1])]
+    for s in ({"kind": "within_baseline"}, {"kind": "beats_baseline"},
+              {"kind": "not_worse_than_baseline", "step": 100}, {"kind": "metric_higher", "arms": ["on"]},
+              {"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}):
+        g = gate(s, *one)
+        assert g["verdict"] == "INSUFFICIENT", s
+        assert "min_n" in g["detail"]
+
+
+def test_early_loss_with_one_seed_is_insufficient_and_tests_non_inferiority():
+    """Issue 9: early_loss_not_worse passed with one seed per side and passed 50.6% of A/A replicates."""
+    g = gate({"kind": "not_worse_than_baseline", "step": 100, "arms": ["selected"]},
+             base([3.0]), arm("on", [2.9]))
     assert g["verdict"] == "INSUFFICIENT"
-    with pytest.raises(ValueError, match="arms"):
-        run({"effective_rank_higher": {}}, base())
+    v = 4.0 * (1 + 0.002 * RNG.standard_normal(6))
+    good = gate({"kind": "not_worse_than_baseline", "step": 100, "margin": 0.01},
+                base(v[:3] - 1, v100=v[:3]), arm("on", v[3:] - 1, v100=v[3:]))
+    assert good["verdict"] == "PASS" and "non-inferiority" in good["claim"]
+    bad = gate({"kind": "not_worse_than_baseline", "step": 100, "margin": 0.01},
+               base(v[:3] - 1, v100=v[:3]), arm("on", v[3:] - 1, v100=v[3:] * 1.05))
+    assert bad["verdict"] == "FAIL" and "the data say no" in bad["detail"]
 
 
-def test_isotropic_worse():
-    on1, iso1 = shifted("orthonoise", 1e-3, -0.01), shifted("isotropic", 1e-3, 0.03)
-    on2, iso2 = shifted("orthonoise", 1e-2, 0.0), shifted("isotropic", 1e-2, 0.001, jitter=0.02)
-    g = verdict("isotropic_worse", base(), on1, iso1, on2, iso2)
+def test_within_baseline_and_diverged_seed_is_a_failure():
+    assert gate({"kind": "within_baseline"}, base(B5), arm("on", B5 * 1.01))["verdict"] == "PASS"
+    g = gate({"kind": "within_baseline"}, base(B5), arm("on", B5 * 1.10))
+    assert g["verdict"] == "FAIL"
+    g = gate({"kind": "within_baseline"}, base(B5), arm("on", list(B5[:4]) + [None]))
+    assert g["verdict"] == "FAIL" and "failure" in g["detail"]
+    # a diverged arm never 'beats' the baseline, whatever its surviving seeds say
+    g = gate({"kind": "beats_baseline"}, base(B5), arm("on", list(B5[:4] * 0.9) + [None]))
+    assert g["verdict"] == "FAIL"
+
+
+def test_control_gate_judges_the_selected_arm_in_the_same_family():
+    """Issue 9: isotropic_worse judged another arm than the selected one, at an uncorrected 0.05."""
+    t = [base(B5), arm("on", B5 * 0.97, variant="alpha0.01"), arm("on", B5 * 1.0, variant="alpha0.001"),
+         arm("iso", B5 * 1.0 + 0.001, variant="alpha0.001")]
+    runs = pd.concat(t, ignore_index=True)
+    gates = {"beats": {"kind": "beats_baseline", "min_improvement": 0.01, "arms": ["on"]},
+             "iso": {"kind": "arm_better_than_arm", "better": "selected", "worse": "iso"}}
+    res = evaluate_gates(runs, None, None, gates, "muon", "p", noise_sd=0.005)
+    iso = res["gates"][1]
+    assert iso["values"]["hypotheses"][0]["label"].startswith("tiny/on alpha0.01 vs tiny/iso")
+    assert "'selected' = tiny/on alpha0.01" in iso["detail"]
+    assert res["k_family"] == 3 and iso["values"]["k_family"] == 3  # 2 beats hypotheses + the control
+    # with a selection from an earlier phase, 'selected' is that arm and variant
+    res = evaluate_gates(runs, None, None, gates, "muon", "p", noise_sd=0.005,
+                         selection={"arm": "on", "variant": "alpha0.001", "model": "other"})
+    assert res["gates"][1]["values"]["hypotheses"][0]["label"].startswith("tiny/on alpha0.001 vs")
+
+
+def test_metric_higher_and_arm_better():
+    g = gate({"kind": "metric_higher", "arms": ["on"]}, base(B5, er=20.0 + RNG.standard_normal(5)),
+             arm("on", B5, er=26.0 + RNG.standard_normal(5)))
     assert g["verdict"] == "PASS"
-    lbl = "tiny alpha=0.001"
-    a = iso1.sort_values("seed")["final_val_loss"].to_numpy()
-    b = on1.sort_values("seed")["final_val_loss"].to_numpy()
-    ref = sps.ttest_rel(a, b, alternative="greater")
-    assert g["values"][lbl]["p_one_sided"] == pytest.approx(ref.pvalue)
-    assert g["values"][lbl]["test"] == "paired t"
-    # direction fails at one shared alpha
-    g = verdict("isotropic_worse", base(), on1, iso1, shifted("orthonoise", 1e-2, 0.02),
-                shifted("isotropic", 1e-2, 0.0))
+    g = gate({"kind": "metric_higher", "arms": ["on"]}, base(B5, er=26.0 + RNG.standard_normal(5)),
+             arm("on", B5, er=20.0 + RNG.standard_normal(5)))
     assert g["verdict"] == "FAIL"
-    # direction holds but nothing significant
-    g = verdict("isotropic_worse", base(), on2, iso2)
-    assert g["verdict"] == "FAIL"
-    # no shared alpha / one seed each side
-    assert verdict("isotropic_worse", base(), on1, shifted("isotropic", 1e-2, 0.03))["verdict"] == "INSUFFICIENT"
-    g = verdict("isotropic_worse", base(), mk("arm", "orthonoise", 1e-3, {1: 3.0}),
-                mk("arm", "isotropic", 1e-3, {1: 3.1}))
+    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 0.98),
+             arm("iso", B5))
+    assert g["verdict"] == "PASS"
+    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5),
+             arm("iso", [3.0, 3.0, None, 3.0, 3.0]))
+    assert g["verdict"] == "PASS" and "not ok" in g["detail"]  # the control diverged, the arm did not
+
+
+def _scratch_curves(steps_to_target):
+    """Per (role, arm, seed): a curve whose val loss reaches 3.0 first at the given step."""
+    rows, runs = [], []
+    for (role, arm_name, seed), st in steps_to_target.items():
+        for step in range(0, 1001, 50):
+            rows.append(dict(role=role, model="s", arm=arm_name, variant="default", alpha=0.0, seed=seed,
+                             step=step, val_loss=3.0 - (step - st) * 1e-4 if step >= st else 3.5))
+        runs.append(dict(phase="p", role=role, model="s", arm=arm_name, variant="default", param="", value=np.nan,
+                         alpha=0.0, seed=seed, status="ok", final_val_loss=3.0, eff_rank_mean=20.0, run_dir=""))
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def test_reaches_target_sooner_needs_seeds():
+    """Issue 9: scratch_faster gave PASS or FAIL from a single seed per side."""
+    runs, curves = _scratch_curves({("scratch_baseline", "muon", 42): 1000, ("scratch_arm", "on", 42): 600})
+    g = gate({"kind": "reaches_target_sooner"}, runs, curves=curves)
     assert g["verdict"] == "INSUFFICIENT"
-    g = verdict("isotropic_worse", base(), on1, iso1, settings={"orthonoise": "x", "isotropic": "y"})
-    assert g["verdict"] == "INSUFFICIENT"
+    steps = {("scratch_baseline", "muon", s): 1000 for s in (1, 2, 3, 4)}
+    steps.update({("scratch_arm", "on", s): st for s, st in zip((1, 2, 3, 4), (600, 650, 600, 700))})
+    runs, curves = _scratch_curves(steps)
+    g = gate({"kind": "reaches_target_sooner", "min_speedup": 0.2}, runs, curves=curves)
+    assert g["verdict"] == "PASS", g["detail"]
 
 
-def test_early_loss_not_worse():
-    g = verdict("early_loss_not_worse", base(v100=4.0), shifted("on", 1e-3, -0.05, v100=3.9))
-    assert g["verdict"] == "PASS" and "3.9" in g["observed"]
-    g = verdict("early_loss_not_worse", base(v100=4.0), shifted("on", 1e-3, -0.05, v100=4.1))
-    assert g["verdict"] == "FAIL"
-    g = verdict("early_loss_not_worse", base(v100=4.0), shifted("on", 1e-3, -0.05, v100=4.1),
-                settings={"tolerance": 0.05})
-    assert g["verdict"] == "PASS"
-    g = verdict("early_loss_not_worse", base(), shifted("on", 1e-3, -0.05), settings={"step": 250})
-    assert g["verdict"] == "INSUFFICIENT"
-    # step not in runs.csv but in curves.csv
-    cur = pd.DataFrame([dict(role=r, model="tiny", arm=a, alpha=al, seed=s, step=250, val_loss=v)
-                        for r, a, al, v in [("baseline", "muon", 0.0, 3.5), ("arm", "on", 1e-3, 3.4)]
-                        for s in SEEDS])
-    g = verdict("early_loss_not_worse", base(), shifted("on", 1e-3, -0.05), settings={"step": 250}, curves=cur)
-    assert g["verdict"] == "PASS"
+def test_overall_verdict_and_markdown_escapes():
+    runs = pd.concat([base(B5), arm("on", B5)], ignore_index=True)
+    res = evaluate_gates(runs, None, None, {"nc": {"kind": "no_crashes"},
+                                            "<b>x</b>": {"kind": "metric_logged", "min_value": 100.0}},
+                         "muon", "p")
+    assert res["passed"] is False
+    md = gates_markdown(res)
+    assert "<b>" not in md and "&lt;b>" in md
+    res = evaluate_gates(runs, None, None, {"nc": {"kind": "no_crashes"}}, "muon", "p")
+    assert res["passed"] is True
+    assert evaluate_gates(runs, None, None, {}, "muon", "p")["passed"] is None
 
 
-def test_advantage_replicates():
-    assert verdict("advantage_replicates", base("1b"), shifted("on", 1e-3, -0.01, model="1b"))["verdict"] == "PASS"
-    g = verdict("advantage_replicates", base("1b"), shifted("on", 1e-3, -0.003, model="1b", jitter=0.0))
-    assert g["verdict"] == "FAIL"
-    assert verdict("advantage_replicates", base("1b"),
-                   mk("arm", "on", 1e-3, {1: 2.0}, model="1b"))["verdict"] == "INSUFFICIENT"
-    # the scratch pair does not count for this gate
-    sc = pd.concat([mk("scratch_baseline", "muon", 0.0, {1: 5.0, 2: 5.01}, model="1b"),
-                    mk("scratch_arm", "on", 1e-3, {1: 4.0, 2: 4.01}, model="1b")])
-    assert verdict("advantage_replicates", sc)["verdict"] == "INSUFFICIENT"
+def test_unknown_kind_and_setting_are_errors():
+    with pytest.raises(ValueError, match="not a gate kind"):
+        evaluate_gates(pd.DataFrame(), None, None, {"g": {"kind": "nope"}}, "muon", "p")
+    with pytest.raises(ValueError, match="not a setting"):
+        evaluate_gates(pd.DataFrame(), None, None, {"g": {"kind": "no_crashes", "x": 1}}, "muon", "p")
+    empty = evaluate_gates(pd.DataFrame(), None, None,
+                           {k: {"kind": k, **({"arms": ["on"]} if k == "metric_higher" else {}),
+                                **({"better": "a", "worse": "b"} if k == "arm_better_than_arm" else {})}
+                            for k in GATE_KINDS}, "muon", "p")
+    assert {g["verdict"] for g in empty["gates"]} == {"INSUFFICIENT"}
 
 
-def _scratch_curves(base_steps, arm_steps, base_final=(3.0, 3.1), arm_final=(2.9, 3.0)):
-    rows = []
-    for role, arm, finals in [("scratch_baseline", "muon", base_final), ("scratch_arm", "on", arm_final)]:
-        for seed, f in zip((1, 2), finals):
-            for s in range(0, 1001, 50):
-                tau = base_steps if role == "scratch_baseline" else arm_steps
-                rows.append(dict(phase="p3", role=role, model="1b", arm=arm, alpha=0.0 if arm == "muon" else 1e-3,
-                                 seed=seed, step=s, val_loss=f + 8 * np.exp(-s / tau) - 8 * np.exp(-1000 / tau),
-                                 train_loss=np.nan, eff_rank_mean=np.nan))
-    return pd.DataFrame(rows)
+# ------------------------------------------------------------------------------------- selection
+def _sig(improvements, n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    b = 3.0 * (1 + 0.005 * rng.standard_normal(n))
+    t = [base(b)] + [arm(f"a{i}", b * (1 - imp) + 0.003 * rng.standard_normal(n)) for i, imp in
+                     enumerate(improvements)]
+    return significance_table(pd.concat(t, ignore_index=True), "muon")
 
 
-def _scratch_runs(arm_status="ok"):
-    return pd.concat([mk("scratch_baseline", "muon", 0.0, {1: 3.0, 2: 3.1}, model="1b"),
-                      mk("scratch_arm", "on", 1e-3, {1: 2.9, 2: None if arm_status != "ok" else 3.0}, model="1b")])
+def test_selection_rules_and_keys():
+    sig = _sig([0.0, 0.03, 0.02])
+    sel = select_arm(sig, {"passed": True}, rule="significant_best", seeds_used=[1, 2, 3])
+    assert sel["arm"] == "a1" and sel["rule"] == "significant_best" and sel["gate_passed"] is True
+    assert set(sel) >= {"gate_passed", "forced", "arm", "variant", "param", "value", "model", "rule", "reason",
+                        "candidates", "winners_curse"}
+    assert sel["selection_seeds"] == [1, 2, 3]
+    wc = sel["winners_curse"]
+    assert wc["k"] == 3 and wc["expected_optimism_pct"] > 0 and "optimistic" in wc["note"]
+    sel = select_arm(_sig([0.0, 0.0]), {"passed": True})
+    assert sel["rule"] == "lowest_mean_fallback" and sel["gate_passed"] is False and "NOT PASSED" in sel["reason"]
+    sel = select_arm(_sig([0.0, 0.001]), {"passed": True}, rule="lowest_mean")
+    assert sel["rule"] == "lowest_mean" and sel["gate_passed"] is True
+    gates = {"passed": None, "gates": [{"name": "beats", "verdict": "PASS"}]}
+    assert select_arm(sig, gates, gate="beats")["gate_passed"] is True
+    with pytest.raises(ValueError, match="not a gate"):
+        select_arm(sig, gates, gate="nope")
+    sel = select_arm(sig, {"passed": False}, force=True)
+    assert sel["forced"] and sel["gate_passed"] is False and "FORCED" in sel["reason"]
 
 
-def test_scratch_faster():
-    g = verdict("scratch_faster", _scratch_runs(), curves=_scratch_curves(200, 100))
-    assert g["verdict"] == "PASS"
-    assert g["values"]["target"] == pytest.approx(3.05)
-    assert np.mean(g["values"]["arm_steps"]) < np.mean(g["values"]["baseline_steps"])
-    g = verdict("scratch_faster", _scratch_runs(), curves=_scratch_curves(100, 200, arm_final=(3.04, 3.04)))
-    assert g["verdict"] == "FAIL"
-    g = verdict("scratch_faster", _scratch_runs("diverged"), curves=_scratch_curves(200, 100))
-    assert g["verdict"] == "FAIL" and "diverged" in g["detail"]
-    assert verdict("scratch_faster", base(), shifted("on", 1e-3, 0.0))["verdict"] == "INSUFFICIENT"
-
-
-# ---------------------------------------------------------------------------------------- overall, config
-def test_overall_passed_logic_and_markdown():
-    ok = run({"no_crashes": {}, "effective_rank_logged": {}}, base(), shifted("on", 1e-3, 0.0))
-    assert ok["passed"] is True
-    fail = run({"no_crashes": {}, "beats_baseline": {}}, base(), mk("arm", "on", 1e-3, {1: None}))
-    assert fail["passed"] is False
-    ins = run({"no_crashes": {}, "beats_baseline": {}}, base(), mk("arm", "on", 1e-3, {1: 2.0}))
-    assert ins["passed"] is None
-    assert run({}, base())["passed"] is None
-    md = gates_markdown(fail)
-    assert "| gate | verdict |" in md and "FAIL" in md and "FAILED" in md
-
-
-def test_unknown_gate_and_setting_are_errors():
-    with pytest.raises(ValueError, match="unknown gate 'bogus'"):
-        run({"bogus": {}}, base())
-    with pytest.raises(ValueError, match="max_rel"):
-        run({"loss_within_baseline": {"max_rel": 0.1}}, base())
-    assert set(GATES) == {"no_crashes", "loss_within_baseline", "effective_rank_logged", "beats_baseline",
-                          "effective_rank_higher", "isotropic_worse", "early_loss_not_worse",
-                          "advantage_replicates", "scratch_faster"}
-    run({"no_crashes": None, "beats_baseline": {"min_improvement": 0.02, "description": "x"}}, base())
-
-
-def test_json_is_strict():
-    import json
-    res = run({g: ({"arms": ["on"]} if g == "effective_rank_higher" else {}) for g in GATES},
-              base(), mk("arm", "on", 1e-3, {1: None, 2: 2.9}))
-    json.dumps(res, allow_nan=False)
-    assert len(res["gates"]) == len(GATES)
-
-
-# ---------------------------------------------------------------------------------------------- selection
-def _sig(*tables):
-    return significance_table(pd.concat(tables, ignore_index=True), "muon")
-
-
-def test_selection_picks_largest_significant_improvement():
-    sig = _sig(base(), shifted("on", 1e-3, -0.02), shifted("on", 1e-2, -0.05), shifted("iso", 1e-3, 0.01))
-    sel = select_arm(sig, {"passed": True}, force=False)
-    assert (sel["arm"], sel["alpha"], sel["gate_passed"], sel["rule"]) == ("on", 0.01, True, "better")
-    assert sel["forced"] is False and len(sel["candidates"]) == 2
-    sel = select_arm(sig, {"passed": True}, arms=["on"])
-    assert (sel["arm"], sel["alpha"]) == ("on", 0.01)
-    sel = select_arm(sig, {"passed": True}, arms=["iso"])
-    assert sel["arm"] == "iso" and sel["rule"] == "lowest_mean_loss" and sel["gate_passed"] is False
-
-
-def test_selection_fallback_is_flagged_and_skips_diverged():
-    b4 = pd.concat([base(), mk("baseline", "muon", 0.0, {4: 3.01})])
-    div = mk("arm", "on", 1e-2, {1: 2.0, 2: 2.01, 3: 2.02, 4: None})  # lowest loss but diverged
-    sig = _sig(b4, div, mk("arm", "on", 1e-3, {1: 3.01, 2: 2.9, 3: 3.1, 4: 2.95}),
-               mk("arm", "iso", 1e-3, {1: 3.05, 2: 3.0, 3: 3.1, 4: 3.0}))
-    sel = select_arm(sig, {"passed": True}, force=True)
-    assert sel["arm"] == "on" and sel["alpha"] == 0.001 and sel["rule"] == "lowest_mean_loss"
-    assert sel["gate_passed"] is False and "NOT PASSED" in sel["reason"] and sel["forced"] is True
-    sel = select_arm(sig, {"passed": None}, force=False)
-    assert sel["gate_passed"] is None
-
-
-def test_selection_with_nothing():
-    sel = select_arm(pd.DataFrame(), {"passed": False})
-    assert sel["arm"] is None and sel["alpha"] is None and sel["gate_passed"] is False and sel["reason"]
+def test_winners_curse_by_simulation():
+    """Issue 9: with every configuration truly 0.5% better, the best-of-14 estimate is optimistic (the issue
+    measured 1.41% with its noise model; with one shared baseline, 2 seeds and sd 0.5% it is 1.11%). The
+    reported optimism (the arm's own se x E[max of 14 normals]) brings it back to the truth."""
+    rng = np.random.default_rng(11)
+    n, k, reps, sd = 2, 14, 4000, 0.005
+    b = 1 + sd * rng.standard_normal((reps, 1, n))
+    a = (1 - 0.005) + sd * rng.standard_normal((reps, k, n))
+    est = ((a - b).mean(axis=2) / b.mean(axis=2)).min(axis=1) * 100  # the selected (best) estimate, %
+    assert -est.mean() == pytest.approx(1.11, abs=0.05)
+    from analysis.power import expected_max_normal
+    from analysis.selection import winners_curse
+    se_diff = sd * math.sqrt(2 / n)  # the se of one difference, as the selection reads it from the CI
+    t = 12.706204736174707  # t(0.975, df=1)
+    wc = winners_curse({"diff_pct": est.mean(), "ci_low": -t * se_diff, "ci_high": t * se_diff, "mean_base": 1.0,
+                        "n_arm": n}, k)
+    assert wc["expected_optimism_pct"] == pytest.approx(100 * sd / math.sqrt(n) * expected_max_normal(k))
+    assert -wc["adjusted_estimate_pct"] == pytest.approx(0.5, abs=0.05)

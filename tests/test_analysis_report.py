@@ -17,6 +17,11 @@ from analysis.stats import significance_table
 from analysis.synth import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
+GATES1 = {"baseline_sane": {"kind": "baseline_sane"}, "no_crashes": {"kind": "no_crashes"},
+          "loss_within_baseline": {"kind": "within_baseline", "margin": 0.05},
+          "effective_rank_logged": {"kind": "metric_logged"},
+          "beats_baseline": {"kind": "beats_baseline", "min_improvement": 0.01}}
+PLOTS = ("val_loss", "early", "forest", "eff_rank")
 PNG = b"\x89PNG\r\n\x1a\n"
 ARMS = {"muon": {"class": "Muon", "muon": {"lr": 0.02}},
         "orthonoise": {"class": "MuonOrthoNoise", "muon": {"lr": 0.02, "alpha": 0.001}},
@@ -34,7 +39,8 @@ def study(tmp_path, seeds=(1, 2), diverge=True, alphas=(1e-3,)):
             div = diverge and s == seeds[-1]
             recs.append(write_run(tmp_path, model="tiny", arm="isotropic", alpha=a, seed=s, final_loss=3.1,
                                   status="diverged" if div else "ok", diverged_step=150 if div else None))
-    meta = [{k: r[k] for k in ("phase", "role", "model", "arm", "alpha", "seed", "run_dir")} for r in recs]
+    keys = ("phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "run_dir")
+    meta = [{k: r[k] for k in keys} for r in recs]
     return recs, meta
 
 
@@ -42,11 +48,9 @@ def chain(tmp_path, seeds=(1, 2), diverge=True, alphas=(1e-3,)):
     recs, meta = study(tmp_path / "runs_root", seeds, diverge, alphas)
     runs, curves = aggregate([r["metrics"] for r in recs], [r["history"] for r in recs], meta, "phase1")
     sig = significance_table(runs, "muon")
-    gates = evaluate_gates(runs, sig, curves, {"no_crashes": {}, "loss_within_baseline": {},
-                                               "effective_rank_logged": {}, "beats_baseline": {}},
-                           "muon", "phase1")
+    gates = evaluate_gates(runs, sig, curves, GATES1, "muon", "phase1")
     res = tmp_path / "results"
-    plots = {k: str(res / "phase1" / "plots" / f"{k}.png") for k in ("val_loss", "early", "alpha", "eff_rank")}
+    plots = {k: str(res / "phase1" / "plots" / f"{k}.png") for k in PLOTS}
     make_plots(runs, curves, plots, "muon", 100, phase="phase1")
     return runs, curves, sig, gates, plots, res
 
@@ -62,8 +66,8 @@ def test_plots_nonempty(tmp_path, seeds, diverge, alphas):
 
 def test_plots_deterministic_and_empty_inputs(tmp_path):
     runs, curves, *_ = chain(tmp_path)
-    out1 = {k: str(tmp_path / "a" / f"{k}.png") for k in ("val_loss", "early", "alpha", "eff_rank")}
-    out2 = {k: str(tmp_path / "b" / f"{k}.png") for k in ("val_loss", "early", "alpha", "eff_rank")}
+    out1 = {k: str(tmp_path / "a" / f"{k}.png") for k in PLOTS}
+    out2 = {k: str(tmp_path / "b" / f"{k}.png") for k in PLOTS}
     make_plots(runs, curves, out1, "muon", 100)
     make_plots(runs, curves, out2, "muon", 100)
     for k in out1:
@@ -82,12 +86,16 @@ def test_section_and_report(tmp_path):
                             gates=gates, plots=list(plots.values()), results_root=str(res), arms=ARMS,
                             usd_per_gpu_hour=3.5, baseline="muon")
     assert "Does OrthoNoise train?" in text
-    assert "| model | role | arm | alpha | seed | status |" in text            # runs table
-    assert "| model | arm | alpha | test | n arm/base |" in text               # significance table
-    assert "| gate | verdict | threshold | observed | detail |" in text         # gates table
+    assert "| model | role | arm | variant | seed | status |" in text          # runs table
+    assert "| model | configuration | test | n arm/base |" in text            # significance table
+    assert "| gate | kind | verdict | claim tested | observed | detail |" in text  # gates table
+    assert "**Baseline sanity (baseline_sane): PASS.**" in text
+    assert text.index("Baseline sanity") < text.index("### Gates")
+    assert "### Noise trigger rate per configuration" in text
     assert "![Validation loss vs step](phase1/plots/val_loss.png)" in text
     assert "diverged @ 150" in text and "\"class\": \"MuonOrthoNoise\"" in text
-    assert "can only detect differences larger than" in text
+    assert "detects with 80% power only true differences larger than" in text
+    assert "seed-to-seed noise cancel" not in text and "less sensitive" not in text
     assert "insufficient" in text  # the diverged isotropic arm has 1 usable seed
     s = parse_summary(text)
     assert s["phase"] == "phase1" and s["passed"] is False and s["n_runs"] == 6
@@ -146,21 +154,23 @@ def test_scripts_end_to_end(tmp_path):
     script("significance", sm({"runs": str(ph / "runs.csv")}, {"table": str(ph / "significance.csv")},
                               {"baseline": "muon", "confidence": 0.95, "alpha_level": 0.05, "power": 0.8,
                                "metric": "final_val_loss"}, lg))
-    gates = {"no_crashes": {}, "loss_within_baseline": {"max_rel_diff": 0.05}, "effective_rank_logged": {},
-             "beats_baseline": {"min_improvement": 0.01}, "early_loss_not_worse": {"step": 100, "tolerance": 0.0}}
+    gates = dict(GATES1, early_loss_not_worse={"kind": "not_worse_than_baseline", "step": 100})
     script("gates", sm({"runs": str(ph / "runs.csv"), "significance": str(ph / "significance.csv"),
-                        "curves": str(ph / "curves.csv")}, {"json": str(ph / "gates.json"), "md": str(ph / "gates.md")},
+                        "curves": str(ph / "curves.csv")}, {"json": str(ph / "gates.json"), "md": str(ph / "gates.md"),
+                                                     "csv": str(ph / "gates.csv")},
                        {"phase": "phase1", "gates": gates, "baseline": "muon"}, lg))
     g = json.loads((ph / "gates.json").read_text())
     assert g["passed"] is False and [x["name"] for x in g["gates"]] == list(gates)
-    plots = {k: str(ph / "plots" / f"{k}.png") for k in ("val_loss", "early", "alpha", "eff_rank")}
+    assert list(pd.read_csv(ph / "gates.csv")["gate"]) == list(gates)
+    plots = {k: str(ph / "plots" / f"{k}.png") for k in PLOTS}
     script("plots", sm({"runs": str(ph / "runs.csv"), "curves": str(ph / "curves.csv")}, plots,
                        {"phase": "phase1", "baseline": "muon", "early_steps": 100}, lg))
     p3 = res / "phase3"
     script("select_arm", sm({"significance": str(ph / "significance.csv"), "gates": str(ph / "gates.json")},
                             {"json": str(p3 / "selection.json")}, {"force": False}, lg))
     sel = json.loads((p3 / "selection.json").read_text())
-    assert set(sel) >= {"gate_passed", "forced", "arm", "alpha", "reason", "candidates"}
+    assert set(sel) >= {"gate_passed", "forced", "arm", "variant", "param", "value", "model", "rule", "reason",
+                        "candidates", "winners_curse"}
     assert sel["gate_passed"] is False and sel["arm"] == "orthonoise"
     common = {"runs": str(ph / "runs.csv"), "significance": str(ph / "significance.csv"),
               "gates": str(ph / "gates.json"), "plots": list(plots.values())}
@@ -168,13 +178,13 @@ def test_scripts_end_to_end(tmp_path):
     script("section", sm(common, {"md": str(ph / "section.md")}, params, lg))
     script("section", sm(dict(common, selection=str(p3 / "selection.json")), {"md": str(p3 / "section.md")},
                          dict(params, phase="phase3"), lg))
-    assert "Arm selected from phase 2" in (p3 / "section.md").read_text()
+    assert "Arm selected from an earlier phase" in (p3 / "section.md").read_text()
     script("report", sm({"sections": [str(ph / "section.md"), str(p3 / "section.md")]},
                         {"md": str(res / "reports" / "phase3.md")},
                         {"title": "T", "phases": ["phase1", "phase3"], "latest": str(res / "ABLATION_RESULTS.md")},
                         lg))
     latest = (res / "ABLATION_RESULTS.md").read_text()
-    assert latest.count("<!-- phase-summary") == 2 and "| gate | verdict |" in latest
+    assert latest.count("<!-- phase-summary") == 2 and "| gate | kind | verdict |" in latest
     assert Path(lg).read_text().strip()  # logging went to the log file
     # insufficient rows keep p empty in the CSV
     sig = pd.read_csv(ph / "significance.csv")
@@ -194,10 +204,11 @@ def test_empty_phase_chain(tmp_path):
     sig = significance_table(runs, "muon")
     write_csv(sig, ph / "significance.csv")
     sig = read_significance(ph / "significance.csv")
-    gates = {g: ({"arms": ["on"]} if g == "effective_rank_higher" else {}) for g in GATES}
+    gates = {g: {"kind": g, **({"arms": ["on"]} if g == "metric_higher" else {}),
+                 **({"better": "a", "worse": "b"} if g == "arm_better_than_arm" else {})} for g in GATES}
     res = evaluate_gates(runs, sig, curves, gates, "muon", "phase3")
     assert res["passed"] is None and {g["verdict"] for g in res["gates"]} == {"INSUFFICIENT"}
-    plots = {k: str(ph / "plots" / f"{k}.png") for k in ("val_loss", "early", "alpha", "eff_rank")}
+    plots = {k: str(ph / "plots" / f"{k}.png") for k in PLOTS}
     make_plots(runs, curves, plots, "muon", 100)
     text = section_markdown(phase="phase3", question="Q", runs=runs, significance=sig, gates=res,
                             plots=list(plots.values()), results_root=str(tmp_path / "results"), arms={},

@@ -47,8 +47,12 @@ def test_paired_matches_scipy_ttest_rel():
     assert r["diff_pct"] == pytest.approx(100 * (a.mean() - b.mean()) / b.mean())
     assert r["effect_size"] == pytest.approx(d.mean() / d.std(ddof=1))
     assert r["effect_size_kind"] == "d_z"
+    # MDE: two-sided, Holm level 0.05/1, the phase's pooled relative sd (not this comparison's sample sd),
+    # uncorrelated pairs (sd of a difference = sd x sqrt 2)
+    sd_rel = math.sqrt((((a / a.mean() - 1) ** 2).sum() + ((b / b.mean() - 1) ** 2).sum()) / 4)
+    assert r["sd_rel"] == pytest.approx(sd_rel)
     es = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
-    assert r["mde"] == pytest.approx(es * d.std(ddof=1), rel=1e-6)
+    assert r["mde_pct"] == pytest.approx(100 * es * sd_rel * math.sqrt(2), rel=1e-5)
     assert (r["n_arm"], r["n_base"], r["std_arm"]) == (3, 3, pytest.approx(a.std(ddof=1)))
 
 
@@ -65,9 +69,12 @@ def test_welch_when_seeds_do_not_pair():
     assert (r["ci_low"], r["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     sp = math.sqrt((3 * a.var(ddof=1) + 2 * b.var(ddof=1)) / 5)
     assert r["effect_size"] == pytest.approx((a.mean() - b.mean()) / sp)
+    # the Welch MDE is the exact Welch power's (analysis.power), larger than the pooled formula's
+    from analysis.power import welch_power
+    sd_rel = r["sd_rel"]
+    assert welch_power(r["mde_pct"] / 100, sd_rel, sd_rel, 4, 3, 0.05, "two-sided") == pytest.approx(0.8, abs=1e-4)
     es = TTestIndPower().solve_power(effect_size=None, nobs1=4, ratio=3 / 4, alpha=0.05, power=0.8)
-    assert r["mde"] == pytest.approx(es * sp, rel=1e-6)
-    assert r["mde_pct"] == pytest.approx(100 * es * sp / b.mean(), rel=1e-6)
+    assert r["mde_pct"] > 100 * es * sd_rel
 
 
 def test_duplicate_seed_forces_welch():
@@ -162,3 +169,24 @@ def test_empty_and_no_baseline():
     assert len(significance_table(pd.DataFrame(), "muon")) == 0
     sig = significance_table(runs_table([("arm", "on", 1e-3, {1: 2.9, 2: 2.95})]), "muon")
     assert sig.iloc[0]["n_base"] == 0 and sig.iloc[0]["verdict"] == "insufficient"
+
+
+def test_ratio_test_matches_scipy():
+    """The gates' one-sided test of mean(a) vs r x mean(b): scipy's one-sample t on a - r b (paired) and
+    Welch's t on a and r b, both directions."""
+    from analysis.stats import holm, ratio_test
+    rng = np.random.default_rng(4)
+    a, b = 3 + 0.02 * rng.standard_normal(5), 3 + 0.02 * rng.standard_normal(5)
+    for r, d in ((0.99, "less"), (1.05, "less"), (1.0, "greater")):
+        got = ratio_test(a, [1, 2, 3, 4, 5], b, [5, 4, 3, 2, 1], r, d)
+        ref = sps.ttest_1samp(a - r * b[::-1], 0.0, alternative=d)
+        assert got["test"] == "paired t" and got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        other = sps.ttest_1samp(a - r * b[::-1], 0.0, alternative="greater" if d == "less" else "less")
+        assert got["p_other"] == pytest.approx(other.pvalue, rel=1e-9)
+        got = ratio_test(a, [1, 2, 3, 4, 5], b[:4], [6, 7, 8, 9], r, d)
+        ref = sps.ttest_ind(a, r * b[:4], equal_var=False, alternative=d)
+        assert got["test"] == "welch" and got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert got["df"] == pytest.approx(ref.df)
+    assert ratio_test([1.0, 1.0], [1, 2], [2.0, 2.0], [1, 2], 1.0, "less")["p"] == 0.0  # zero spread
+    p = rng.uniform(0, 0.2, 9)
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])

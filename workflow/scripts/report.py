@@ -1,4 +1,13 @@
-"""Snakemake script: the phases' sections -> results/reports/{phase}.md and results/ABLATION_RESULTS.md."""
+"""Snakemake script: the phases' sections -> results/reports/{phase}.md and the latest report.
+
+input:   sections (section.md per phase, in phase order); optional design_md (design.md of the design check)
+params:  title (escaped here), phases, latest (default results/ABLATION_RESULTS.md);
+         optional tiny (bool: say in the first lines that this is the CPU twin), summary (or description: the
+         study's text, escaped here)
+output:  md
+"""
+from pathlib import Path
+
 from _script import logged
 
 from analysis.io import as_list
@@ -8,5 +17,8 @@ sm = snakemake  # noqa: F821
 with logged(sm, "report") as log:
     p = sm.params
     latest = str(getattr(p, "latest", "results/ABLATION_RESULTS.md"))
-    write_report(as_list(sm.input.sections), str(sm.output.md), latest, str(p.title), as_list(p.phases))
+    design_md = Path(sm.input.design_md).read_text(encoding="utf-8") if "design_md" in sm.input.keys() else ""
+    text = getattr(p, "summary", None) or getattr(p, "description", None) or ""
+    write_report(as_list(sm.input.sections), str(sm.output.md), latest, str(p.title), as_list(p.phases),
+                 tiny=bool(getattr(p, "tiny", False)), description=str(text), design_md=design_md)
     log.info("wrote %s and %s", sm.output.md, latest)

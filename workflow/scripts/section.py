@@ -1,4 +1,11 @@
-"""Snakemake script: one phase's tables, gates and plots -> results/{phase}/section.md."""
+"""Snakemake script: one phase's tables, gates and plots -> results/{phase}/section.md.
+
+input:   runs, significance, gates (gates.json), plots (list of PNGs: val_loss, early, forest, eff_rank);
+         optional selection (selection.json of this phase), optional design (design.json of the design check)
+params:  phase, question, arms (arm -> settings as used), usd_per_gpu_hour, baseline;
+         optional power (0.8), alpha_level (0.05), tiny (bool: the CPU twin; default False)
+output:  md (section.md)
+"""
 import json
 import os
 
@@ -10,21 +17,25 @@ from analysis.report import section_markdown
 from analysis.stats import read_significance
 
 sm = snakemake  # noqa: F821
+
+
+def _load(name):
+    if name in sm.input.keys():
+        with open(sm.input[name], encoding="utf-8") as fh:
+            return json.load(fh)
+    return None
+
+
 with logged(sm, "section") as log:
     p = sm.params
-    with open(sm.input.gates, encoding="utf-8") as fh:
-        gates = json.load(fh)
-    selection = None
-    if "selection" in sm.input.keys():
-        with open(sm.input.selection, encoding="utf-8") as fh:
-            selection = json.load(fh)
     out = str(sm.output.md)
     results_root = os.path.dirname(os.path.dirname(os.path.abspath(out)))  # results/{phase}/section.md
     text = section_markdown(
         phase=str(p.phase), question=str(p.question), runs=read_runs(sm.input.runs),
-        significance=read_significance(sm.input.significance), gates=gates, plots=as_list(sm.input.plots),
+        significance=read_significance(sm.input.significance), gates=_load("gates"), plots=as_list(sm.input.plots),
         results_root=results_root, arms=dict(p.arms or {}), usd_per_gpu_hour=float(p.usd_per_gpu_hour),
-        baseline=str(p.baseline), selection=selection,
-        power=float(getattr(p, "power", 0.8)), alpha_level=float(getattr(p, "alpha_level", 0.05)))
+        baseline=str(p.baseline), selection=_load("selection"), design=_load("design"),
+        power=float(getattr(p, "power", 0.8)), alpha_level=float(getattr(p, "alpha_level", 0.05)),
+        tiny=bool(getattr(p, "tiny", False)))
     atomic_write_text(out, text)
     log.info("wrote %s", out)
