@@ -60,3 +60,5 @@ include: "rules/targets.smk"
 
 
 check_targets()
+if workflow.is_main_process:
+    warn_underpowered()

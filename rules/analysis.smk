@@ -4,10 +4,56 @@
 
 localrules:
     aggregate,
+    design_phase,
+    design,
     significance,
     gates,
     plots,
     select,
+
+
+rule design:
+    # The design check of the whole study before any GPU-hour (`snakemake design`): per phase and gate,
+    # the Holm family, the power at the gate's threshold with the configured seeds (noise: the study's
+    # prior sd), the seeds for 80% power, and the GPU-hours and cost either way.
+    output:
+        csv=report(R("design.csv"), category="design check", caption="../report/design.rst"),
+        md=R("design.md"),
+        json=R("design.json"),
+    log:
+        L("design.log"),
+    params:
+        phases=lambda w: design_study(),
+        order=PLAN.phases,
+        prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
+        power_floor=STUDY.get("design", {}).get("power_floor"),
+        usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow/scripts/design.py"
+
+
+rule design_phase:
+    # One phase's design check, its noise measured on the phases before it (the prior when there are none).
+    input:
+        unpack(design_inputs),
+    output:
+        csv=R("{phase}/design.csv"),
+        md=R("{phase}/design.md"),
+        json=R("{phase}/design.json"),
+    log:
+        L("{phase}/design.log"),
+    params:
+        phases=lambda w: {w.phase: design_entry(w.phase)},
+        order=lambda w: PLAN.phases_through(w.phase),
+        prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
+        power_floor=STUDY.get("design", {}).get("power_floor"),
+        usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow/scripts/design.py"
 
 
 rule aggregate:
@@ -30,11 +76,13 @@ rule aggregate:
 rule significance:
     input:
         runs=R("{phase}/runs.csv"),
+        design=R("{phase}/design.json"),
     output:
-        table=R("{phase}/significance.csv"),
+        table=report(R("{phase}/significance.csv"), category="{phase}", caption="../report/significance.rst"),
     log:
         L("{phase}/significance.log"),
     params:
+        phase="{phase}",
         baseline=lambda w: PLAN.baseline_arm(w.phase),
         confidence=0.95,
         alpha_level=0.05,
@@ -52,15 +100,18 @@ rule gates:
         runs=R("{phase}/runs.csv"),
         significance=R("{phase}/significance.csv"),
         curves=R("{phase}/curves.csv"),
+        design=R("{phase}/design.json"),
     output:
         json=R("{phase}/gates.json"),
         md=R("{phase}/gates.md"),
+        csv=report(R("{phase}/gates.csv"), category="{phase}", caption="../report/gates.rst"),
     log:
         L("{phase}/gates.log"),
     params:
         phase="{phase}",
         gates=lambda w: PLAN.phase(w.phase)["gates"],
         baseline=lambda w: PLAN.baseline_arm(w.phase),
+        power_floor=STUDY.get("design", {}).get("power_floor"),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -74,7 +125,7 @@ rule plots:
     output:
         val_loss=report(R("{phase}/plots/val_loss.png"), category="{phase}", caption="../report/val_loss.rst"),
         early=report(R("{phase}/plots/early.png"), category="{phase}", caption="../report/early.rst"),
-        alpha=report(R("{phase}/plots/final_vs_alpha.png"), category="{phase}", caption="../report/alpha.rst"),
+        forest=report(R("{phase}/plots/forest.png"), category="{phase}", caption="../report/forest.rst"),
         eff_rank=report(R("{phase}/plots/eff_rank.png"), category="{phase}", caption="../report/eff_rank.rst"),
     log:
         L("{phase}/plots.log"),
@@ -82,6 +133,7 @@ rule plots:
         phase="{phase}",
         baseline=lambda w: PLAN.baseline_arm(w.phase),
         early_steps=lambda w: early_steps(w.phase),
+        gates=lambda w: PLAN.phase(w.phase)["gates"],
     conda:
         "../envs/analysis.yaml"
     script:
@@ -93,6 +145,7 @@ checkpoint select:
     input:
         significance=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/significance.csv",
         gates=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/gates.json",
+        runs=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/runs.csv",
     output:
         json=R("{phase}/selection.json"),
     log:

@@ -183,7 +183,49 @@ def section_inputs(wildcards):
         "significance": f"{RESULTS}/{phase}/significance.csv",
         "gates": f"{RESULTS}/{phase}/gates.json",
         "plots": expand("{results}/{phase}/plots/{name}.png", results=RESULTS, phase=phase,
-                        name=["val_loss", "early", "final_vs_alpha", "eff_rank"]),
+                        name=["val_loss", "early", "forest", "eff_rank"]),
+        "design": f"{RESULTS}/{phase}/design.json",
     }
     files.update(selection_input(wildcards))
     return files
+
+
+def design_entry(phase, sel=None):
+    """What the design check needs of a phase (analysis/design.py): its seeds, comparisons, gates, cost."""
+    cfg = PLAN.phase(phase)
+    runs = PLAN.phase_runs(phase, sel) if sel or not PLAN.needs_selection(phase) else phase_runs(phase)
+    configs = sorted({(pr.run.model, pr.run.arm, pr.run.variant, pr.role) for pr in runs})
+    # GPU-hours of a run: its Slurm time limit x GPUs (an upper bound until runs have measured it)
+    hours = {m: r["resources"]["runtime_min"] / 60 * r["resources"]["gpus"] * r["resources"]["nodes"]
+             for m, r in STUDY["models"].items()}
+    return {"seeds": list(cfg["seeds"]), "baseline": PLAN.baseline_arm(phase), "gates": cfg["gates"],
+            "configs": [dict(zip(("model", "arm", "variant", "role"), c)) for c in configs],
+            "gpu_hours_per_run": hours, "n_runs": len(runs),
+            "scratch_seeds": cfg.get("scratch", {}).get("seeds")}
+
+
+def design_study():
+    """Every phase, before any run: a selecting phase is costed with its first possible selection (every
+    selection gives it the same number of runs)."""
+    return {p: design_entry(p, PLAN.possible_selections(p)[0]) for p in PLAN.phases}
+
+
+def design_inputs(wildcards):
+    """The runs.csv of the phases before this one (the noise estimate); a selecting phase waits for its selection."""
+    earlier = PLAN.phases_through(wildcards.phase)[:-1]
+    files = {"runs": [R(f"{p}/runs.csv") for p in earlier]}
+    if PLAN.needs_selection(wildcards.phase):
+        files["selection"] = checkpoints.select.get(phase=wildcards.phase).output.json
+    return files
+
+
+def warn_underpowered():
+    """The design check's warnings in every invocation's output (a dry run shows them before any GPU-hour)."""
+    from analysis.design import design_from_files
+
+    d = STUDY.get("design", {})
+    _, warnings = design_from_files(design_study(), PLAN.phases, [R(f"{p}/runs.csv") for p in PLAN.phases],
+                                    prior_sd=d.get("prior_sd", 0.005), power_floor=d.get("power_floor"),
+                                    usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"])
+    for w in warnings:
+        logger.warning(f"design check ({STUDY_NAME}{'-tiny' if TINY else ''}): {w}")

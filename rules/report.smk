@@ -19,6 +19,7 @@ rule section:
         arms=lambda w: PLAN.arm_settings(phase_runs(w.phase)),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
         baseline=lambda w: PLAN.baseline_arm(w.phase),
+        tiny=TINY,
     conda:
         "../envs/analysis.yaml"
     script:
@@ -30,6 +31,7 @@ rule report:
     # RESULTS/ABLATION_RESULTS.md, the latest report, which is a copy and not a tracked output.
     input:
         sections=lambda w: expand("{results}/{p}/section.md", results=RESULTS, p=PLAN.phases_through(w.phase)),
+        design_md=R("design.md"),
     output:
         md=R("reports/{phase}.md"),
     log:

@@ -367,9 +367,8 @@ class _Checks:
             if not resolved:
                 continue
             for key, arm in self.gate_kinds.arm_references(resolved):
-                if arm == SELECTED and not selects:
-                    self.bad(f"{gwhere}.{key}: 'selected' needs {where}.select")
-                elif arm != SELECTED and arm not in arms:
+                # 'selected' is the arm the phase took from an earlier one, else the phase's own best arm
+                if arm != SELECTED and arm not in arms:
                     self.bad(f"{gwhere}.{key}: {arm!r} is not an arm of {where} (its arms: "
                              f"{', '.join(sorted(arms))})")
             for key, step in self.gate_kinds.step_references(resolved):
