@@ -1,5 +1,6 @@
 """The Muon family of optimizers (pure PyTorch). See docs/optim.md."""
 
+from .demo import DeMo
 from .factory import DEFAULT_ADAMW_PATTERNS, OPTIMIZERS, MuonWithAdamW, build_optimizer, split_parameters
 from .muon import DIAGNOSTIC_KEYS, Muon
 from .nolah import MuonNOLAH
@@ -10,6 +11,7 @@ __all__ = [
     "ALGORITHM_VERSIONS",
     "DEFAULT_ADAMW_PATTERNS",
     "DIAGNOSTIC_KEYS",
+    "DeMo",
     "OPTIMIZERS",
     "Muon",
     "MuonIsotropic",

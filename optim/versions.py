@@ -12,4 +12,5 @@ ALGORITHM_VERSIONS = {
     "MuonOrthoNoise": 1,
     "MuonIsotropic": 1,
     "MuonNOLAH": 1,
+    "DeMo": 1,
 }

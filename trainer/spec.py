@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODEL_PRESETS = ("tiny", "gpt-124m", "gpt-350m", "gpt-1b")
-OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH")
+OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH", "DeMo")
 DATA_KINDS = ("stdlib", "bin")
 WANDB_MODES = ("disabled", "offline", "online")
 DEVICES = ("auto", "cpu", "cuda")

@@ -1,0 +1,289 @@
+"""DeMo: compressed data-parallel training (Peng, Quesnelle, Kingma 2024; bloc97/DeMo, Psyche's distro.rs),
+with two Muon variants. The optimizer does its own exchange: the trainer must not all-reduce the
+gradients of its parameters (`communicates_itself`).
+
+One step, per parameter, on every rank r (g_r: the rank's local gradient):
+
+    delta_r <- beta * delta_r + g_r                      local momentum (compression_decay, 0.999)
+    C      = DCT(delta_r) per chunk (optim.dct)          'pre': S = DCT(orth(delta_r)) chooses and is sent
+    idx    = top-k |C| per chunk (|S| for 'pre')
+    sent   = C[idx] ('pre': S[idx]), as float32/bf16 values or 1 sign bit each
+    delta_r <- delta_r - IDCT(C[idx])                    error feedback (the sent frequencies leave)
+    all_gather (idx, sent) of every rank (one flat uint8 buffer per step)
+    D      = IDCT(mean over ranks of the scattered chunks)   the shared direction, identical on all ranks
+    U      = sign(D)                                     orthogonalize='none' (DeMo as published)
+           = D * sqrt(min(m, n)) / ||D||_F * adjust       'pre': the seed's design, rescaled to the norm
+                                                          of an orthogonal factor so Muon's lr carries
+           = orth(D) * adjust                            'post': orthogonalize the decoded direction
+    W      <- W * (1 - lr * weight_decay) - lr * U
+
+'pre' error feedback: the sent values are the orthogonalized momentum's coefficients, which live on
+another scale than delta (||orth(X)||_F = sqrt(min(m, n))); what leaves delta is delta's own
+coefficients at the sent indices, so that delta stays a momentum of gradients and the conservation
+C_before = C[idx] + C_residual holds exactly. With sign=True the error feedback also removes the
+full-precision coefficients (Psyche's quantize_1bit does the same): the quantization error is not
+fed back.
+
+Bytes: `bytes_sent_per_step` is the size of the buffer this rank passes to all_gather (indices +
+values, exactly as sent); `dense_bytes_per_step` is the size of the same parameters' gradients, i.e.
+the payload of an all-reduce of them. Both are per rank and counted whether or not a process group
+exists. A ring all-gather moves (W-1) x payload into every rank, a ring all-reduce 2(W-1)/W x payload
+out of every rank: these are payloads, not wire bytes.
+
+Chunks, top-k and index types: see optim/dct.py. Non-matrix parameters are not this class's business
+(optim/factory.py gives them to AdamW; their gradients are all-reduced uncompressed by the trainer and
+counted by MuonWithAdamW.communication()). 1-D parameters are accepted with orthogonalize='none'.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import dct as D
+from .muon import ADJUST_LR_FNS, DIAGNOSTIC_KEYS, _invalid, _is_int, _is_real, adjust_ratio
+from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize as _orth
+from .versions import ALGORITHM_VERSIONS
+
+ORTHOGONALIZE_MODES = ("none", "pre", "post")
+DEMO_DIAGNOSTIC_KEYS = DIAGNOSTIC_KEYS + ("bytes_sent_per_step", "dense_bytes_per_step")
+
+
+class DeMo(torch.optim.Optimizer):
+    """Decoupled-momentum compressed data-parallel optimizer; see the module docstring.
+
+    Args:
+        lr: learning rate (sign steps for 'none'; Muon's spectral units for 'pre'/'post').
+        compression_decay: beta of the local momentum delta = beta * delta + g (0.999).
+        chunk: chunk side (64: 64 x 64 chunks for matrices, 64 for vectors).
+        topk: fraction of each chunk's coefficients sent, in (0, 1] (k = round(topk * chunk numel), >= 1;
+            0.0078125 = DeMo's 32 of 4096).
+        sign: send 1 bit (the sign) per value instead of the value.
+        value_dtype: 'float32' | 'bfloat16' for the values when sign=False.
+        orthogonalize: 'none' (DeMo: sign of the decoded direction) | 'pre' | 'post'.
+        weight_decay: decoupled, W *= 1 - lr * weight_decay.
+        adjust_lr_fn, orthogonalizer, ns_steps, ns_precision, eps: Muon's, for 'pre'/'post'.
+        seed: accepted for the factory (DeMo draws no random numbers).
+    """
+
+    communicates_itself = True  # the trainer leaves these parameters' gradients alone
+    has_rank_local_state = True  # delta differs between ranks: checkpoint it per rank
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.001,
+        compression_decay: float = 0.999,
+        chunk: int = 64,
+        topk: float = 0.0078125,
+        sign: bool = False,
+        value_dtype: str = "float32",
+        orthogonalize: str = "none",
+        weight_decay: float = 0.0,
+        adjust_lr_fn: str | None = None,
+        orthogonalizer: str = "newton_schulz",
+        ns_steps: int = 5,
+        ns_precision: str = "bf16",
+        eps: float = 1e-7,
+        seed: int = 0,
+    ):
+        name = type(self).__name__
+        checks = (
+            ("lr", lr, _is_real(lr) and lr >= 0, "use a finite number >= 0"),
+            ("compression_decay", compression_decay, _is_real(compression_decay) and 0 <= compression_decay < 1,
+             "use a number in [0, 1)"),
+            ("chunk", chunk, _is_int(chunk) and 1 <= chunk <= 1024, "use an int in [1, 1024]"),
+            ("topk", topk, _is_real(topk) and 0 < topk <= 1, "use a fraction in (0, 1] of each chunk's coefficients"),
+            ("sign", sign, isinstance(sign, bool), "use True or False"),
+            ("value_dtype", value_dtype, value_dtype in D.VALUE_DTYPES, f"use one of {list(D.VALUE_DTYPES)}"),
+            ("orthogonalize", orthogonalize, orthogonalize in ORTHOGONALIZE_MODES,
+             f"use one of {list(ORTHOGONALIZE_MODES)}"),
+            ("weight_decay", weight_decay, _is_real(weight_decay) and weight_decay >= 0, "use a finite number >= 0"),
+            ("adjust_lr_fn", adjust_lr_fn, adjust_lr_fn in ADJUST_LR_FNS, f"use one of {list(ADJUST_LR_FNS)}"),
+            ("orthogonalizer", orthogonalizer, orthogonalizer in ORTHOGONALIZERS, f"use one of {list(ORTHOGONALIZERS)}"),
+            ("ns_steps", ns_steps, _is_int(ns_steps) and 1 <= ns_steps <= 100, "use an int in [1, 100]"),
+            ("ns_precision", ns_precision, ns_precision in PRECISIONS, f"use one of {sorted(PRECISIONS)}"),
+            ("eps", eps, _is_real(eps) and eps > 0, "use a finite number > 0"),
+            ("seed", seed, _is_int(seed), "use an int"),
+        )
+        for key, value, ok, allowed in checks:
+            if not ok:
+                raise _invalid(name, key, value, allowed)
+        self.chunk, self.topk, self.sign, self.value_dtype = chunk, float(topk), sign, D.VALUE_DTYPES[value_dtype]
+        self.mode = orthogonalize
+        self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps = orthogonalizer, ns_steps, ns_precision, eps
+        self.seed = seed
+        self.algorithm_version = ALGORITHM_VERSIONS.get(name, 1)
+        self._step = 0
+        self._diag: dict = {}
+        self._layouts: dict[int, D.Layout] = {}
+        defaults = dict(lr=lr, compression_decay=compression_decay, weight_decay=weight_decay,
+                        adjust_lr_fn=adjust_lr_fn)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("initial_lr", group["lr"])
+        name = type(self).__name__
+        for p in group["params"]:
+            if p.ndim == 0:
+                raise _invalid(name, "params", tuple(p.shape), "scalars cannot be chunked (use AdamW)")
+            if p.ndim < 2 and self.mode != "none":
+                raise _invalid(name, "params", tuple(p.shape), f"orthogonalize={self.mode!r} needs matrices (use AdamW)")
+            if torch.is_complex(p) or not p.is_floating_point():
+                raise _invalid(name, "params", p.dtype, "real floating-point parameters only")
+
+    def _layout(self, p: Tensor) -> D.Layout:
+        L = self._layouts.get(id(p))
+        if L is None or L.shape != tuple(p.shape):
+            L = self._layouts[id(p)] = D.make_layout(p.shape, self.chunk, self.topk)
+        return L
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    # ------------------------------------------------------------------ encode / exchange / decode
+    def _encode(self, p: Tensor, group: dict, L: D.Layout) -> list[Tensor]:
+        """Momentum, selection, error feedback; returns the byte segments this parameter sends."""
+        st = self.state[p]
+        if "delta" not in st:
+            st["delta"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+        delta = st["delta"]
+        g = p.grad if p.grad is not None else torch.zeros_like(p)  # every rank must send the same layout
+        delta.mul_(group["compression_decay"]).add_(g.reshape(delta.shape).float())
+        x = delta.reshape(L.rows, L.cols) if p.ndim >= 2 else delta
+        if self.mode == "pre":
+            o = _orth(x, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps).float()
+            so = D.dct(o, L)
+            idx, _, coef = D.compress(x, L, select=so)
+            vals = so.gather(-1, idx)
+            ef = coef.gather(-1, idx)
+        else:
+            idx, vals, _ = D.compress(x, L)
+            ef = vals
+        delta.sub_(D.idct(D.scatter(idx, ef, L.chunk_numel), L).reshape(delta.shape))
+        segs = [idx.to(L.idx_dtype).reshape(-1).view(torch.uint8)]
+        if self.sign:
+            segs.append(D.pack_signs(vals))
+        else:
+            segs.append(vals.to(self.value_dtype).reshape(-1).view(torch.uint8))
+        return segs
+
+    def _value_bytes(self, L: D.Layout) -> int:
+        n = L.n_chunks * L.k
+        return (n + 7) // 8 if self.sign else n * self.value_dtype.itemsize
+
+    def _decode(self, parts: list[Tensor], off: int, L: D.Layout) -> tuple[Tensor, int]:
+        n = L.n_chunks * L.k
+        ib = n * L.idx_dtype.itemsize
+        vb = self._value_bytes(L)
+        idxs, vals = [], []
+        for buf in parts:
+            idxs.append(buf[off:off + ib].clone().view(L.idx_dtype).long())
+            raw = buf[off + ib:off + ib + vb]
+            if self.sign:
+                vals.append(D.unpack_signs(raw, n))
+            else:
+                vals.append(raw.clone().view(self.value_dtype).float())
+        return D.decode_mean(idxs, vals, L), off + ib + vb
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step += 1
+        world, _ = self._world()
+        items = [(p, g) for g in self.param_groups for p in g["params"]]
+        if not items:
+            self._diag = {}
+            return loss
+        grads = [p.grad for p, _ in items if p.grad is not None]
+        segs: list[Tensor] = []
+        layouts = []
+        for p, group in items:
+            L = self._layout(p)
+            layouts.append(L)
+            segs.extend(self._encode(p, group, L))
+        buf = torch.cat(segs)
+        dense_bytes = sum(p.numel() * p.element_size() for p, _ in items)
+        if world > 1:
+            parts = [torch.empty_like(buf) for _ in range(world)]
+            dist.all_gather(parts, buf)
+        else:
+            parts = [buf]
+        off = 0
+        upd_sq = []
+        for (p, group), L in zip(items, layouts):
+            d, off = self._decode(parts, off, L)
+            if self.mode == "none":
+                u = torch.sign(d)
+            else:
+                r, c = L.rows, L.cols
+                m = d.reshape(r, c)
+                if self.mode == "post":
+                    u = _orth(m, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps).float()
+                else:
+                    u = m * (math.sqrt(min(r, c)) / m.norm().clamp(min=self.eps))
+                u = u * adjust_ratio(group["adjust_lr_fn"], r, c)
+            upd_sq.append(u.square().sum())
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.add_(u.reshape(p.shape).to(p.dtype), alpha=-lr)
+        numel = sum(p.numel() for p, _ in items)
+        self._diag = {
+            "grad_norm": torch.stack(torch._foreach_norm(grads, 2)).square().sum().sqrt() if grads else 0.0,
+            "update_rms": (torch.stack(upd_sq).sum() / numel).sqrt(),
+            "noise_fraction": 0.0, "eps_mean": 0.0, "eff_rank_mean": None, "eff_rank_min": None,
+            "bytes_sent_per_step": int(buf.numel()),
+            "dense_bytes_per_step": int(dense_bytes),
+        }
+        return loss
+
+    def bytes_per_step(self) -> tuple[int, int]:
+        """(bytes sent, dense bytes) per step for the current parameters, without stepping."""
+        sent = dense = 0
+        for g in self.param_groups:
+            for p in g["params"]:
+                L = self._layout(p)
+                sent += L.n_chunks * L.k * L.idx_dtype.itemsize + self._value_bytes(L)
+                dense += p.numel() * p.element_size()
+        return sent, dense
+
+    # ------------------------------------------------------------------ diagnostics and state
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    @property
+    def diagnostics(self) -> dict:
+        d = self._diag
+        if not d:
+            return {k: None for k in DEMO_DIAGNOSTIC_KEYS}
+        return {k: (float(v) if isinstance(v, Tensor) else v) for k, v in ((k, d.get(k)) for k in DEMO_DIAGNOSTIC_KEYS)}
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["demo_global"] = {"step": self._step, "class": type(self).__name__, "version": self.algorithm_version}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        g = state_dict.pop("demo_global", None)
+        if g is not None and g.get("class") not in (None, type(self).__name__):
+            raise ValueError(f"{type(self).__name__}: state_dict was saved by {g['class']}")
+        super().load_state_dict(state_dict)
+        for st in self.state.values():  # torch casts state to the parameter dtype; delta stays float32
+            if "delta" in st:
+                st["delta"] = st["delta"].float()
+        self._step = int(g["step"]) if g is not None else 0
