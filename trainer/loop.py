@@ -197,6 +197,13 @@ class Session:
             raise SpecError([("optimizer", {"class": o.cls, "muon": o.muon, "adamw": o.adamw}, str(e))]) from None
         for g in self.opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
+        # an optimizer that exchanges its own gradients (optim.DeMo): all-reduce only the others'
+        own = self.opt.self_synced() if hasattr(self.opt, "self_synced") else set()
+        self.reduce_params = [p for p in self.params if id(p) not in own]
+        if own and t.grad_clip > 0:
+            raise SpecError([("training.grad_clip", t.grad_clip, f"0 with optimizer.class {o.cls!r}: it exchanges "
+                              "compressed gradients, so no rank ever holds the global gradient to clip")])
+        self.capture = None  # trainer.capture.Capture, set by the run when the spec asks for captures
 
         self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
 
@@ -254,7 +261,9 @@ class Session:
                 loss = self.fwd(x, y)
             (loss / self.n_micro_total).backward()
             loss_sum += loss.detach().float()
-        dist_mod.all_reduce_grads(self.params, self.info)
+        dist_mod.all_reduce_grads(self.reduce_params, self.info)
+        if self.capture is not None:
+            self.capture.after_grads(step0 + 1)
         grads = [p.grad for p in self.params if p.grad is not None]
         clip = self.spec.training.grad_clip
         if clip > 0:
@@ -268,6 +277,8 @@ class Session:
         self.opt.step()
         if ev is not None:
             ev[1].record()
+        if self.capture is not None:
+            self.capture.after_step(step0 + 1)
         self.opt.zero_grad(set_to_none=True)
         red = torch.stack([loss_sum / self.accum,
                            torch.tensor(1.0 if stop_requested else 0.0, device=self.device)])
@@ -277,6 +288,12 @@ class Session:
         opt_ms = ev[0].elapsed_time(ev[1]) if ev is not None else None
         return StepResult(loss=loss_v / self.info.world_size, grad_norm=gn_v, stop=stop_v > 0, diag=diag,
                           lr_scale=scale, opt_ms=opt_ms)
+
+    def comm_bytes(self) -> dict:
+        """Payload bytes per rank per step (optim.MuonWithAdamW.communication); None on one process."""
+        if self.info.is_distributed and hasattr(self.opt, "communication"):
+            return self.opt.communication()
+        return {"bytes_sent_per_step": None, "allreduce_bytes_per_step": None}
 
     @torch.no_grad()
     def check_replicas(self) -> None:
@@ -335,7 +352,9 @@ def _summarise(history: list[dict]) -> dict:
     er_min = vals("eff_rank_min")
     return {"eff_rank_mean": mean("eff_rank_mean"), "eff_rank_min": min(er_min) if er_min else None,
             "noise_fraction_mean": mean("noise_fraction"), "eps_mean": mean("eps"),
-            "update_rms_mean": mean("update_rms"), "grad_norm_mean": mean("grad_norm")}
+            "update_rms_mean": mean("update_rms"), "grad_norm_mean": mean("grad_norm"),
+            **({k: mean(k) for k in ("bytes_sent_per_step", "allreduce_bytes_per_step")} if vals("bytes_sent_per_step")
+               else {})}
 
 
 def _num(x) -> float | None:
@@ -376,6 +395,10 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     log(f"run {spec.run_id}: {spec.model.arch} with {spec.optimizer.cls} (arm {spec.optimizer.arm}, alpha "
         f"{fmt_key(spec.alpha)}), seed {spec.seed}, {t.steps} steps, fingerprint {spec.fingerprint}")
     sess = Session(spec, info, log)
+    if spec.capture.steps:
+        from trainer.capture import Capture
+
+        sess.capture = Capture(spec.capture.steps, spec.capture.what, out, info.is_main, sess.model, sess.opt)
     log(f"device {info.device} x {info.world_size} ({info.backend or 'single process'}), "
         f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}; "
         f"{sess.n_params:,} parameters; global batch {t.global_batch} x {t.seq_len} tokens = "
@@ -395,6 +418,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     except Exception as e:  # unreadable (e.g. written by another torch): never resume from it
         log(f"checkpoint {ckpt.path_of(ckpt_dir)} cannot be read ({type(e).__name__}: {e}): starting fresh")
         state = None
+    rank_local = getattr(sess.opt, "has_rank_local_state", False)  # optim.DeMo: per-rank residuals
+    if state is not None and rank_local and state.get("resume_key") == key:
+        state = ckpt.attach_rank_state(state, ckpt_dir, info, key, log)
     if state is not None:
         if state.get("resume_key") != key:
             log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
@@ -417,6 +443,11 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         log(f"wandb {tracker.mode}: run id {tracker.id}, dir {tracker.dir}")
 
     def save_checkpoint(step: int, reason: str):
+        if rank_local:  # each rank's residual first; latest.pt (rank 0, below) then names the step
+            if not info.is_main:
+                ckpt.save_rank(ckpt_dir, info.rank, step, {"resume_key": key, "step": step,
+                                                           "optimizer": sess.opt.state_dict()})
+            dist_mod.barrier(info)
         if info.is_main:
             p = ckpt.save(ckpt_dir, {
                 "resume_key": key, "fingerprint": spec.fingerprint, "step": step,
@@ -426,6 +457,8 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                 "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
                 "torch": torch.__version__})
             log(f"checkpoint at step {step} ({reason}): {p}")
+            if rank_local:
+                ckpt.prune_ranks(ckpt_dir, keep_step=step)
         dist_mod.barrier(info)
 
     def do_eval(step: int) -> float:
@@ -469,7 +502,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                    "grad_norm": r.grad_norm, "update_rms": _num(d.get("update_rms")),
                    "eff_rank_mean": _num(d.get("eff_rank_mean")), "eff_rank_min": _num(d.get("eff_rank_min")),
                    "noise_fraction": _num(d.get("noise_fraction")), "eps": _num(d.get("eps_mean")),
-                   "tokens_per_s": tps}
+                   "tokens_per_s": tps, **sess.comm_bytes()}
             if ref_loss is None and math.isfinite(r.loss):
                 ref_loss = r.loss
             bad = not math.isfinite(r.loss) or (ref_loss is not None and r.loss > spec.training.divergence_factor
