@@ -191,9 +191,9 @@ def decode_mean(idx_parts: list[Tensor], val_parts: list[Tensor], L: Layout, dty
 
 
 def compress_decode(x: Tensor, chunk: int = 64, topk_frac: float = 0.0078125) -> Tensor:
-    """x after top-k compression and decoding on one process (for measurements)."""
+    """x after top-k compression and decoding on one process (for measurements; float64 stays float64)."""
     L = make_layout(x.shape, chunk, topk_frac)
-    idx, vals, _ = compress(x.float(), L)
+    idx, vals, _ = compress(x if x.dtype == torch.float64 else x.float(), L)
     return idct(scatter(idx, vals, L.chunk_numel), L)
 
 
