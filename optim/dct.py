@@ -122,20 +122,30 @@ def from_chunks(c: Tensor, L: Layout) -> Tensor:
     return x.reshape(L.shape)
 
 
+def dct_chunks(c: Tensor) -> Tensor:
+    """(N, a, b) chunks -> (N, a*b) coefficients (2-D orthonormal DCT of each chunk)."""
+    n, a, b = c.shape
+    da = dct_matrix(a, c.dtype, c.device)
+    db = dct_matrix(b, c.dtype, c.device)
+    return (da @ c @ db.T).reshape(n, a * b)
+
+
+def idct_chunks(coef: Tensor, a: int, b: int) -> Tensor:
+    """(N, a*b) coefficients -> (N, a, b) chunks."""
+    c = coef.reshape(-1, a, b)
+    da = dct_matrix(a, c.dtype, c.device)
+    db = dct_matrix(b, c.dtype, c.device)
+    return da.T @ c @ db
+
+
 def dct(x: Tensor, L: Layout) -> Tensor:
     """Coefficients of every chunk, (n_chunks, a*b), in x's dtype (float32 or wider recommended)."""
-    c = to_chunks(x, L)
-    da = dct_matrix(L.a, c.dtype, c.device)
-    db = dct_matrix(L.b, c.dtype, c.device)
-    return (da @ c @ db.T).reshape(c.shape[0], -1)
+    return dct_chunks(to_chunks(x, L))
 
 
 def idct(coef: Tensor, L: Layout) -> Tensor:
     """Inverse of dct: (n_chunks, a*b) -> a tensor of L.shape."""
-    c = coef.reshape(-1, L.a, L.b)
-    da = dct_matrix(L.a, c.dtype, c.device)
-    db = dct_matrix(L.b, c.dtype, c.device)
-    return from_chunks(da.T @ c @ db, L)
+    return from_chunks(idct_chunks(coef, L.a, L.b), L)
 
 
 def topk(coef: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -178,16 +188,22 @@ def compress(x: Tensor, L: Layout, select: Tensor | None = None) -> tuple[Tensor
     return idx, vals, coef
 
 
-def decode_mean(idx_parts: list[Tensor], val_parts: list[Tensor], L: Layout, dtype=torch.float32) -> Tensor:
-    """The mean over ranks of the decoded chunks, inverse-transformed (a tensor of L.shape).
+def decode_mean_chunks(idx_parts: list[Tensor], val_parts: list[Tensor], n_chunks: int, a: int, b: int, k: int,
+                       dtype=torch.float32) -> Tensor:
+    """The mean over ranks of the decoded chunks, inverse-transformed: (n_chunks, a, b).
 
     Ranks are added one at a time in rank order (each rank's indices within a chunk are distinct, so
     every scatter_add is collision-free): the result is deterministic and the same on every rank."""
-    dense = torch.zeros(L.n_chunks, L.chunk_numel, dtype=dtype, device=val_parts[0].device)
+    dense = torch.zeros(n_chunks, a * b, dtype=dtype, device=val_parts[0].device)
     for idx, vals in zip(idx_parts, val_parts):
-        dense.scatter_add_(-1, idx.reshape(L.n_chunks, L.k).long(), vals.reshape(L.n_chunks, L.k).to(dtype))
+        dense.scatter_add_(-1, idx.reshape(n_chunks, k).long(), vals.reshape(n_chunks, k).to(dtype))
     dense.div_(len(idx_parts))
-    return idct(dense, L)
+    return idct_chunks(dense, a, b)
+
+
+def decode_mean(idx_parts: list[Tensor], val_parts: list[Tensor], L: Layout, dtype=torch.float32) -> Tensor:
+    """decode_mean_chunks for one tensor: a tensor of L.shape."""
+    return from_chunks(decode_mean_chunks(idx_parts, val_parts, L.n_chunks, L.a, L.b, L.k, dtype), L)
 
 
 def compress_decode(x: Tensor, chunk: int = 64, topk_frac: float = 0.0078125) -> Tensor:

@@ -9,7 +9,8 @@ One step, per parameter, on every rank r (g_r: the rank's local gradient):
     idx    = top-k |C| per chunk (|S| for 'pre')
     sent   = C[idx] ('pre': S[idx]), as float32/bf16 values or 1 sign bit each
     delta_r <- delta_r - IDCT(C[idx])                    error feedback (the sent frequencies leave)
-    all_gather (idx, sent) of every rank (one flat uint8 buffer per step)
+    all_gather (idx, sent) of every rank (one flat uint8 buffer per step; parameters with the same
+                                                          chunk shape are stacked and sent as one segment)
     D      = IDCT(mean over ranks of the scattered chunks)   the shared direction, identical on all ranks
     U      = sign(D)                                     orthogonalize='none' (DeMo as published)
            = D * sqrt(min(m, n)) / ||D||_F * adjust       'pre': the seed's design, rescaled to the norm
@@ -149,50 +150,71 @@ class DeMo(torch.optim.Optimizer):
             return dist.get_world_size(), dist.get_rank()
         return 1, 0
 
-    # ------------------------------------------------------------------ encode / exchange / decode
-    def _encode(self, p: Tensor, group: dict, L: D.Layout) -> list[Tensor]:
-        """Momentum, selection, error feedback; returns the byte segments this parameter sends."""
-        st = self.state[p]
-        if "delta" not in st:
-            st["delta"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
-        delta = st["delta"]
-        g = p.grad if p.grad is not None else torch.zeros_like(p)  # every rank must send the same layout
-        delta.mul_(group["compression_decay"]).add_(g.reshape(delta.shape).float())
-        x = delta.reshape(L.rows, L.cols) if p.ndim >= 2 else delta
-        if self.mode == "pre":
-            o = _orth(x, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps).float()
-            so = D.dct(o, L)
-            idx, _, coef = D.compress(x, L, select=so)
-            vals = so.gather(-1, idx)
-            ef = coef.gather(-1, idx)
-        else:
-            idx, vals, _ = D.compress(x, L)
-            ef = vals
-        delta.sub_(D.idct(D.scatter(idx, ef, L.chunk_numel), L).reshape(delta.shape))
-        segs = [idx.to(L.idx_dtype).reshape(-1).view(torch.uint8)]
-        if self.sign:
-            segs.append(D.pack_signs(vals))
-        else:
-            segs.append(vals.to(self.value_dtype).reshape(-1).view(torch.uint8))
-        return segs
+    # ------------------------------------------------------------------ buckets, exchange, decode
+    def _buckets(self, items: list) -> list[list[int]]:
+        """Positions of the parameters grouped by chunk layout (a, b): each bucket's chunks are stacked
+        and transformed, selected and decoded in single batched calls (the step's speed)."""
+        key = tuple(id(p) for p, _ in items)
+        if getattr(self, "_bucket_key", None) != key:
+            by: dict = {}
+            for i, (p, _) in enumerate(items):
+                L = self._layout(p)
+                by.setdefault((L.a, L.b), []).append(i)
+            self._bucket_key, self._bucket_list = key, list(by.values())
+        return self._bucket_list
 
-    def _value_bytes(self, L: D.Layout) -> int:
-        n = L.n_chunks * L.k
+    def _value_bytes(self, n: int) -> int:
         return (n + 7) // 8 if self.sign else n * self.value_dtype.itemsize
 
-    def _decode(self, parts: list[Tensor], off: int, L: D.Layout) -> tuple[Tensor, int]:
-        n = L.n_chunks * L.k
+    def _orth_by_shape(self, mats: list[Tensor]) -> list[Tensor]:
+        """Orthogonalize 2-D matrices, stacking those of one shape into one batched call."""
+        out: list = [None] * len(mats)
+        by: dict = {}
+        for i, m in enumerate(mats):
+            by.setdefault(tuple(m.shape), []).append(i)
+        for pos in by.values():
+            o = _orth(torch.stack([mats[i] for i in pos]), self.orthogonalizer, self.ns_steps, self.ns_precision,
+                      self.eps).float()
+            for j, i in enumerate(pos):
+                out[i] = o[j]
+        return out
+
+    def _encode(self, items, layouts, bucket) -> tuple[list[Tensor], int]:
+        """Selection and error feedback for one bucket; returns its byte segments and its chunk count."""
+        Ls = [layouts[i] for i in bucket]
+        a, b, k = Ls[0].a, Ls[0].b, Ls[0].k
+        deltas = [self.state[items[i][0]]["delta"] for i in bucket]
+        views = [d.reshape(L.rows, L.cols) for d, L in zip(deltas, Ls)]
+        X = torch.cat([D.to_chunks(v, L) for v, L in zip(views, Ls)])
+        C = D.dct_chunks(X)
+        if self.mode == "pre":
+            O = self._orth_by_shape(views)
+            S = D.dct_chunks(torch.cat([D.to_chunks(o, L) for o, L in zip(O, Ls)]))
+            idx = torch.topk(S.abs(), k, dim=-1, sorted=False).indices
+            vals, ef = S.gather(-1, idx), C.gather(-1, idx)
+        else:
+            idx, vals = D.topk(C, k)
+            ef = vals
+        X.sub_(D.idct_chunks(D.scatter(idx, ef, a * b), a, b))  # error feedback: the sent part leaves delta
+        off = 0
+        for d, L in zip(deltas, Ls):
+            d.copy_(D.from_chunks(X[off:off + L.n_chunks], L).reshape(d.shape))
+            off += L.n_chunks
+        segs = [idx.to(Ls[0].idx_dtype).reshape(-1).view(torch.uint8)]
+        segs.append(D.pack_signs(vals) if self.sign else vals.to(self.value_dtype).reshape(-1).view(torch.uint8))
+        return segs, X.shape[0]
+
+    def _decode(self, parts: list[Tensor], off: int, n_chunks: int, L: D.Layout) -> tuple[Tensor, int]:
+        """The bucket's shared direction as (n_chunks, a, b) chunks, and the next offset."""
+        n = n_chunks * L.k
         ib = n * L.idx_dtype.itemsize
-        vb = self._value_bytes(L)
+        vb = self._value_bytes(n)
         idxs, vals = [], []
         for buf in parts:
-            idxs.append(buf[off:off + ib].clone().view(L.idx_dtype).long())
+            idxs.append(buf[off:off + ib].clone().view(L.idx_dtype))
             raw = buf[off + ib:off + ib + vb]
-            if self.sign:
-                vals.append(D.unpack_signs(raw, n))
-            else:
-                vals.append(raw.clone().view(self.value_dtype).float())
-        return D.decode_mean(idxs, vals, L), off + ib + vb
+            vals.append(D.unpack_signs(raw, n) if self.sign else raw.clone().view(self.value_dtype).float())
+        return D.decode_mean_chunks(idxs, vals, n_chunks, L.a, L.b, L.k), off + ib + vb
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -208,12 +230,25 @@ class DeMo(torch.optim.Optimizer):
             self._diag = {}
             return loss
         grads = [p.grad for p, _ in items if p.grad is not None]
-        segs: list[Tensor] = []
-        layouts = []
-        for p, group in items:
-            L = self._layout(p)
-            layouts.append(L)
-            segs.extend(self._encode(p, group, L))
+        layouts = [self._layout(p) for p, _ in items]
+        for group in self.param_groups:  # local momentum: delta = beta * delta + g
+            ds, gs = [], []
+            for p in group["params"]:
+                st = self.state[p]
+                if "delta" not in st:
+                    st["delta"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+                ds.append(st["delta"])
+                # a parameter without a gradient still sends (zeros): every rank must send the same layout
+                gs.append(p.grad.float() if p.grad is not None else torch.zeros_like(st["delta"]))
+            if ds:
+                torch._foreach_mul_(ds, group["compression_decay"])
+                torch._foreach_add_(ds, [g.reshape(d.shape) for g, d in zip(gs, ds)])
+        buckets = self._buckets(items)
+        segs, counts = [], []
+        for bucket in buckets:
+            s, n = self._encode(items, layouts, bucket)
+            segs.extend(s)
+            counts.append(n)
         buf = torch.cat(segs)
         dense_bytes = sum(p.numel() * p.element_size() for p, _ in items)
         if world > 1:
@@ -222,18 +257,27 @@ class DeMo(torch.optim.Optimizer):
         else:
             parts = [buf]
         off = 0
+        dirs: list = [None] * len(items)
+        for bucket, n in zip(buckets, counts):
+            chunks, off = self._decode(parts, off, n, layouts[bucket[0]])
+            c0 = 0
+            for i in bucket:
+                L = layouts[i]
+                dirs[i] = D.from_chunks(chunks[c0:c0 + L.n_chunks], L)
+                c0 += L.n_chunks
+        if self.mode == "post":
+            ortho = self._orth_by_shape([d.reshape(L.rows, L.cols) for d, L in zip(dirs, layouts)])
         upd_sq = []
-        for (p, group), L in zip(items, layouts):
-            d, off = self._decode(parts, off, L)
+        for i, ((p, group), L) in enumerate(zip(items, layouts)):
+            d = dirs[i]
             if self.mode == "none":
                 u = torch.sign(d)
             else:
                 r, c = L.rows, L.cols
-                m = d.reshape(r, c)
                 if self.mode == "post":
-                    u = _orth(m, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps).float()
+                    u = ortho[i]
                 else:
-                    u = m * (math.sqrt(min(r, c)) / m.norm().clamp(min=self.eps))
+                    u = d * (math.sqrt(min(r, c)) / d.norm().clamp(min=self.eps))
                 u = u * adjust_ratio(group["adjust_lr_fn"], r, c)
             upd_sq.append(u.square().sum())
             lr, wd = group["lr"], group["weight_decay"]
@@ -252,13 +296,13 @@ class DeMo(torch.optim.Optimizer):
 
     def bytes_per_step(self) -> tuple[int, int]:
         """(bytes sent, dense bytes) per step for the current parameters, without stepping."""
-        sent = dense = 0
-        for g in self.param_groups:
-            for p in g["params"]:
-                L = self._layout(p)
-                sent += L.n_chunks * L.k * L.idx_dtype.itemsize + self._value_bytes(L)
-                dense += p.numel() * p.element_size()
-        return sent, dense
+        items = [(p, g) for g in self.param_groups for p in g["params"]]
+        sent = 0
+        for bucket in self._buckets(items):
+            L = self._layout(items[bucket[0]][0])
+            n = sum(self._layout(items[i][0]).n_chunks for i in bucket) * L.k
+            sent += n * L.idx_dtype.itemsize + self._value_bytes(n)
+        return sent, sum(p.numel() * p.element_size() for p, _ in items)
 
     # ------------------------------------------------------------------ diagnostics and state
     @property

@@ -204,8 +204,8 @@ def test_bad_arguments_are_named():
 
 # ------------------------------------------------------------------ several processes
 CONFIGS = [  # (mode, sign, value_dtype, shapes)
-    ("none", False, "float32", [(64, 128), (96, 40), (192,)]),
-    ("none", True, "float32", [(64, 128), (192,)]),
+    ("none", False, "float32", [(64, 128), (64, 64), (96, 40), (192,)]),
+    ("none", True, "float32", [(64, 128), (192,), (64, 64)]),  # (64, 128) and (64, 64): one bucket of 3 chunks
     ("pre", False, "float32", [(64, 128), (96, 40)]),
     ("post", False, "float32", [(128, 64), (96, 40)]),
     ("post", False, "bfloat16", [(64, 64)]),
@@ -264,11 +264,13 @@ def test_ranks_share_one_direction_equal_to_the_simulated_ranks(world, tmp_path)
                 for a, b in zip(res[0][ci]["hist"][t], res[r][ci]["hist"][t]):
                     assert torch.equal(a, b), (ci, r, t)  # bitwise the same on every rank
         # bytes: what was counted is what went into all_gather, and the formula
-        expected = 0
-        for s in shapes:
+        expected, buckets = 0, {}
+        for s in shapes:  # parameters of one chunk shape are sent as one segment
             L = D.make_layout(s, 64, 0.05)
-            n = L.n_chunks * L.k
-            expected += n * L.idx_dtype.itemsize + ((n + 7) // 8 if sign else n * (2 if vdt == "bfloat16" else 4))
+            buckets.setdefault((L.a, L.b), []).append(L)
+        for Ls in buckets.values():
+            n = sum(L.n_chunks for L in Ls) * Ls[0].k
+            expected += n * Ls[0].idx_dtype.itemsize + ((n + 7) // 8 if sign else n * (2 if vdt == "bfloat16" else 4))
         for r in range(world):
             assert res[r][ci]["counted"] == res[r][ci]["sent"] == [expected] * STEPS, (ci, r)
         if vdt == "bfloat16":
