@@ -22,6 +22,7 @@ coefficients, int16 up to 32768, else int32); values in float32 or bfloat16, or 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -122,12 +123,28 @@ def from_chunks(c: Tensor, L: Layout) -> Tensor:
     return x.reshape(L.shape)
 
 
+@contextmanager
+def _ieee_fp32(device: torch.device):
+    """Full float32 matmuls on CUDA (the trainer enables TF32, whose 10-bit mantissa would make the
+    round trip and error feedback lose ~1e-3 of the momentum each step)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def dct_chunks(c: Tensor) -> Tensor:
     """(N, a, b) chunks -> (N, a*b) coefficients (2-D orthonormal DCT of each chunk)."""
     n, a, b = c.shape
     da = dct_matrix(a, c.dtype, c.device)
     db = dct_matrix(b, c.dtype, c.device)
-    return (da @ c @ db.T).reshape(n, a * b)
+    with _ieee_fp32(c.device):
+        return (da @ c @ db.T).reshape(n, a * b)
 
 
 def idct_chunks(coef: Tensor, a: int, b: int) -> Tensor:
@@ -135,7 +152,8 @@ def idct_chunks(coef: Tensor, a: int, b: int) -> Tensor:
     c = coef.reshape(-1, a, b)
     da = dct_matrix(a, c.dtype, c.device)
     db = dct_matrix(b, c.dtype, c.device)
-    return da.T @ c @ db
+    with _ieee_fp32(c.device):
+        return da.T @ c @ db
 
 
 def dct(x: Tensor, L: Layout) -> Tensor:

@@ -268,22 +268,30 @@ class DeMo(torch.optim.Optimizer):
         if self.mode == "post":
             ortho = self._orth_by_shape([d.reshape(L.rows, L.cols) for d, L in zip(dirs, layouts)])
         upd_sq = []
-        for i, ((p, group), L) in enumerate(zip(items, layouts)):
-            d = dirs[i]
+        pos = 0
+        for group in self.param_groups:  # the update, with foreach ops per group (few kernel launches)
+            idx = list(range(pos, pos + len(group["params"])))
+            pos += len(idx)
+            if not idx:
+                continue
             if self.mode == "none":
-                u = torch.sign(d)
+                us = torch._foreach_sign([dirs[i] for i in idx])
+            elif self.mode == "post":
+                us = torch._foreach_mul([ortho[i] for i in idx],
+                                        [adjust_ratio(group["adjust_lr_fn"], layouts[i].rows, layouts[i].cols)
+                                         for i in idx])
             else:
-                r, c = L.rows, L.cols
-                if self.mode == "post":
-                    u = ortho[i]
-                else:
-                    u = d * (math.sqrt(min(r, c)) / d.norm().clamp(min=self.eps))
-                u = u * adjust_ratio(group["adjust_lr_fn"], r, c)
-            upd_sq.append(u.square().sum())
+                us = []
+                for i in idx:
+                    L = layouts[i]
+                    scale = math.sqrt(min(L.rows, L.cols)) * adjust_ratio(group["adjust_lr_fn"], L.rows, L.cols)
+                    us.append(dirs[i] * (scale / dirs[i].norm().clamp(min=self.eps)))
+            upd_sq.append(torch.stack(torch._foreach_norm(us, 2)).square().sum())
+            ps = [items[i][0] for i in idx]
             lr, wd = group["lr"], group["weight_decay"]
             if wd != 0:
-                p.mul_(1 - lr * wd)
-            p.add_(u.reshape(p.shape).to(p.dtype), alpha=-lr)
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_add_(ps, [u.reshape(p.shape).to(p.dtype) for u, p in zip(us, ps)], alpha=-lr)
         numel = sum(p.numel() for p, _ in items)
         self._diag = {
             "grad_norm": torch.stack(torch._foreach_norm(grads, 2)).square().sum().sqrt() if grads else 0.0,
