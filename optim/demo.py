@@ -12,9 +12,12 @@ One step, per parameter, on every rank r (g_r: the rank's local gradient):
     all_gather (idx, sent) of every rank (one flat uint8 buffer per step; parameters with the same
                                                           chunk shape are stacked and sent as one segment)
     D      = IDCT(mean over ranks of the scattered chunks)   the shared direction, identical on all ranks
-    U      = sign(D)                                     orthogonalize='none' (DeMo as published)
-           = D * sqrt(min(m, n)) / ||D||_F * adjust       'pre': the seed's design, rescaled to the norm
-                                                          of an orthogonal factor so Muon's lr carries
+    U      = sign(D)                                     orthogonalize='none' (DeMo as published), and
+                                                          'pre' with pre_update='sign' (the seed's design:
+                                                          Psyche's pipeline with orth inserted before encoding)
+           = D * sqrt(min(m, n)) / ||D||_F * adjust       'pre', pre_update='rescale' (norm of an orthogonal
+                                                          factor, so Muon's lr carries over)
+           = D * adjust                                  'pre', pre_update='raw'
            = orth(D) * adjust                            'post': orthogonalize the decoded direction
     W      <- W * (1 - lr * weight_decay) - lr * U
 
@@ -50,6 +53,7 @@ from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize as _orth
 from .versions import ALGORITHM_VERSIONS
 
 ORTHOGONALIZE_MODES = ("none", "pre", "post")
+PRE_UPDATES = ("sign", "rescale", "raw")
 DEMO_DIAGNOSTIC_KEYS = DIAGNOSTIC_KEYS + ("bytes_sent_per_step", "dense_bytes_per_step")
 
 
@@ -65,6 +69,10 @@ class DeMo(torch.optim.Optimizer):
         sign: send 1 bit (the sign) per value instead of the value.
         value_dtype: 'float32' | 'bfloat16' for the values when sign=False.
         orthogonalize: 'none' (DeMo: sign of the decoded direction) | 'pre' | 'post'.
+        pre_update: the update of 'pre' from the decoded direction D: 'sign' (sign(D) with DeMo's SGD step:
+            the seed's pipeline, Psyche's DisTrO with orthogonalization inserted before encoding; DeMo's lr),
+            'rescale' (D rescaled to an orthogonal factor's norm x Muon's shape factor; Muon's lr),
+            'raw' (D x Muon's shape factor: the mean of the ranks' compressed orthogonal factors).
         weight_decay: decoupled, W *= 1 - lr * weight_decay.
         adjust_lr_fn, orthogonalizer, ns_steps, ns_precision, eps: Muon's, for 'pre'/'post'.
         seed: accepted for the factory (DeMo draws no random numbers).
@@ -83,6 +91,7 @@ class DeMo(torch.optim.Optimizer):
         sign: bool = False,
         value_dtype: str = "float32",
         orthogonalize: str = "none",
+        pre_update: str = "sign",
         weight_decay: float = 0.0,
         adjust_lr_fn: str | None = None,
         orthogonalizer: str = "newton_schulz",
@@ -102,6 +111,7 @@ class DeMo(torch.optim.Optimizer):
             ("value_dtype", value_dtype, value_dtype in D.VALUE_DTYPES, f"use one of {list(D.VALUE_DTYPES)}"),
             ("orthogonalize", orthogonalize, orthogonalize in ORTHOGONALIZE_MODES,
              f"use one of {list(ORTHOGONALIZE_MODES)}"),
+            ("pre_update", pre_update, pre_update in PRE_UPDATES, f"use one of {list(PRE_UPDATES)}"),
             ("weight_decay", weight_decay, _is_real(weight_decay) and weight_decay >= 0, "use a finite number >= 0"),
             ("adjust_lr_fn", adjust_lr_fn, adjust_lr_fn in ADJUST_LR_FNS, f"use one of {list(ADJUST_LR_FNS)}"),
             ("orthogonalizer", orthogonalizer, orthogonalizer in ORTHOGONALIZERS, f"use one of {list(ORTHOGONALIZERS)}"),
@@ -115,6 +125,7 @@ class DeMo(torch.optim.Optimizer):
                 raise _invalid(name, key, value, allowed)
         self.chunk, self.topk, self.sign, self.value_dtype = chunk, float(topk), sign, D.VALUE_DTYPES[value_dtype]
         self.mode = orthogonalize
+        self.pre_update = pre_update
         self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps = orthogonalizer, ns_steps, ns_precision, eps
         self.seed = seed
         self.algorithm_version = ALGORITHM_VERSIONS.get(name, 1)
@@ -274,10 +285,14 @@ class DeMo(torch.optim.Optimizer):
             pos += len(idx)
             if not idx:
                 continue
-            if self.mode == "none":
+            if self.mode == "none" or (self.mode == "pre" and self.pre_update == "sign"):
                 us = torch._foreach_sign([dirs[i] for i in idx])
             elif self.mode == "post":
                 us = torch._foreach_mul([ortho[i] for i in idx],
+                                        [adjust_ratio(group["adjust_lr_fn"], layouts[i].rows, layouts[i].cols)
+                                         for i in idx])
+            elif self.pre_update == "raw":
+                us = torch._foreach_mul([dirs[i] for i in idx],
                                         [adjust_ratio(group["adjust_lr_fn"], layouts[i].rows, layouts[i].cols)
                                          for i in idx])
             else:

@@ -76,8 +76,9 @@ def ref_orth(x, steps=5):
 class RefDeMo:
     """The ranks of one DeMo parameter simulated in one process, in float64."""
 
-    def __init__(self, shape, world, mode, sign, frac, beta=0.9, chunk=64, lr=0.01):
+    def __init__(self, shape, world, mode, sign, frac, beta=0.9, chunk=64, lr=0.01, pre_update="sign"):
         self.shape, self.world, self.mode, self.sign, self.frac = shape, world, mode, sign, frac
+        self.pre_update = pre_update
         self.beta, self.chunk, self.lr = beta, chunk, lr
         self.deltas = [np.zeros(shape) for _ in range(world)]
 
@@ -98,10 +99,12 @@ class RefDeMo:
             acc = vals if acc is None else acc + vals
         direction = ref_unblocks(acc / self.world, lay, self.shape)
         rows, cols = lay[0], lay[1]
-        if self.mode == "none":
+        if self.mode == "none" or (self.mode == "pre" and self.pre_update == "sign"):
             u = np.sign(direction)
         elif self.mode == "post":
             u = ref_orth(direction.reshape(rows, cols)) * math.sqrt(max(1, rows / cols))
+        elif self.pre_update == "raw":
+            u = direction * math.sqrt(max(1, rows / cols))
         else:
             u = direction * math.sqrt(min(rows, cols)) / np.linalg.norm(direction) * math.sqrt(max(1, rows / cols))
         return p - self.lr * u.reshape(self.shape)
@@ -160,15 +163,16 @@ def test_signs_pack_and_unpack():
     assert D.unpack_signs(packed, v.numel()).tolist() == [1, -1, 1, -1, 1, 1, -1, 1, -1, 1, 1]
 
 
-@pytest.mark.parametrize("mode", ["none", "pre", "post"])
-def test_error_feedback_conserves_and_one_process_matches_reference(mode):
+@pytest.mark.parametrize("mode,pre_update", [("none", "sign"), ("pre", "sign"), ("pre", "rescale"), ("pre", "raw"),
+                                             ("post", "sign")])
+def test_error_feedback_conserves_and_one_process_matches_reference(mode, pre_update):
     torch.manual_seed(2)
     shape = (96, 128)
     p = torch.nn.Parameter(torch.randn(shape))
     p0 = p.detach().double().numpy().copy()
     opt = optim.DeMo([p], lr=0.01, compression_decay=0.9, topk=0.05, orthogonalize=mode, orthogonalizer="newton_schulz",
-                     ns_precision="fp32")
-    ref = RefDeMo(shape, 1, mode, False, 0.05)
+                     ns_precision="fp32", pre_update=pre_update)
+    ref = RefDeMo(shape, 1, mode, False, 0.05, pre_update=pre_update)
     for t in range(3):
         g = torch.randn(shape)
         before = 0.9 * opt.state[p]["delta"].double().numpy() if t else np.zeros(shape)
@@ -206,7 +210,8 @@ def test_bad_arguments_are_named():
 CONFIGS = [  # (mode, sign, value_dtype, shapes)
     ("none", False, "float32", [(64, 128), (64, 64), (96, 40), (192,)]),
     ("none", True, "float32", [(64, 128), (192,), (64, 64)]),  # (64, 128) and (64, 64): one bucket of 3 chunks
-    ("pre", False, "float32", [(64, 128), (96, 40)]),
+    ("pre", False, "float32", [(64, 128), (96, 40)]),  # pre_update 'sign'
+    ("pre-rescale", False, "float32", [(64, 128), (96, 40)]),
     ("post", False, "float32", [(128, 64), (96, 40)]),
     ("post", False, "bfloat16", [(64, 64)]),
 ]
@@ -233,7 +238,8 @@ def _worker(rank, world, port, out_dir):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
         opt = optim.DeMo(params, lr=0.01, compression_decay=0.9, topk=0.05, sign=sign, value_dtype=vdt,
-                         orthogonalize=mode, orthogonalizer="newton_schulz", ns_precision="fp32")
+                         orthogonalize=mode.split("-")[0], orthogonalizer="newton_schulz", ns_precision="fp32",
+                         pre_update=(mode.split("-") + ["sign"])[1])
         hist, counted = [], []
         sent_sizes.clear()
         for t in range(STEPS):
@@ -277,7 +283,8 @@ def test_ranks_share_one_direction_equal_to_the_simulated_ranks(world, tmp_path)
             continue  # the reference sends float64 values
         torch.manual_seed(0)
         p0 = [torch.randn(s).double().numpy() for s in shapes]
-        refs = [RefDeMo(s, world, mode, sign, 0.05) for s in shapes]
+        refs = [RefDeMo(s, world, mode.split("-")[0], sign, 0.05, pre_update=(mode.split("-") + ["sign"])[1])
+                for s in shapes]
         for t in range(STEPS):
             for i, s in enumerate(shapes):
                 p0[i] = refs[i].step(p0[i], [_grad(t, r, i, s).double().numpy() for r in range(world)])
