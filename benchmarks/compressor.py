@@ -161,7 +161,7 @@ def single(a, device) -> dict:
         row["compress_plus_decode_ms"] = timed(lambda: (momentum(), encode(), decode(2)), device, a.iters)
         row["ratio_to_muon"] = row["compress_plus_decode_ms"] / res["muon_step_ms"]
         for mode in MODES:
-            o = optim.DeMo(params(), lr=1e-3 if mode == "none" else 0.02, topk=f, orthogonalize=mode)
+            o = optim.DeMo(params(), lr=0.02 if mode == "post" else 3e-3, topk=f, orthogonalize=mode)
             row[f"demo_step_{mode}_ms"] = timed(o.step, device, a.iters)
         rows.append(row)
         del opt
@@ -233,7 +233,7 @@ def distributed(a) -> dict | None:
     arms = [("adamw-ddp", "Muon", None, None), ("muon-ddp", "Muon", {"lr": 0.02}, None)]
     for name, mode in ARMS.items():
         for f in SEED_TOPK:
-            kw = {"lr": 1e-3 if mode == "none" else 0.02, "orthogonalize": mode, "topk": f}
+            kw = {"lr": 0.02 if mode == "post" else 3e-3, "orthogonalize": mode, "topk": f}
             arms.append((name, "DeMo", kw, f))
     out = []
     for name, cls, kw, f in arms:
