@@ -1,6 +1,7 @@
 """The Muon family of optimizers (pure PyTorch). See docs/optim.md."""
 
 from .adamw import AdamW
+from .demo import DeMo
 from .factory import DEFAULT_ADAMW_PATTERNS, OPTIMIZERS, MuonWithAdamW, build_optimizer, split_parameters
 from .muon import DIAGNOSTIC_KEYS, Muon
 from .nolah import MuonNOLAH
@@ -13,6 +14,7 @@ __all__ = [
     "ALGORITHM_VERSIONS",
     "DEFAULT_ADAMW_PATTERNS",
     "DIAGNOSTIC_KEYS",
+    "DeMo",
     "OPTIMIZERS",
     "Muon",
     "MuonIsotropic",

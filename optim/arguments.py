@@ -45,6 +45,15 @@ OPTIMIZER_ARGUMENTS = {
     "MuonNOLAH": {**MUON, "gating": "bool", "percentile": "fraction", "percentile_scale": "fraction",
                   "sigmoid_projection": "bool"},
     "NorMuon": {**MUON, "beta2": "momentum"},
+    # compressed data-parallel (optim/demo.py): DCT top-k of each rank's momentum, exchanged by all_gather
+    "DeMo": {
+        "lr": "nonnegative", "compression_decay": "momentum", "chunk": "int>=1", "topk": "fraction",
+        "sign": "bool", "value_dtype": ("float32", "bfloat16"), "orthogonalize": ("none", "pre", "post"),
+        "pre_update": ("sign", "rescale", "raw"), "weight_decay": "nonnegative",
+        "adjust_lr_fn": (None, "original", "match_rms_adamw"),
+        "orthogonalizer": ("newton_schulz", "polar_express", "svd"), "ns_steps": "int>=1",
+        "ns_precision": ("bf16", "fp32"), "eps": "positive",
+    },
 }
 
 ADAMW_ARGUMENTS = {

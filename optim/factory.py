@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .adamw import AdamW
+from .demo import DeMo
 from .muon import DIAGNOSTIC_KEYS, Muon
 from .nolah import MuonNOLAH
 from .normuon import NorMuon
@@ -24,7 +25,7 @@ from .orthonoise import MuonIsotropic, MuonOrthoNoise
 from .versions import ALGORITHM_VERSIONS
 
 DEFAULT_ADAMW_PATTERNS = ("embed", "wte", "wpe", "lm_head", "head", "norm", "ln", "bias", "gain")
-OPTIMIZERS = {c.__name__: c for c in (Muon, MuonOrthoNoise, MuonIsotropic, MuonNOLAH, NorMuon, AdamW)}
+OPTIMIZERS = {c.__name__: c for c in (Muon, MuonOrthoNoise, MuonIsotropic, MuonNOLAH, NorMuon, AdamW, DeMo)}
 ADAMW_KWARGS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach", "capturable", "maximize")
 
 
@@ -99,6 +100,32 @@ class MuonWithAdamW:
     @property
     def step_count(self) -> int:
         return self.muon.step_count if self.muon is not None else 0
+
+    # compressed data-parallel (optim/demo.py): the Muon part may exchange its own gradients
+    @property
+    def has_rank_local_state(self) -> bool:
+        return bool(getattr(self.muon, "has_rank_local_state", False))
+
+    def self_synced(self) -> set[int]:
+        """ids of the parameters whose gradients the optimizer exchanges itself (the trainer must not
+        all-reduce them)."""
+        if self.muon is None or not getattr(self.muon, "communicates_itself", False):
+            return set()
+        return {id(p) for g in self.muon.param_groups for p in g["params"]}
+
+    def communication(self) -> dict:
+        """Payload bytes per rank per step: bytes_sent_per_step (what this rank sends: the compressed
+        buffer of a self-communicating Muon part, plus the dense gradients of every other parameter,
+        all-reduced by the trainer) and allreduce_bytes_per_step (an all-reduce of all gradients)."""
+        own = self.self_synced()
+        params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+        dense = sum(p.numel() * p.element_size() for p in params)
+        rest = sum(p.numel() * p.element_size() for p in params if id(p) not in own)
+        sent = rest
+        if own:
+            b = self.muon.diagnostics.get("bytes_sent_per_step")
+            sent += b if b is not None else self.muon.bytes_per_step()[0]
+        return {"bytes_sent_per_step": sent, "allreduce_bytes_per_step": dense}
 
     def state_dict(self) -> dict:
         return {
@@ -182,7 +209,8 @@ def build_optimizer(
     elif muon_named:
         muon = klass([p for _, p in muon_named], **muon_kwargs)
         dims = model.sphere_dims() if callable(getattr(model, "sphere_dims", None)) else {}
-        muon.set_sphere_dims({p: dims[n] for n, p in muon_named if n in dims})
+        if hasattr(muon, "set_sphere_dims"):  # the Muon family; DeMo updates the sphere's weights like any
+            muon.set_sphere_dims({p: dims[n] for n, p in muon_named if n in dims})
     else:  # still check the settings, so that a bad config fails here and not at the next model
         klass([nn.Parameter(torch.zeros(2, 2))], **muon_kwargs)
         muon = None

@@ -14,4 +14,5 @@ ALGORITHM_VERSIONS = {
     "MuonNOLAH": 1,
     "NorMuon": 1,  # optim/normuon.py: inherits Muon's step (a change there alters it too)
     "AdamW": 1,  # optim/adamw.py: torch.optim.AdamW for every parameter
+    "DeMo": 1,  # optim/demo.py: compressed data-parallel (DCT top-k), optim/dct.py
 }

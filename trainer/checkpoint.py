@@ -287,6 +287,7 @@ def remove(ckpt_dir: str | os.PathLike) -> None:
     for p in (path_of(d), previous_of(d), d / (CKPT_NAME + BAD_SUFFIX), d / (PREVIOUS_NAME + BAD_SUFFIX),
               d / EVENTS_NAME):
         p.unlink(missing_ok=True)
+    prune_ranks(d, keep_steps=())
     clean_temporaries(d)
     try:
         d.rmdir()
@@ -333,3 +334,62 @@ class PreemptionFlag:
 
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+# --------------------------------------------------------------------------- rank-local optimizer state
+# An optimizer whose state differs between ranks (DeMo's per-rank residual delta; has_rank_local_state)
+# is checkpointed per rank: every rank other than 0 writes `rank<r>.step<s>.pt` (atomic) before rank 0
+# writes latest.pt, which names the step; a resume loads the file of latest.pt's step, so a kill between
+# the two writes leaves a consistent pair. Rank 0's own state is in latest.pt.
+def rank_path(ckpt_dir: str | os.PathLike, rank: int, step: int) -> Path:
+    return Path(ckpt_dir) / f"rank{rank}.step{step}.pt"
+
+
+def save_rank(ckpt_dir: str | os.PathLike, rank: int, step: int, state: dict[str, Any]) -> Path:
+    """One rank's own state (plain data, like latest.pt) for `step`."""
+    p = rank_path(ckpt_dir, rank, step)
+    state = plain({"format_version": FORMAT_VERSION, **state})
+    atomic_write(p, lambda f: torch.save(state, f), mode="wb")
+    return p
+
+
+def prune_ranks(ckpt_dir: str | os.PathLike, keep_steps=()) -> None:
+    """Remove the rank files of every step but keep_steps (the steps of latest.pt and previous.pt, so
+    that a fallback to previous.pt finds its ranks' state too)."""
+    d = Path(ckpt_dir)
+    if not d.exists():
+        return
+    keep = {f".step{s}.pt" for s in keep_steps}
+    for f in list(d.glob("rank*.step*.pt")) + list(d.glob(".tmp-rank*.step*.pt.*")):
+        if not any(f.name.endswith(k) for k in keep):
+            f.unlink(missing_ok=True)
+
+
+def attach_rank_state(state: dict, ckpt_dir, info, key: str, log) -> dict | None:
+    """Put this rank's own optimizer state into `state` (collective: every rank calls it). Returns None
+    on every rank, after saying why, when some rank cannot restore its state (missing file, other world
+    size): then the run starts fresh rather than resume with a wrong residual."""
+    from trainer import distributed as dist_mod
+
+    why = ""
+    if state.get("world_size") != info.world_size:
+        why = f"it was written by {state.get('world_size')} ranks, this run has {info.world_size}"
+    elif not info.is_main:
+        p = rank_path(ckpt_dir, info.rank, state["step"])
+        try:
+            mine = read(p, "cpu") if p.exists() else None  # weights only, as latest.pt
+        except CheckpointUnsafeError:
+            raise
+        except Exception:
+            mine = None
+        if mine is None or mine.get("resume_key") != key or mine.get("step") != state["step"]:
+            why = f"rank {info.rank} has no readable state of step {state['step']} ({p.name})"
+        else:
+            state = dict(state, optimizer=mine["optimizer"])
+    bad = torch.tensor([0.0 if not why else 1.0], device=info.device)
+    dist_mod.all_reduce_max_(bad, info)
+    if bad.item() > 0:
+        log(f"checkpoint {path_of(ckpt_dir)} holds rank-local optimizer state that cannot be restored on every "
+            f"rank{(': ' + why) if why else ''}: not resuming; starting fresh")
+        return None
+    return state

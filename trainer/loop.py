@@ -200,6 +200,13 @@ class Session:
         for g in self.opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
         self.projection = sphere_projection(self.model, t.projection_every)  # nGPT only, else None
+        # an optimizer that exchanges its own gradients (optim.DeMo): all-reduce only the others'
+        own = self.opt.self_synced() if hasattr(self.opt, "self_synced") else set()
+        self.reduce_params = [p for p in self.params if id(p) not in own]
+        if own and t.grad_clip > 0:
+            raise SpecError([("training.grad_clip", t.grad_clip, f"0 with optimizer.class {o.cls!r}: it exchanges "
+                              "compressed gradients, so no rank ever holds the global gradient to clip")])
+        self.capture = None  # trainer.capture.Capture, set by the run when the spec asks for captures
 
         self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
 
@@ -257,7 +264,9 @@ class Session:
                 loss = self.fwd(x, y)
             (loss / self.n_micro_total).backward()
             loss_sum += loss.detach().float()
-        dist_mod.all_reduce_grads(self.params, self.info)
+        dist_mod.all_reduce_grads(self.reduce_params, self.info)
+        if self.capture is not None:
+            self.capture.after_grads(step0 + 1)
         grads = [p.grad for p in self.params if p.grad is not None]
         clip = self.spec.training.grad_clip
         if clip > 0:
@@ -272,6 +281,8 @@ class Session:
         if ev is not None:
             ev[1].record()
         wdev = self.projection.after_step(step0 + 1) if self.projection is not None else None
+        if self.capture is not None:
+            self.capture.after_step(step0 + 1)
         self.opt.zero_grad(set_to_none=True)
         red = torch.stack([loss_sum / self.accum,
                            torch.tensor(1.0 if stop_requested else 0.0, device=self.device)])
@@ -283,6 +294,12 @@ class Session:
         opt_ms = ev[0].elapsed_time(ev[1]) if ev is not None else None
         return StepResult(loss=loss_v / self.info.world_size, grad_norm=gn_v, stop=stop_v > 0, diag=diag,
                           lr_scale=scale, opt_ms=opt_ms)
+
+    def comm_bytes(self) -> dict:
+        """Payload bytes per rank per step (optim.MuonWithAdamW.communication); None on one process."""
+        if self.info.is_distributed and hasattr(self.opt, "communication"):
+            return self.opt.communication()
+        return {"bytes_sent_per_step": None, "allreduce_bytes_per_step": None}
 
     @torch.no_grad()
     def check_replicas(self) -> None:
@@ -345,6 +362,8 @@ def _summarise(history: list[dict]) -> dict:
     if vals("weight_norm_dev"):  # nGPT runs: drift of the weight norms before each projection
         out["weight_norm_dev_mean"] = mean("weight_norm_dev")
         out["weight_norm_dev_max"] = max(vals("weight_norm_dev"))
+    if vals("bytes_sent_per_step"):  # several ranks: what each sent per step, and what an all-reduce would
+        out.update({k: mean(k) for k in ("bytes_sent_per_step", "allreduce_bytes_per_step")})
     return out
 
 
@@ -405,6 +424,10 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     log(f"run {spec.run_id}: {spec.model.arch} with {spec.optimizer.cls} (arm {spec.optimizer.arm}, alpha "
         f"{fmt_key(spec.alpha)}), seed {spec.seed}, {t.steps} steps, fingerprint {spec.fingerprint}")
     sess = Session(spec, info, log)
+    if spec.capture.steps:
+        from trainer.capture import Capture
+
+        sess.capture = Capture(spec.capture.steps, spec.capture.what, out, info.is_main, sess.model, sess.opt)
     log(f"device {info.device} x {info.world_size} ({info.backend or 'single process'}), "
         f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}; "
         f"{sess.n_params:,} parameters; global batch {t.global_batch} x {t.seq_len} tokens = "
@@ -424,6 +447,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     for ev in fallbacks:
         log(f"warning: checkpoint {ckpt_dir / ev['file']} ({ev['size']} bytes) cannot be read ({ev['error']}): "
             f"falling back to {ev['fallback']}")
+    rank_local = getattr(sess.opt, "has_rank_local_state", False)  # optim.DeMo: per-rank residuals
+    if state is not None and rank_local and state.get("resume_key") == key:
+        state = ckpt.attach_rank_state(state, ckpt_dir, info, key, log)
     if state is not None:
         if state.get("resume_key") != key:
             log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
@@ -456,7 +482,14 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     if tracker.active:
         log(f"wandb {tracker.mode}: run id {tracker.id}, dir {tracker.dir}")
 
+    previous_step = [start]  # the step previous.pt holds after the next save (its rank files are kept)
+
     def save_checkpoint(step: int, reason: str):
+        if rank_local:  # each rank's residual first; latest.pt (rank 0, below) then names the step
+            if not info.is_main:
+                ckpt.save_rank(ckpt_dir, info.rank, step, {"resume_key": key, "step": step,
+                                                           "optimizer": sess.opt.state_dict()})
+            dist_mod.barrier(info)
         if info.is_main:
             p = ckpt.save(ckpt_dir, {
                 "resume_key": key, "fingerprint": spec.fingerprint, "step": step,
@@ -466,6 +499,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                 "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
                 "torch": torch.__version__, "data_checksum": sess.data.checksum})
             log(f"checkpoint at step {step} ({reason}): {p}")
+            if rank_local:
+                ckpt.prune_ranks(ckpt_dir, keep_steps=(step, previous_step[0]))
+                previous_step[0] = step
         dist_mod.barrier(info)
 
     def do_eval(step: int) -> float:
@@ -509,7 +545,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                    "grad_norm": r.grad_norm, "update_rms": _num(d.get("update_rms")),
                    "eff_rank_mean": _num(d.get("eff_rank_mean")), "eff_rank_min": _num(d.get("eff_rank_min")),
                    "noise_fraction": _num(d.get("noise_fraction")), "eps": _num(d.get("eps_mean")),
-                   "tokens_per_s": tps, "weight_norm_dev": _num(d.get("weight_norm_dev"))}
+                   "tokens_per_s": tps, "weight_norm_dev": _num(d.get("weight_norm_dev")), **sess.comm_bytes()}
             if ref_loss is None and math.isfinite(r.loss):
                 ref_loss = r.loss
             bad = not math.isfinite(r.loss) or (ref_loss is not None and r.loss > spec.training.divergence_factor

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 HISTORY_COLUMNS = ["step", "train_loss", "val_loss", "lr_scale", "grad_norm", "update_rms", "eff_rank_mean",
-                   "eff_rank_min", "noise_fraction", "eps", "tokens_per_s", "weight_norm_dev"]
+                   "eff_rank_min", "noise_fraction", "eps", "tokens_per_s", "weight_norm_dev", "bytes_sent_per_step",
+                   "allreduce_bytes_per_step"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.TextIOBase], None], mode: str = "w") -> None:

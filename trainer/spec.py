@@ -20,12 +20,13 @@ from typing import Any
 
 MODEL_PRESETS = ("tiny", "gpt-124m", "gpt-350m", "gpt-1b", "ngpt-tiny", "ngpt-124m", "ngpt-350m")
 NGPT_RESIDUALS = ("reference", "gated")  # nGPT model.options.residual (trainer/ngpt.py)
-OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH", "NorMuon", "AdamW")
+OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH", "NorMuon", "AdamW", "DeMo")
 DATA_KINDS = ("stdlib", "bin")
 WANDB_MODES = ("disabled", "offline", "online")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", True, False)
 DTYPES = ("auto", "float32", "bfloat16")
+CAPTURE_WHAT = ("grad", "momentum")
 DEFAULT_ADAMW_PATTERNS = ["embed", "wte", "lm_head", "norm", "bias", "gain"]
 # Sections that cannot change a run's numbers (the same list as study.spec.OPERATIONAL).
 OPERATIONAL = ("checkpoint", "wandb", "runtime", "fingerprint")
@@ -248,6 +249,12 @@ class RuntimeSpec:
 
 
 @dataclass
+class CaptureSpec:
+    steps: list[int] = field(default_factory=list)  # updates (1-based) whose tensors are written (trainer/capture.py)
+    what: list[str] = field(default_factory=lambda: list(CAPTURE_WHAT))
+
+
+@dataclass
 class RunSpec:
     run_id: str
     model: ModelSpec
@@ -261,6 +268,7 @@ class RunSpec:
     wandb: WandbSpec
     runtime: RuntimeSpec
     fingerprint: str
+    capture: CaptureSpec = field(default_factory=CaptureSpec)
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -269,7 +277,7 @@ class RunSpec:
         if not isinstance(d, dict):
             raise SpecError([("<spec>", d, "a JSON object")])
         top = {"run_id", "model", "optimizer", "alpha", "seed", "training", "eval", "data",
-               "checkpoint", "wandb", "runtime", "fingerprint"}
+               "checkpoint", "wandb", "runtime", "fingerprint", "capture"}
         for k in d:
             if k not in top:
                 c.bad(k, d[k], f"an unknown key; allowed keys: {sorted(top)}")
@@ -403,11 +411,22 @@ class RunSpec:
                               compile=c.get(r, "runtime.compile", "choice", "auto", choices=COMPILE),
                               dtype=c.get(r, "runtime.dtype", "choice", "auto", choices=DTYPES))
 
+        cap = c.section(d, "capture", {"steps", "what"}, required=False)
+        capture = CaptureSpec(steps=sorted(set(c.get(cap, "capture.steps", "list[int]", [], lo=1) or [])),
+                              what=c.get(cap, "capture.what", "list[str]", list(CAPTURE_WHAT)) or [])
+        if training.steps is not None and any(s > training.steps for s in capture.steps):
+            c.bad("capture.steps", cap.get("steps"), f"steps between 1 and training.steps ({training.steps})")
+        for w_ in capture.what:
+            if w_ not in CAPTURE_WHAT:
+                c.bad("capture.what", cap.get("what"), f"a list of {list(CAPTURE_WHAT)}")
+                break
+
         fp = c.get(d, "fingerprint", "str", None)
         if c.errors:
             raise SpecError(c.errors)
         spec = cls(run_id=run_id, model=model, optimizer=optimizer, alpha=alpha, seed=seed, training=training,
-                   eval=ev, data=data, checkpoint=checkpoint, wandb=wandb, runtime=runtime, fingerprint="")
+                   eval=ev, data=data, checkpoint=checkpoint, wandb=wandb, runtime=runtime, fingerprint="",
+                   capture=capture)
         spec.fingerprint = fp if fp is not None else spec.local_fingerprint()
         return spec
 
@@ -431,7 +450,7 @@ class RunSpec:
              "tags": list(self.wandb.tags), "dir": self.wandb.dir}
         if self.wandb.entity is not None:
             w["entity"] = self.wandb.entity
-        return {
+        out = {
             "run_id": self.run_id,
             "model": m,
             "optimizer": {"arm": self.optimizer.arm, "class": self.optimizer.cls,
@@ -448,6 +467,9 @@ class RunSpec:
             "runtime": dict(vars(self.runtime)),
             "fingerprint": self.fingerprint,
         }
+        if self.capture.steps:  # written only when set, so that specs without it keep their fingerprints
+            out["capture"] = {"steps": list(self.capture.steps), "what": list(self.capture.what)}
+        return out
 
     def local_fingerprint(self) -> str:
         """16 hex digits over the result-affecting part of the resolved spec (used when the spec came

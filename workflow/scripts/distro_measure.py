@@ -1,0 +1,39 @@
+"""Snakemake script: seed 004's measurements on captured gradients (analysis/distro_measure.py).
+
+    input:
+        captures  capture files of the trainer (<run_dir>/captures/step<N>.pt, written when the run spec has
+                  `capture: {steps: [...], what: [grad, momentum]}`); one file or a list, from one or more runs
+    params (all optional):
+        topk          fractions of a chunk for Experiments 1, 3, 4 (default [0.01, 0.05, 0.10, 0.25])
+        cond_topk     fractions for Experiment 2 (default [0.05, 0.10, 0.25])
+        chunk         chunk side (default 64, as the compressed arms)
+        orthogonalizer  'polar_express' (default; the seed's) | 'newton_schulz' | 'svd'
+        seed          seed of the synthetic matrices (default 0)
+        what          which captured tensors: subset of ['grad', 'momentum'] (default both)
+        max_per_file  at most this many matrices per capture file and kind, evenly spaced (0: all; default 0)
+        ranks         ranks of the low-rank synthetic matrices (default [1, 4, 16, 64])
+        title         the section's heading
+    output:
+        tables    long CSV: table, source, tensor, step, rows, cols, topk, orth, target, metric, value
+        spectra   CSV: source, tensor, step, rows, cols, i, i_frac, sigma_rel (sigma_i / sigma_1)
+        md        the Markdown section (tables with the seed's numbers beside ours, computed findings)
+    log: one file
+
+CPU cost: about a second per captured 64 x 256 matrix (tiny model); SVDs of GPT-124M's 768 x 3072
+matrices take seconds each: use max_per_file there.
+"""
+from _script import logged
+
+from analysis.distro_measure import COND_TOPK, RANKS, REAL, TOPK, run
+from analysis.io import as_list
+
+sm = snakemake  # noqa: F821
+with logged(sm, "distro_measure") as log:
+    p = sm.params
+    get = lambda k, d: getattr(p, k, d)  # noqa: E731
+    tables = run(as_list(sm.input.captures), str(sm.output.tables), str(sm.output.spectra), str(sm.output.md),
+                 topk=[float(x) for x in get("topk", TOPK)], cond_topk=[float(x) for x in get("cond_topk", COND_TOPK)],
+                 chunk=int(get("chunk", 64)), orthogonalizer=str(get("orthogonalizer", "polar_express")),
+                 seed=int(get("seed", 0)), what=list(get("what", REAL)), max_per_file=int(get("max_per_file", 0)),
+                 ranks=[int(r) for r in get("ranks", RANKS)], title=str(get("title", "Seed 004 on real gradients")))
+    log.info("wrote %s (%d rows), %s, %s", sm.output.tables, len(tables), sm.output.spectra, sm.output.md)
