@@ -219,6 +219,11 @@ class _Checks:
                 self.bad(f"models.{name}: global_batch {m['global_batch']} is not a multiple of "
                          f"micro_batch x GPUs = {m['micro_batch'] * gpus}")
             over = [s for s in eval_at_steps(self.c, name) if s > m["steps"]]
+            for arm, a in self.c["arms"].items():
+                late = [s for s in a.get("capture", {}).get("steps", []) if s > m["steps"]]
+                if late and self.uses(name, arm):
+                    self.bad(f"arms.{arm}.capture.steps: {late} are beyond the {m['steps']} steps of model {name}, "
+                             f"which runs this arm")
             if over:
                 self.bad(f"models.{name}: eval_at_steps {over} are beyond its {m['steps']} steps (give the "
                          f"model its own eval_at_steps)")
@@ -250,6 +255,14 @@ class _Checks:
                     check_vocab_fits(self.tokenizer_vocab, m["vocab_size"], f"models.{name}.vocab_size")
             except TokenizerError as e:
                 self.bad(f"data.tokenizer: {e}")
+
+    def uses(self, model: str, arm: str) -> bool:
+        """Whether some phase runs this arm on this model."""
+        for p in self.c["phases"].values():
+            models = {p["model"]} | ({p["scratch"]["model"]} if "scratch" in p else set())
+            if model in models and any(e["arm"] in (arm, SELECTED) for e in run_entries(p)):
+                return True
+        return False
 
     # -- phases ------------------------------------------------------------------------------------
     def evaluated_steps(self, model: str) -> set[int]:
@@ -293,6 +306,8 @@ class _Checks:
                     self.bad(f"{where}.scratch.model: {p['model']!r} is the phase's model too; the scratch pair "
                              "needs a model entry of its own (its runs would be counted twice)")
             arms = self.check_entries(where, p, bool(sel))
+            if "measure" in p and not any(self.c["arms"].get(a, {}).get("capture") for a in arms):
+                self.bad(f"{where}.measure: needs an arm with capture (arms.NAME.capture.steps) among its runs")
             if sel:
                 self.check_selected_values(where, p, sel)
             self.check_gates(where, p, arms, bool(sel))
@@ -323,6 +338,14 @@ class _Checks:
                 if i == 0:
                     self.bad(f"{key}: the baseline cannot be the selected arm")
                 arms.add(SELECTED)
+                if "sweep" in entry and selects:  # every arm that can be selected must take the swept setting
+                    src = self.c["phases"][p["select"]["from"]]
+                    for cand in sorted(set(p["select"].get("arms") or [e["arm"] for e in src["runs"]]) - {SELECTED}):
+                        if cand in self.c["arms"]:
+                            why = self.settable(cand, entry["sweep"]["param"])
+                            if why:
+                                self.bad(f"{key}.sweep.param: {entry['sweep']['param']!r} is {why} (arm {cand} can be "
+                                         f"selected)")
                 continue
             if arm not in self.c["arms"]:
                 self.bad(f"{key}.arm: {arm!r} is not in arms (known: {', '.join(sorted(self.c['arms']))})")

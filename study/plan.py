@@ -160,16 +160,18 @@ class Plan:
             yield from self._entry_variants(entry, selection)
 
     def _entry_variants(self, entry: dict, selection: dict | None):
-        if entry["arm"] == SELECTED:
+        if entry["arm"] == SELECTED and "sweep" not in entry:
             yield selection["arm"], [selection["variant"]]
             return
+        arm = selection["arm"] if entry["arm"] == SELECTED else entry["arm"]
         # a selected value and a sweep together make compound labels: lr0.01+projection_every3
-        prefix = [selection["variant"]] if entry.get("value") == SELECTED and selection.get("param") else []
+        takes_value = entry["arm"] == SELECTED or entry.get("value") == SELECTED
+        prefix = [selection["variant"]] if takes_value and selection.get("param") else []
         if "sweep" in entry:
             labels = [variant_label(entry["sweep"]["param"], v) for v in entry["sweep"]["values"]]
-            yield entry["arm"], ["+".join(prefix + [label]) for label in labels]
+            yield arm, ["+".join(prefix + [label]) for label in labels]
         else:
-            yield entry["arm"], ["+".join(prefix) if prefix else self.unswept]
+            yield arm, ["+".join(prefix) if prefix else self.unswept]
 
     @property
     def unswept(self) -> str:

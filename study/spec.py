@@ -164,6 +164,9 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
     }
     if "entity" in config["wandb"]:
         spec["wandb"]["entity"] = config["wandb"]["entity"]
+    capture = config["arms"][run.arm].get("capture")
+    if capture:  # the arm's runs write gradients and momenta at these steps (a measurement's input)
+        spec["capture"] = {"steps": sorted(capture["steps"]), "what": list(capture.get("what", ["grad", "momentum"]))}
     spec["fingerprint"] = fingerprint(spec, versions)
     return spec
 

@@ -38,8 +38,10 @@ def test_runs_table_columns_and_values(tmp_path):
               "steps_to_4", "steps_to_3.5", "eff_rank_mean", "noise_fraction_mean", "tokens_per_s",
               "wall_time_s", "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]:
         assert c in runs.columns, c
-    assert list(runs.columns[-9:]) == ["eff_rank_mean", "noise_fraction_mean", "tokens_per_s", "wall_time_s",
-                                       "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]
+    assert list(runs.columns[-15:]) == ["eff_rank_mean", "noise_fraction_mean", "bytes_sent_per_step",
+                                        "allreduce_bytes_per_step", "weight_norm_dev_mean", "weight_norm_dev_max",
+                                        "n_record_errors", "n_checkpoint_fallbacks", "tokens_per_s", "wall_time_s",
+                                        "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]
     vl = [c for c in runs.columns if c.startswith("val_loss_at_")]
     assert vl == sorted(vl, key=lambda c: float(c[12:]))
     d = runs[runs["status"] == "diverged"].iloc[0]
@@ -121,3 +123,66 @@ def test_variant_is_the_key_and_defaults_from_alpha(tmp_path):
            dict(phase="p", role="arm", model="tiny", arm="y", seed=1, run_dir="")]
     runs, _ = aggregate([a["metrics"]] * 2, [a["history"]] * 2, old, "p")
     assert list(runs["variant"]) == ["alpha0.001", "default"]
+
+
+def _edit_metrics(path, **kw):
+    with open(path) as fh:
+        m = json.load(fh)
+    m.update(kw)
+    with open(path, "w") as fh:
+        json.dump(m, fh)
+
+
+def _add_history_cols(path, cols):
+    """Append columns (name -> function of the row index, None = empty cell) to a history.csv."""
+    lines = open(path).read().splitlines()
+    out = [lines[0] + "," + ",".join(cols)]
+    for i, line in enumerate(lines[1:]):
+        cells = [cols[c](i) for c in cols]
+        out.append(line + "," + ",".join("" if v is None else repr(v) for v in cells))
+    with open(path, "w") as fh:
+        fh.write("\n".join(out) + "\n")
+
+
+def test_comm_ngpt_and_event_columns(tmp_path):
+    """bytes (compressed / distributed runs), weight-norm drift (nGPT runs) and the event counts come from
+    metrics.json when recorded and are NaN (counts: 0) when not; curves carry the history columns."""
+    recs = _study(tmp_path)
+    diag = json.load(open(recs[2]["metrics"]))["diagnostics"]
+    _edit_metrics(recs[2]["metrics"],
+                  diagnostics=dict(diag, bytes_sent_per_step=162000.5, allreduce_bytes_per_step=526000.0),
+                  record_errors=[{"record": "wandb", "error": "x"}, {"record": "wandb", "error": "y"}],
+                  checkpoint_fallbacks=[{"step": 100, "reason": "rank file missing"}])
+    _edit_metrics(recs[1]["metrics"], diagnostics=dict(diag, weight_norm_dev_mean=0.01, weight_norm_dev_max=0.05),
+                  record_errors=[], checkpoint_fallbacks=None)
+    _add_history_cols(recs[2]["history"], {"bytes_sent_per_step": lambda i: 162000 + i,
+                                            "allreduce_bytes_per_step": lambda i: 526000})
+    _add_history_cols(recs[1]["history"], {"weight_norm_dev": lambda i: None if i == 0 else 0.001 * i})
+    runs, curves = _agg(recs)
+    comp, ngpt, plain = runs.iloc[2], runs.iloc[1], runs.iloc[0]
+    assert comp["bytes_sent_per_step"] == 162000.5 and comp["allreduce_bytes_per_step"] == 526000.0
+    assert comp["n_record_errors"] == 2 and comp["n_checkpoint_fallbacks"] == 1
+    assert math.isnan(comp["weight_norm_dev_mean"]) and math.isnan(comp["weight_norm_dev_max"])
+    assert ngpt["weight_norm_dev_mean"] == 0.01 and ngpt["weight_norm_dev_max"] == 0.05
+    assert math.isnan(ngpt["bytes_sent_per_step"]) and ngpt["n_record_errors"] == 0
+    assert ngpt["n_checkpoint_fallbacks"] == 0
+    for c in ("bytes_sent_per_step", "allreduce_bytes_per_step", "weight_norm_dev_mean", "weight_norm_dev_max"):
+        assert math.isnan(plain[c]), c
+    assert plain["n_record_errors"] == 0 and plain["n_checkpoint_fallbacks"] == 0
+
+    assert {"bytes_sent_per_step", "weight_norm_dev"} <= set(curves.columns)
+    c2 = curves[(curves["arm"] == "orthonoise") & (curves["seed"] == 1)]
+    assert list(c2["bytes_sent_per_step"]) == [162000.0 + i for i in range(len(c2))]
+    assert c2["weight_norm_dev"].isna().all()
+    c1 = curves[(curves["arm"] == "muon") & (curves["seed"] == 2)]
+    assert math.isnan(c1["weight_norm_dev"].iloc[0]) and c1["weight_norm_dev"].iloc[3] == pytest.approx(0.003)
+    assert c1["bytes_sent_per_step"].isna().all()
+    assert curves[(curves["arm"] == "muon") & (curves["seed"] == 1)][["bytes_sent_per_step",
+                                                                     "weight_norm_dev"]].isna().all().all()
+
+    write_csv(runs, tmp_path / "runs.csv")
+    write_csv(curves, tmp_path / "curves.csv")
+    back, cb = read_runs(tmp_path / "runs.csv"), read_curves(tmp_path / "curves.csv")
+    assert back.iloc[2]["bytes_sent_per_step"] == 162000.5 and back.iloc[2]["n_record_errors"] == 2
+    assert math.isnan(back.iloc[0]["weight_norm_dev_mean"])
+    assert list(cb.columns) == list(curves.columns)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.records import write_json
+from trainer.records import atomic_write, write_json
 
 CKPT_NAME = "latest.pt"
 PREVIOUS_NAME = "previous.pt"
