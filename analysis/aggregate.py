@@ -7,6 +7,12 @@ the path label of the swept value (`alpha0.001`, `lr0.003`, `default`): with (mo
 configuration, and every grouping of the analysis uses it. `param` is the swept setting's dotted path
 ("" when none), `value` its number (NaN when none), `alpha` the OrthoNoise noise alpha (kept for the plots).
 A record without `variant` (older run lists) gets `alpha<alpha>` or `default`.
+
+Optional measurements (NaN, or 0 for the counts, when the run did not record them): bytes_sent_per_step and
+allreduce_bytes_per_step (metrics["diagnostics"], means over steps; runs of world size > 1),
+weight_norm_dev_mean and weight_norm_dev_max (metrics["diagnostics"], nGPT runs), n_record_errors and
+n_checkpoint_fallbacks (lengths of metrics["record_errors"] / ["checkpoint_fallbacks"]; 0 when absent).
+curves.csv carries bytes_sent_per_step and weight_norm_dev from history.csv (NaN where the column is absent).
 """
 from __future__ import annotations
 
@@ -24,10 +30,11 @@ log = logging.getLogger("analysis.aggregate")
 
 ID_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed"]
 HEAD_COLS = ID_COLS + ["status", "diverged_step", "steps_completed", "final_val_loss", "best_val_loss"]
-TAIL_COLS = ["eff_rank_mean", "noise_fraction_mean", "tokens_per_s", "wall_time_s", "gpu_hours",
-             "world_size", "wandb_id", "fingerprint", "run_dir"]
-CURVE_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "step", "val_loss", "train_loss",
-              "eff_rank_mean"]
+TAIL_COLS = ["eff_rank_mean", "noise_fraction_mean", "bytes_sent_per_step", "allreduce_bytes_per_step",
+             "weight_norm_dev_mean", "weight_norm_dev_max", "n_record_errors", "n_checkpoint_fallbacks",
+             "tokens_per_s", "wall_time_s", "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]
+HISTORY_COLS = ["val_loss", "train_loss", "eff_rank_mean", "bytes_sent_per_step", "weight_norm_dev"]
+CURVE_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "step"] + HISTORY_COLS
 ROLES = ("baseline", "arm", "scratch_baseline", "scratch_arm")
 
 
@@ -86,9 +93,17 @@ def variant_of(meta: Mapping[str, Any]) -> str:
     return f"alpha{format(a, 'g')}" if math.isfinite(a) else "default"
 
 
+def _count(x: Any) -> int:
+    """Length of a recorded list (None / absent -> 0; a non-list value counts as one entry)."""
+    if x is None:
+        return 0
+    return len(x) if isinstance(x, (list, tuple, dict)) else 1
+
+
 def run_record(meta: Mapping[str, Any], metrics: Mapping[str, Any], phase: str | None = None) -> dict:
     """One runs.csv row (without the dynamic val_loss_at_/steps_to_ columns order)."""
-    diag = metrics.get("diagnostics") or {}
+    diag = metrics.get("diagnostics")
+    diag = diag if isinstance(diag, dict) else {}
     wandb = metrics.get("wandb") or {}
     role = meta.get("role") or "arm"
     if role not in ROLES:
@@ -110,6 +125,12 @@ def run_record(meta: Mapping[str, Any], metrics: Mapping[str, Any], phase: str |
         "best_val_loss": _float(metrics.get("best_val_loss")),
         "eff_rank_mean": _float(diag.get("eff_rank_mean")),
         "noise_fraction_mean": _float(diag.get("noise_fraction_mean")),
+        "bytes_sent_per_step": _float(diag.get("bytes_sent_per_step")),
+        "allreduce_bytes_per_step": _float(diag.get("allreduce_bytes_per_step")),
+        "weight_norm_dev_mean": _float(diag.get("weight_norm_dev_mean")),
+        "weight_norm_dev_max": _float(diag.get("weight_norm_dev_max")),
+        "n_record_errors": _count(metrics.get("record_errors")),
+        "n_checkpoint_fallbacks": _count(metrics.get("checkpoint_fallbacks")),
         "tokens_per_s": _float(metrics.get("tokens_per_s")),
         "wall_time_s": _float(metrics.get("wall_time_s")),
         "gpu_hours": _float(metrics.get("gpu_hours")),
@@ -126,12 +147,13 @@ def run_record(meta: Mapping[str, Any], metrics: Mapping[str, Any], phase: str |
 
 
 def read_history(path: str | Path) -> dict[str, list[float]]:
-    """history.csv -> columns step, val_loss, train_loss, eff_rank_mean (NaN where empty).
+    """history.csv -> columns step + HISTORY_COLS (val_loss, train_loss, eff_rank_mean, bytes_sent_per_step,
+    weight_norm_dev; NaN where empty or where the file has no such column).
 
     Uses the csv module (a pandas reader per file costs ~1 ms; this is ~20x cheaper at 1000 runs).
     """
     p = Path(path)
-    out: dict[str, list[float]] = {"step": [], "val_loss": [], "train_loss": [], "eff_rank_mean": []}
+    out: dict[str, list[float]] = {c: [] for c in ["step"] + HISTORY_COLS}
     if not p.is_file():
         raise FileNotFoundError(f"history file missing: {p}")
     with open(p, encoding="utf-8", newline="") as fh:
@@ -142,7 +164,7 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
         idx = {name.strip(): i for i, name in enumerate(header)}
         if "step" not in idx:
             raise ValueError(f"{p}: history.csv has no 'step' column (header: {header})")
-        cols = [(c, idx.get(c)) for c in ("val_loss", "train_loss", "eff_rank_mean")]
+        cols = [(c, idx.get(c)) for c in HISTORY_COLS]
         si = idx["step"]
         for row in reader:
             if not row or si >= len(row):
@@ -188,7 +210,7 @@ def aggregate(metrics_paths: Sequence[str], history_paths: Sequence[str], runs: 
         for c in ("role", "model", "arm", "variant", "param", "value", "alpha", "seed"):
             curves[c].extend([rec[c]] * n)
         curves["phase"].extend([phase] * n)
-        for c in ("step", "val_loss", "train_loss", "eff_rank_mean"):
+        for c in ["step"] + HISTORY_COLS:
             curves[c].extend(h[c])
     cols = _ordered_columns(sorted({k for r in records for k in r}))
     runs_df = pd.DataFrame.from_records(records, columns=cols) if records else pd.DataFrame(columns=cols)

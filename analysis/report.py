@@ -324,7 +324,8 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
     parts += ["### Plots", ""]
     captions = {"val_loss": "Validation loss vs step", "early": "Early training (zoomed)",
                 "forest": "Difference from the baseline per configuration (forest plot)",
-                "eff_rank": "Effective rank of the momentum vs step"}
+                "eff_rank": "Effective rank of the momentum vs step",
+                "pareto": "Final validation loss against the bytes each rank sends per step (Pareto front)"}
     for p in plots:
         stem = Path(p).stem
         parts += [f"![{captions.get(stem, stem)}]({_rel(p, results_root)})", ""]

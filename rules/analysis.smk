@@ -10,6 +10,8 @@ localrules:
     gates,
     plots,
     select,
+    distro_measure,
+    pareto_plot,
 
 
 rule design:
@@ -159,3 +161,44 @@ checkpoint select:
         "../envs/analysis.yaml"
     script:
         "../workflow/scripts/select_arm.py"
+
+
+rule distro_measure:
+    # DisTrO's compression measurements (seed 004) on the real gradients and momenta the phase's capture
+    # arms wrote, beside Gaussian and low-rank matrices of the same shapes.
+    input:
+        runs=lambda w: capture_runs(w.phase),
+    output:
+        tables=R("{phase}/measure.csv"),
+        spectra=R("{phase}/measure_spectra.csv"),
+        md=R("{phase}/measure.md"),
+    log:
+        L("{phase}/measure.log"),
+    params:
+        captures=lambda w: capture_files(w.phase),
+        topk=lambda w: PLAN.phase(w.phase)["measure"].get("topk", [0.01, 0.05, 0.1, 0.25]),
+        cond_topk=lambda w: PLAN.phase(w.phase)["measure"].get("cond_topk", [0.05, 0.1, 0.25]),
+        chunk=lambda w: PLAN.phase(w.phase)["measure"].get("chunk", 64),
+        max_per_file=lambda w: PLAN.phase(w.phase)["measure"].get("max_per_file"),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/distro_measure.py"
+
+
+rule pareto_plot:
+    # Final loss against the bytes each rank sends per step, for a phase of compressed data-parallel arms.
+    input:
+        runs=R("{phase}/runs.csv"),
+    output:
+        png=report(R("{phase}/plots/pareto.png"), category="{phase}", caption="../report/pareto.rst"),
+        md=R("{phase}/pareto.md"),
+    log:
+        L("{phase}/pareto.log"),
+    params:
+        phase="{phase}",
+        baseline=lambda w: PLAN.baseline_arm(w.phase),
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow/scripts/pareto.py"

@@ -183,8 +183,11 @@ def section_inputs(wildcards):
         "significance": f"{RESULTS}/{phase}/significance.csv",
         "gates": f"{RESULTS}/{phase}/gates.json",
         "plots": expand("{results}/{phase}/plots/{name}.png", results=RESULTS, phase=phase,
-                        name=["val_loss", "early", "forest", "eff_rank"]),
+                        name=["val_loss", "early", "forest", "eff_rank"])
+        + ([f"{RESULTS}/{phase}/plots/pareto.png"] if PLAN.phase(phase).get("pareto") else []),
         "design": f"{RESULTS}/{phase}/design.json",
+        "extra": ([f"{RESULTS}/{phase}/measure.md"] if "measure" in PLAN.phase(phase) else [])
+        + ([f"{RESULTS}/{phase}/pareto.md"] if PLAN.phase(phase).get("pareto") else []),
     }
     files.update(selection_input(wildcards))
     return files
@@ -229,3 +232,18 @@ def warn_underpowered():
                                     usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"])
     for w in warnings:
         logger.warning(f"design check ({STUDY_NAME}{'-tiny' if TINY else ''}): {w}")
+
+
+def capture_files(phase):
+    """The gradient/momentum captures the phase's capture arms write (beside each run, before its metrics)."""
+    files = []
+    for pr in phase_runs(phase):
+        capture = STUDY["arms"][pr.run.arm].get("capture")
+        if capture:
+            files += [f"{pr.run_dir}/captures/step{s}.pt" for s in sorted(capture["steps"])]
+    return files
+
+
+def capture_runs(phase):
+    """The metrics.json of the runs whose captures a phase measures (written after their captures)."""
+    return [PLAN.metrics(pr.run) for pr in phase_runs(phase) if STUDY["arms"][pr.run.arm].get("capture")]

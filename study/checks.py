@@ -23,7 +23,10 @@ from study.spec import eval_at_steps, load_file_module, text_data_dir
 
 SELECTED = "selected"
 PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
-RESERVED_PHASES = ("all", "design")
+# Names a phase cannot take: the workflow's rules and targets, and the directories beside the phases'.
+RESERVED_PHASES = ("all", "design", "design_phase", "train", "aggregate", "significance", "gates", "plots",
+                   "select", "section", "report", "stdlib_corpus", "prepare_text", "distro_measure",
+                   "pareto_plot", "runs", "checkpoints", "reports", "data")
 # Training settings a model owns; an arm may own the trainer's others (warmup, projection frequency...).
 MODEL_TRAINING_KEYS = ("steps", "global_batch", "micro_batch", "seq_len")
 TRAINING_KINDS = {"warmup_steps": "int>=0", "cooldown_frac": "fraction", "grad_clip": "nonnegative",
@@ -275,7 +278,7 @@ class _Checks:
         for pname, p in self.c["phases"].items():
             where = f"phases.{pname}"
             if pname in RESERVED_PHASES:
-                self.bad(f"{where}: {pname!r} is a target of its own; name the phase otherwise")
+                self.bad(f"{where}: {pname!r} is a rule or directory of the workflow; name the phase otherwise")
             models = [p["model"]] + ([p["scratch"]["model"]] if "scratch" in p else [])
             for key, model in zip(("model", "scratch.model"), models):
                 if model not in self.c["models"]:

@@ -242,7 +242,7 @@ BAD = [
     (_set(("phases", "phase1", "force"), True), "phases.phase1.force: only meaningful with select"),
     (_append_run("phase1", {"arm": "selected"}), "phases.phase1.runs[3].arm: 'selected' needs phases.phase1.select"),
     (_set(("phases", "all"), {"question": "q", "model": "gpt-350m", "seeds": [1], "baseline": "muon",
-                              "runs": [{"arm": "nolah"}], "gates": {}}), "phases.all: 'all' is a target of its own"),
+                              "runs": [{"arm": "nolah"}], "gates": {}}), "phases.all: 'all' is a rule or directory of the workflow"),
     (_set(("arms", "muon", "muon"), {"lr": 0.0}), "arms.muon.muon.lr: 0.0 is not allowed (a finite number > 0)"),
 ]
 

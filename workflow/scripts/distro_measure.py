@@ -2,8 +2,13 @@
 
     input:
         captures  capture files of the trainer (<run_dir>/captures/step<N>.pt, written when the run spec has
-                  `capture: {steps: [...], what: [grad, momentum]}`); one file or a list, from one or more runs
-    params (all optional):
+                  `capture: {steps: [...], what: [grad, momentum]}`); one file or a list, from one or more runs.
+                  Optional: a rule may instead declare other files as input (e.g. the runs' metrics.json,
+                  which the trainer writes after its captures) and name the capture files in
+                  params.captures. When input has `captures`, params.captures is ignored.
+    params (all optional, except captures when input has none):
+        captures      the capture file paths (one path or a list), read when input has no `captures`;
+                      every file must exist when the script runs (a missing one is an error that names it)
         topk          fractions of a chunk for Experiments 1, 3, 4 (default [0.01, 0.05, 0.10, 0.25])
         cond_topk     fractions for Experiment 2 (default [0.05, 0.10, 0.25])
         chunk         chunk side (default 64, as the compressed arms)
@@ -22,6 +27,8 @@
 CPU cost: about a second per captured 64 x 256 matrix (tiny model); SVDs of GPT-124M's 768 x 3072
 matrices take seconds each: use max_per_file there.
 """
+from pathlib import Path
+
 from _script import logged
 
 from analysis.distro_measure import COND_TOPK, RANKS, REAL, TOPK, run
@@ -31,7 +38,19 @@ sm = snakemake  # noqa: F821
 with logged(sm, "distro_measure") as log:
     p = sm.params
     get = lambda k, d: getattr(p, k, d)  # noqa: E731
-    tables = run(as_list(sm.input.captures), str(sm.output.tables), str(sm.output.spectra), str(sm.output.md),
+    declared = getattr(sm.input, "captures", None)  # a Snakemake Namedlist: attribute per named input
+    if declared is not None:
+        captures, where = as_list(declared), "input.captures"
+    else:
+        captures, where = [str(c) for c in as_list(get("captures", None))], "params.captures"
+        missing = [c for c in captures if not Path(c).is_file()]
+        if missing:
+            raise FileNotFoundError(f"params.captures: {len(missing)} of {len(captures)} capture files missing "
+                                    f"(does the run spec set capture.steps?): {', '.join(missing)}")
+    if not captures:
+        raise ValueError("distro_measure: no capture files (give input.captures or params.captures)")
+    log.info("%d capture files from %s", len(captures), where)
+    tables = run(captures, str(sm.output.tables), str(sm.output.spectra), str(sm.output.md),
                  topk=[float(x) for x in get("topk", TOPK)], cond_topk=[float(x) for x in get("cond_topk", COND_TOPK)],
                  chunk=int(get("chunk", 64)), orthogonalizer=str(get("orthogonalizer", "polar_express")),
                  seed=int(get("seed", 0)), what=list(get("what", REAL)), max_per_file=int(get("max_per_file", 0)),

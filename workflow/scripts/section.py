@@ -1,6 +1,8 @@
 """Snakemake script: one phase's tables, gates and plots -> results/{phase}/section.md.
 
-input:   runs, significance, gates (gates.json), plots (list of PNGs: val_loss, early, forest, eff_rank);
+input:   runs, significance, gates (gates.json), plots (list of PNGs: val_loss, early, forest, eff_rank, and
+         pareto where the phase has one); optional extra (Markdown files appended to the section: the
+         phase's own analyses, e.g. DisTrO's measurement tables);
          optional selection (selection.json of this phase), optional design (design.json of the design check)
 params:  phase, question, arms (arm -> settings as used), usd_per_gpu_hour, baseline;
          optional power (0.8), alpha_level (0.05), tiny (bool: the CPU twin; default False)
@@ -37,5 +39,9 @@ with logged(sm, "section") as log:
         baseline=str(p.baseline), selection=_load("selection"), design=_load("design"),
         power=float(getattr(p, "power", 0.8)), alpha_level=float(getattr(p, "alpha_level", 0.05)),
         tiny=bool(getattr(p, "tiny", False)))
+    for extra in (as_list(sm.input.extra) if "extra" in sm.input.keys() else []):
+        # a phase's own analyses (DisTrO's measurement tables, the Pareto table): appended as written
+        with open(extra, encoding="utf-8") as fh:
+            text = text.rstrip() + "\n\n" + fh.read().strip() + "\n"
     atomic_write_text(out, text)
     log.info("wrote %s", out)
