@@ -33,6 +33,9 @@ rule train:
         slurm_extra=lambda w: slurm_extra(run_resources(w)),
         cpus_per_task=lambda w: run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"],
         mem_mb=lambda w: run_resources(w)["mem_mb_per_gpu"] * run_resources(w)["gpus"],
+        # GPU memory per run (0 when the study does not say): with --resources gpu_mem_mb=N, runs share a
+        # GPU only as far as its memory allows
+        gpu_mem_mb=lambda w: run_resources(w).get("gpu_mem_mb", 0) * run_resources(w)["gpus"],
         # A resubmitted job (after a failure or a preemption; the profiles set `retries`) resumes from
         # its checkpoint with more time. Not a rule-level `retries:`: that would also retry inside the
         # Slurm job, in an allocation that is being preempted or has run out of time.

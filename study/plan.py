@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.checks import PlanError, check, run_entries, variant_table
-from study.spec import build_spec, load_code_versions
+from study.spec import build_spec, load_code_versions, run_settings
 
 SELECTED = "selected"
 
@@ -226,8 +226,12 @@ class Plan:
     def fingerprint(self, run: Run) -> str:
         return self.spec(run)["fingerprint"]
 
+    def optimizer(self, run: Run) -> dict:
+        """The run spec's optimizer section (known before the data stage ran, unlike the whole spec)."""
+        return run_settings(self.config, run, self.root)[1]
+
     def alpha(self, run: Run) -> float:
-        return float(self.spec(run)["alpha"])
+        return float(self.optimizer(run)["muon"].get("alpha", 0.0))
 
     def resources(self, run: Run) -> dict:
         return dict(self.config["models"][run.model]["resources"])
@@ -236,7 +240,7 @@ class Plan:
         """The exact optimizer settings of each arm of a phase, as its runs use them."""
         settings = {}
         for pr in phase_runs:
-            opt = self.spec(pr.run)["optimizer"]
+            opt = self.optimizer(pr.run)
             settings.setdefault(pr.run.arm, {"class": opt["class"], "muon": opt["muon"], "adamw": opt["adamw"]})
         return settings
 

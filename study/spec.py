@@ -110,15 +110,23 @@ def model_vocab(config: dict, model: str, tokenizer_vocab: int | None) -> int | 
     return None
 
 
+def run_settings(config: dict, run, root: str | Path = ROOT) -> tuple[dict, dict]:
+    """(the arm's resolved settings by section, the spec's optimizer section) of a run; no data needed."""
+    cls = config["arms"][run.arm]["class"]
+    class_args = load_file_module(root, "optim/arguments.py").OPTIMIZER_ARGUMENTS.get(cls)
+    settings = arm_settings(config, run.arm, run.settings, class_args)
+    optimizer = {"arm": run.arm, "class": cls, "muon": dict(sorted(settings["muon"].items())),
+                 "adamw": dict(sorted(settings["adamw"].items())),
+                 "split": {"adamw_patterns": list(config["optimizer_defaults"].get("adamw_patterns", []))}}
+    return settings, optimizer
+
+
 def build_spec(config: dict, run, versions: dict | None = None, root: str | Path = ROOT,
                text_data: dict | None = None, tokenizer_vocab: int | None = None) -> dict:
     m = config["models"][run.model]
     t = config["training_defaults"]
-    cls = config["arms"][run.arm]["class"]
-    class_args = load_file_module(root, "optim/arguments.py").OPTIMIZER_ARGUMENTS.get(cls)
-    settings = arm_settings(config, run.arm, run.settings, class_args)
+    settings, optimizer = run_settings(config, run, root)
     steps = m["steps"]
-    muon = dict(sorted(settings["muon"].items()))
     model = {"name": run.model, "arch": m["arch"]}
     vocab = model_vocab(config, run.model, tokenizer_vocab)
     if vocab is not None:
@@ -129,10 +137,8 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
     spec = {
         "run_id": run.key,
         "model": model,
-        "optimizer": {"arm": run.arm, "class": cls, "muon": muon,
-                      "adamw": dict(sorted(settings["adamw"].items())),
-                      "split": {"adamw_patterns": list(config["optimizer_defaults"].get("adamw_patterns", []))}},
-        "alpha": float(muon.get("alpha", 0.0)),
+        "optimizer": optimizer,
+        "alpha": float(optimizer["muon"].get("alpha", 0.0)),
         "seed": int(run.seed),
         "training": {
             "steps": steps,
