@@ -96,33 +96,38 @@ def test_annealing_counts_optimizer_steps_not_parameters():
         assert opt.step_count == t
 
 
-def test_trigger_is_cached_between_rank_steps(monkeypatch):
+def test_trigger_is_deferred_by_rank_every_and_cached_between(monkeypatch):
     calls = []
-    real = optim.muon.effective_rank
+    real = optim.muon.submit_effective_rank
 
     def counting(M, method="gram"):
         calls.append(M.shape[0])
         return real(M, method)
 
-    monkeypatch.setattr(optim.muon, "effective_rank", counting)
+    monkeypatch.setattr(optim.muon, "submit_effective_rank", counting)
     ps = _params()
     opt = optim.MuonOrthoNoise(ps, alpha=1e-2, rank_threshold=0.5, rank_every=4)
-    # matrix 0 gets rank-1 gradients (low effective rank: noise), the others full-rank ones
-    d = _run(opt, ps, 3, low_rank=(0,))
-    assert [x["noise_fraction"] for x in d] == [pytest.approx(1 / 3)] * 3
+    # matrix 0 gets rank-1 gradients (low effective rank: noise), the others full-rank ones. The
+    # measurement of step 1 is applied at step 5: no noise before (a trigger is off until measured).
+    d = _run(opt, ps, 4, low_rank=(0,))
+    assert [x["noise_fraction"] for x in d] == [0.0] * 4 and all(x["eff_rank_mean"] is None for x in d)
+    assert "noise_on" not in opt.state[ps[0]]
+    d = _run(opt, ps, 1, start=4, low_rank=(0,))
+    assert d[0]["noise_fraction"] == pytest.approx(1 / 3) and d[0]["eff_rank_mean"] is not None
     assert opt.state[ps[0]]["noise_on"] is True and opt.state[ps[1]]["noise_on"] is False
-    # now all gradients are full rank, but the cached trigger holds until the next rank step (5)
-    d = _run(opt, ps, 1, start=3)
-    assert d[0]["noise_fraction"] == pytest.approx(1 / 3) and d[0]["eff_rank_mean"] is None
+    # now all gradients are full rank, but the cached trigger holds until the next rank step (9), and
+    # step 9 applies the measurement of step 5 (still low rank): the trigger turns off at 13 at the earliest
+    d = _run(opt, ps, 7, start=5)  # steps 6 to 12
+    assert [x["noise_fraction"] for x in d] == [pytest.approx(1 / 3)] * 7
     n_calls = len(calls)
-    for t in range(4, 60):
+    for t in range(12, 80):
         _run(opt, ps, 1, start=t)
         if opt.diagnostics["eff_rank_mean"] is not None:
             assert (opt.step_count - 1) % 4 == 0
         if opt.diagnostics["noise_fraction"] == 0.0:
             break
     assert opt.diagnostics["noise_fraction"] == 0.0  # re-measured: the momentum's rank recovered
-    assert len(calls) > n_calls
+    assert (opt.step_count - 1) % 4 == 0 and len(calls) > n_calls
     # rank checks ran on steps 1, 5, 9, ... only: one call per bucket (two shapes)
     assert len(calls) == 2 * len(range(1, opt.step_count + 1, 4))
 
@@ -179,7 +184,7 @@ def test_bf16_parameters(method):
     opt = optim.MuonOrthoNoise(ps, alpha=0.1, rank_threshold=1.0, rank_every=2, noise_method=method)
     d = _run(opt, ps, 3)
     assert all(torch.isfinite(p).all() and p.dtype == torch.bfloat16 for p in ps)
-    assert d[0]["eff_rank_mean"] is not None and d[-1]["noise_fraction"] == 1.0
+    assert d[2]["eff_rank_mean"] is not None and d[-1]["noise_fraction"] == 1.0
 
 
 @pytest.mark.parametrize(

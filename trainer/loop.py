@@ -417,6 +417,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         log(f"wandb {tracker.mode}: run id {tracker.id}, dir {tracker.dir}")
 
     def save_checkpoint(step: int, reason: str):
+        settle = getattr(sess.opt, "settle_measurements", None)
+        if settle is not None:  # on every rank: sharded rank measurements are all-gathered here
+            settle()
         if info.is_main:
             p = ckpt.save(ckpt_dir, {
                 "resume_key": key, "fingerprint": spec.fingerprint, "step": step,
