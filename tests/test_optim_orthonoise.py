@@ -238,3 +238,50 @@ def test_nolah_pieces():
     _run(off, a, 3)
     _run(muon, b, 3)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_isotropic_with_reorthogonalization_is_the_control_for_orthonoise():
+    """At a vanishing alpha the noise is nothing, but the cubic re-orthogonalization still changes the
+    update: OrthoNoise moves away from Muon, and so does MuonIsotropic(reortho_steps=3), by the same
+    amount; the original control (no re-orthogonalization) stays at Muon."""
+    kw = dict(lr=0.02, alpha=1e-12, rank_threshold=None, ns_precision="fp32", seed=2)
+    runs = {}
+    for name, make in (("muon", lambda ps: optim.Muon(ps, lr=0.02, ns_precision="fp32")),
+                       ("orthonoise", lambda ps: optim.MuonOrthoNoise(ps, **kw)),
+                       ("isotropic", lambda ps: optim.MuonIsotropic(ps, **kw)),
+                       ("isotropic_reortho", lambda ps: optim.MuonIsotropic(ps, reortho_steps=3, **kw))):
+        ps = _params()
+        _run(make(ps), ps, 3)
+        runs[name] = ps
+    p0 = _params()
+
+    def dist(a, b):
+        return max(((x - y).norm() / (y - z).norm()).item() for x, y, z in zip(runs[a], runs[b], p0))
+
+    assert dist("orthonoise", "muon") > 5e-3  # the re-orthogonalization, not the noise
+    assert dist("isotropic_reortho", "muon") > 5e-3
+    assert dist("isotropic", "muon") < 1e-5
+    assert dist("isotropic_reortho", "orthonoise") < 1e-5  # the control separates the two effects
+    with pytest.raises(ValueError, match="reortho_steps"):
+        optim.MuonIsotropic(_params(), reortho_steps=-1)
+
+
+def test_isotropic_reortho_step_is_polar_of_cubic_of_update_plus_noise():
+    from optim.orthogonalize import cubic_newton_schulz
+
+    ps = _params()
+    p0 = [p.detach().clone() for p in ps]
+    alpha, lr, beta = 0.3, 0.05, 0.9
+    opt = optim.MuonIsotropic(ps, lr=lr, momentum=beta, alpha=alpha, rank_threshold=None, orthogonalizer="svd",
+                              ns_precision="fp32", reortho_steps=3, seed=11)
+    grads = _grad_seq(0)
+    for p, g in zip(ps, grads):
+        p.grad = g
+    opt.step()
+    src = NoiseSource(11)
+    for i, (p, g, w0) in enumerate(zip(ps, grads, p0)):
+        U = g + beta * ((1 - beta) * g - g)
+        N = isotropic(src.gaussian(g.shape, "cpu", step=1, indices=[i]))[0]
+        expected = svd_orthogonalize(cubic_newton_schulz(U + alpha * g.norm() * N, steps=3, precision="fp32"))
+        ratio = math.sqrt(max(1, g.shape[0] / g.shape[1]))
+        assert torch.allclose((w0 - p.detach()) / (lr * ratio), expected, atol=2e-4)
