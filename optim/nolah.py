@@ -17,6 +17,26 @@ from torch import Tensor
 from .muon import BucketContext, Muon, _invalid, _is_real
 
 
+def kth_smallest_nonneg(x: Tensor, k: int) -> Tensor:
+    """The k-th smallest (1-based) entry of each row of a (B, N) float32 tensor of entries >= 0 (or NaN):
+    the same value as x.kthvalue(k, dim=1), without sorting.
+
+    The bit patterns of non-negative floats, read as int32, are ordered as the floats are, so a binary
+    search over the 31 value bits (31 batched counts of `bits <= mid`) finds the smallest pattern v with
+    at least k entries <= v: that is the k-th smallest entry itself, exactly. On a GPU that is 31 reads
+    of the stack instead of a per-row selection (kthvalue: 43 ms for GPT-124M's 72 matrices on an H100).
+    """
+    bits = x.contiguous().view(torch.int32)
+    lo = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
+    hi = torch.full_like(lo, 0x7FFFFFFF)
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        enough = (bits <= mid[:, None]).sum(dim=1) >= k
+        hi = torch.where(enough, mid, hi)
+        lo = torch.where(enough, lo, mid + 1)
+    return hi.view(torch.float32)
+
+
 class MuonNOLAH(Muon):
     def __init__(
         self,
@@ -57,7 +77,7 @@ class MuonNOLAH(Muon):
             mag = torch.stack([g for g, _ in pairs]).abs().float()
             flat = mag.reshape(len(pairs), -1)
             k = min(max(math.ceil(self.percentile * flat.shape[1]), 1), flat.shape[1])
-            threshold = flat.kthvalue(k, dim=1).values.view(-1, *([1] * (mag.ndim - 1)))
+            threshold = kth_smallest_nonneg(flat, k).view(-1, *([1] * (mag.ndim - 1)))
             scale = torch.where(mag > threshold, self.percentile_scale, 1.0)
             torch._foreach_mul_([b for _, b in pairs], list(scale.to(pairs[0][1].dtype).unbind(0)))
 

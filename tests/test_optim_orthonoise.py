@@ -285,3 +285,21 @@ def test_isotropic_reortho_step_is_polar_of_cubic_of_update_plus_noise():
         expected = svd_orthogonalize(cubic_newton_schulz(U + alpha * g.norm() * N, steps=3, precision="fp32"))
         ratio = math.sqrt(max(1, g.shape[0] / g.shape[1]))
         assert torch.allclose((w0 - p.detach()) / (lr * ratio), expected, atol=2e-4)
+
+
+def test_nolah_selection_is_kthvalue_exactly():
+    from optim.nolah import kth_smallest_nonneg
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 999, generator=g).abs()
+    x[1, :500] = 0.0  # ties and zeros
+    x[2] = x[2, :1].expand(999).clone()  # all equal
+    x[3, ::7] = float("inf")
+    x[4] = torch.tanh(torch.randn(999, generator=g)) * torch.randn(999, generator=g).abs()
+    x[4] = x[4].abs()
+    x[5, 10] = 1e-40  # a subnormal
+    for k in (1, 2, 500, 501, 949, 950, 999):
+        ref = x.kthvalue(k, dim=1).values
+        got = kth_smallest_nonneg(x, k)
+        assert torch.equal(got, ref), k
+        assert torch.equal(x > got[:, None], x > ref[:, None])  # the same entries get scaled
