@@ -30,6 +30,7 @@ import torch
 
 from trainer import checkpoint as ckpt
 from trainer import data as data_mod
+from trainer import determinism
 from trainer import distributed as dist_mod
 from trainer.model import build_model
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
@@ -354,6 +355,7 @@ def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) 
         if spec.wandb.mode != "disabled" and spec.wandb.mode_given and not wandb_available():
             raise TrackingError(f"wandb.mode is {spec.wandb.mode!r} but the wandb package is not installed here; "
                                 f"install it (pip install wandb) or set wandb.mode: disabled in the spec")
+        determinism.configure(spec.runtime.deterministic)  # before the first CUDA call
         info = dist_mod.setup(spec.runtime.device)
         return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
     finally:
@@ -377,7 +379,8 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         f"{fmt_key(spec.alpha)}), seed {spec.seed}, {t.steps} steps, fingerprint {spec.fingerprint}")
     sess = Session(spec, info, log)
     log(f"device {info.device} x {info.world_size} ({info.backend or 'single process'}), "
-        f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}; "
+        f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}, deterministic "
+        f"{spec.runtime.deterministic}; "
         f"{sess.n_params:,} parameters; global batch {t.global_batch} x {t.seq_len} tokens = "
         f"{sess.accum} micro-batch(es) of {t.micro_batch} per rank")
     log(f"data: {sess.data.description}; validation: {sess.n_val} fixed windows")
