@@ -300,6 +300,15 @@ def test_nolah_selection_is_kthvalue_exactly():
     x[5, 10] = 1e-40  # a subnormal
     for k in (1, 2, 500, 501, 949, 950, 999):
         ref = x.kthvalue(k, dim=1).values
-        got = kth_smallest_nonneg(x, k)
-        assert torch.equal(got, ref), k
-        assert torch.equal(x > got[:, None], x > ref[:, None])  # the same entries get scaled
+        for method in ("search", "topk"):
+            got = kth_smallest_nonneg(x, k, method)
+            assert torch.equal(got, ref), (k, method)
+            assert torch.equal(x > got[:, None], x > ref[:, None])  # the same entries get scaled
+    x[0, :30] = float("nan")  # NaN counts as the largest, as in kthvalue
+    for k in (1, 969, 970, 999):
+        ref = x.kthvalue(k, dim=1).values
+        for method in ("search", "topk"):
+            got = kth_smallest_nonneg(x, k, method)
+            assert torch.equal(x > got[:, None], x > ref[:, None]), (k, method)
+            if method == "search" or not ref.isnan().any():
+                assert torch.equal(got.nan_to_num(), ref.nan_to_num()), (k, method)
