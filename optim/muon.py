@@ -11,8 +11,10 @@ One optimizer step, for each parameter group:
 
 Matrices of the same shape, dtype and group are stacked and orthogonalized in one batched call
 ("buckets"). Conv weights (>2-D) are viewed as (out, in * k * k). Nothing in a step reads a GPU
-value back to the host except on effective-rank steps (every `rank_every` steps), whose SVD syncs
-anyway; diagnostics stay tensors until read.
+value back to the host except on effective-rank steps (every `rank_every` steps); diagnostics stay
+tensors until read. The effective ranks are deferred: a rank step k starts measuring the momentum on
+the host (optim/rank.py) and applies the measurement of step k - rank_every, waiting for it if needed,
+so the decisions do not depend on timing; a checkpoint stores the measurement not yet applied.
 
 With `shard_across_ranks=True` and torch.distributed initialized, each rank runs the per-matrix
 work (rank check, noise, orthogonalization) for a contiguous share of every bucket and the results
@@ -102,8 +104,8 @@ class Muon(torch.optim.Optimizer):
         shard_across_ranks: split the per-matrix work across torch.distributed ranks.
     """
 
-    # How the effective rank's singular values are computed (optim.rank.singular_values). A change of
-    # this default can flip a noise trigger (by rounding): bump the versions of all classes.
+    # How the effective rank is computed ('gram': float64 Gram + host LAPACK, optim.rank; 'svd': float32
+    # svdvals at once). A change of this default can flip a noise trigger (by rounding): bump all classes.
     rank_method = "gram"
 
     def __init__(

@@ -99,10 +99,16 @@ def gram64(M: Tensor) -> Tensor:
     return X.mT @ X if X.size(-2) >= X.size(-1) else X @ X.mT
 
 
-def _erank_task(arr: np.ndarray, i: int, ready) -> float:
+CHUNK = 2  # matrices per host task: fixed, so that the calls do not depend on the number of workers
+
+
+def _erank_task(arr: np.ndarray, i: int, ready) -> list[float]:
+    """Effective ranks of arr[i:i + CHUNK]: one batched eigvalsh (one LAPACK call per matrix, the GIL
+    released throughout), so a worker needs the GIL a few times per chunk, not per matrix."""
     if ready is not None:
         ready.synchronize()  # the copy into pinned memory has finished (releases the GIL)
-    return erank_from_gram_eigenvalues(np.linalg.eigvalsh(arr[i]))
+    lam = np.linalg.eigvalsh(arr[i : i + CHUNK])
+    return [erank_from_gram_eigenvalues(x) for x in lam]
 
 
 class RankJob:
@@ -118,7 +124,7 @@ class RankJob:
 
     def result(self) -> Tensor:
         if self._done is None:
-            self._done = torch.tensor([f.result() for f in self._futures], dtype=torch.float32)
+            self._done = torch.tensor([x for f in self._futures for x in f.result()], dtype=torch.float32)
             self._futures, self._host = [], None
         return self._done
 
@@ -152,7 +158,7 @@ class HostRankPool:
         else:
             host = G.contiguous()
         arr = host.numpy()
-        futures = [self._pool.submit(_erank_task, arr, i, ready) for i in range(arr.shape[0])]
+        futures = [self._pool.submit(_erank_task, arr, i, ready) for i in range(0, arr.shape[0], CHUNK)]
         return RankJob(futures, host)
 
     def shutdown(self) -> None:
