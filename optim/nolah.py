@@ -16,7 +16,9 @@ from torch import Tensor
 
 from .muon import BucketContext, Muon, _invalid, _is_real
 
-SELECT = "search"  # how a GPU finds the percentile (kth_smallest_nonneg); both give kthvalue's threshold
+# How a GPU finds the percentile (kth_smallest_nonneg; both give kthvalue's threshold, tested). H100, the
+# 72 GPT-124M matrices: kthvalue 40.7 ms, the bitwise search 26.5 ms, topk 2.0 ms.
+SELECT = "topk"
 
 
 def kth_smallest_nonneg(x: Tensor, k: int, method: str = "search") -> Tensor:
@@ -86,7 +88,7 @@ class MuonNOLAH(Muon):
             mag = torch.stack([g for g, _ in pairs]).abs().float()
             flat = mag.reshape(len(pairs), -1)
             k = min(max(math.ceil(self.percentile * flat.shape[1]), 1), flat.shape[1])
-            # the same value either way (tested); the search wins on a GPU, kthvalue on a CPU
+            # the same value either way (tested); topk wins on a GPU, kthvalue on a CPU
             kth = kth_smallest_nonneg(flat, k, SELECT) if flat.is_cuda else flat.kthvalue(k, dim=1).values
             threshold = kth.view(-1, *([1] * (mag.ndim - 1)))
             scale = torch.where(mag > threshold, self.percentile_scale, 1.0)
