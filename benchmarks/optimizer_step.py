@@ -196,7 +196,9 @@ def bench_optimizer(factory, rank_every, params, grads, device, iters, warmup, b
     per_step = t_est + filler.ms
     n = int(min(iters, max(3 * RANK_EVERY + 1 if rank_every else 5, budget_s * 1e3 / max(per_step, 1e-3))))
     first = getattr(opt, "step_count", 0) + 1
+    waited0 = optim.rank.WAITED_S
     times = wall_times(opt.step, n, device, filler)
+    waited_ms = (optim.rank.WAITED_S - waited0) * 1e3
     res = {"steps_timed": n, "median_ms": statistics.median(times), "min_ms": min(times), "gap_ms": filler.ms}
     if rank_every:
         steps = range(first, first + n)
@@ -204,6 +206,7 @@ def bench_optimizer(factory, rank_every, params, grads, device, iters, warmup, b
         other = [t for s, t in zip(steps, times) if (s - 1) % rank_every != 0]
         res["rank_step_ms"] = statistics.mean(rank_t) if rank_t else None
         res["rank_step_max_ms"] = max(rank_t) if rank_t else None
+        res["rank_wait_ms_per_rank_step"] = waited_ms / len(rank_t) if rank_t else None  # blocked on the host
         res["other_step_median_ms"] = statistics.median(other) if other else None
         if rank_t and other:
             res["ms_per_step"] = ((rank_every - 1) * statistics.median(other) + statistics.mean(rank_t)) / rank_every

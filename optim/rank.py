@@ -21,6 +21,7 @@ import ctypes
 import glob
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 RANK_METHODS = ("svd", "gram")
+WAITED_S = 0.0  # total seconds RankJob.result() waited for the host, process-wide
 ENV_WORKERS = "OPTIM_RANK_WORKERS"
 
 
@@ -123,8 +125,12 @@ class RankJob:
         return self._done is not None or all(f.done() for f in self._futures)
 
     def result(self) -> Tensor:
+        global WAITED_S
         if self._done is None:
-            self._done = torch.tensor([x for f in self._futures for x in f.result()], dtype=torch.float32)
+            t0 = time.perf_counter()
+            vals = [x for f in self._futures for x in f.result()]
+            WAITED_S += time.perf_counter() - t0  # how long the training thread was held up (benchmarks)
+            self._done = torch.tensor(vals, dtype=torch.float32)
             self._futures, self._host = [], None
         return self._done
 
