@@ -141,11 +141,17 @@ def plot_pareto(s: pd.DataFrame, path: str, baseline: str, phase: str = "", titl
     lo = float(np.nanmin(finite["min_loss"])) if len(finite) else 0.0
     hi = float(np.nanmax(finite["max_loss"])) if len(finite) else 1.0
     pad = max(0.06 * (hi - lo), 0.005 * max(abs(hi), 1.0))
-    ax.set_ylim(lo - pad, hi + 2.2 * pad)  # head room for the all-failed markers
+    all_failed = placed[~np.isfinite(placed["mean_loss"].astype(float))]
+    top = hi + (4.0 * pad if len(all_failed) else pad)
+    ax.set_ylim(lo - pad, top)
+    if len(all_failed):  # a band above the data for the configurations without any ok seed
+        ax.axhspan(hi + 2.0 * pad, top, color="0.92", zorder=0, lw=0)
+        ax.text(0.995, (hi + 3.75 * pad - (lo - pad)) / (top - (lo - pad)), "no ok seed: no loss",
+                transform=ax.transAxes, ha="right", va="top", fontsize=7.5, color="0.35")
     xs = placed["bytes"].to_numpy(float) / scale
     xlo, xhi = xs.min(), xs.max()
     span = max(math.log10(xhi / xlo), 0.15)
-    ax.set_xlim(xlo / 10 ** (0.08 * span), xhi * 10 ** (0.30 * span))  # room right for the labels
+    ax.set_xlim(xlo / 10 ** (0.22 * span), xhi * 10 ** (0.06 * span))  # room left of the points for the labels
     handles, labels = [], []
 
     # Pareto front per model: the best mean loss attainable within a byte budget
@@ -169,7 +175,7 @@ def plot_pareto(s: pd.DataFrame, path: str, baseline: str, phase: str = "", titl
                 labels.append(f"{baseline} mean final loss")
 
     # points
-    ytop = ax.get_ylim()[1] - 0.6 * pad
+    ytop = hi + 3.0 * pad
     annot = []  # (x, y, text, color)
     for _, g in placed.iterrows():
         x = float(g["bytes"]) / scale
@@ -188,26 +194,26 @@ def plot_pareto(s: pd.DataFrame, path: str, baseline: str, phase: str = "", titl
         if multi_model:
             txt = f"{g['model']}: {txt}"
         if g["failed"]:
-            txt += f" ({g['n_failed']}/{g['n_runs']} failed)"
+            txt += f" ({g['failures']} of {g['n_runs']})"
         annot.append((x, y, txt, c))
 
-    # labels right of their points; within a column of nearby x, pushed apart vertically
+    # labels left of their points (the front's horizontal runs right of a point, its vertical drop above
+    # it); points at one x (the arms of one top-k send the same bytes) pushed apart vertically
     fig.canvas.draw()
-    tr = ax.transData
+    tr, inv = ax.transData, ax.transData.inverted()
     disp = [tr.transform((x, y)) for x, y, _, _ in annot]
     cols: list[list[int]] = []
     for i in sorted(range(len(annot)), key=lambda i: disp[i][0]):
-        if cols and disp[i][0] - disp[cols[-1][0]][0] < 60:
+        if cols and disp[i][0] - disp[cols[-1][0]][0] < 3:
             cols[-1].append(i)
         else:
             cols.append([i])
-    inv = tr.inverted()
     for col in cols:
         ys = _spread([disp[i][1] for i in col], 11.0)
+        xd = min(disp[j][0] for j in col)
         for i, yd in zip(col, ys):
-            x, y, txt, c = annot[i]
-            xd = max(disp[j][0] for j in col)
-            ax.text(*inv.transform((xd + 9, yd)), txt, fontsize=7.5, color=c, va="center", ha="left", zorder=4)
+            _, _, txt, c = annot[i]
+            ax.text(*inv.transform((xd - 10, yd)), txt, fontsize=7.5, color=c, va="center", ha="right", zorder=4)
 
     # legend: one entry per arm (filled circle / diamond), then the encodings, outside the axes
     from matplotlib.lines import Line2D
@@ -247,16 +253,17 @@ def markdown(s: pd.DataFrame, baseline: str, title: str | None = None) -> str:
     head = (["model"] if multi_model else []) + ["arm", "variant", "n", "failures", "mean final loss",
                                                  "bytes/step/rank", "ratio to all-reduce", "on the front"]
     rows = []
+    fb = s["bytes"].astype(float)
+    scale, unit = _unit(float(fb[np.isfinite(fb)].max())) if np.isfinite(fb).any() else (1.0, "B")
     for _, g in s.iterrows():
         b = float(g["bytes"])
-        scale, unit = _unit(b) if math.isfinite(b) else (1.0, "")
         rows.append(([g["model"]] if multi_model else []) + [
             g["arm"] + (" (baseline)" if g["arm"] == baseline else ""),
             g["variant"],
             f"{int(g['n_ok'])}/{int(g['n_runs'])}",
             g["failures"] or "-",
             fmt(g["mean_loss"], 4) or "-",
-            f"{b / scale:.4g} {unit}" if math.isfinite(b) else "not recorded",
+            f"{b / scale:.1f} {unit}" if math.isfinite(b) else "not recorded",
             fmt(g["ratio"], 3) or "-",
             "yes" if g["on_front"] else ("no (failed)" if g["failed"] else "no"),
         ])

@@ -10,23 +10,31 @@ fc (4d x d) and proj (d x 4d); embeddings, head, norms and biases are left out (
 Beside optim's classes, the same run times torch.optim.Muon and fused torch.optim.AdamW over the same
 tensors. Parameters and gradients are float32 (master weights); gradients are fixed Gaussian
 matrices, whose momentum has a high effective rank, so the adaptive trigger (rank_threshold 0.5)
-stays off: the "always" rows (rank_threshold=None) give the cost when every matrix gets noise.
+stays off. Real runs are the other way round (GPT-124M, OrthoNoise alpha 1e-3: mean effective rank 88
+of 768, noise on 100% of the matrices at every step), so the "always" rows (rank_threshold=None: noise
+on every matrix) are the cost real runs pay.
 
-Timing: CUDA events around every step after warm-up. For optimizers with a rank check every
-`rank_every` steps, ms/step is the amortized cost ((r-1) * median(other steps) + mean(rank steps)) / r;
-otherwise the median. A micro-benchmark of the pieces (orthogonalization, effective rank, noise) per
-shape stack follows. Writes JSON (--out, default stdout) and prints a table last.
+The effective rank is measured on the host while training goes on (optim/rank.py) and applied
+rank_every steps later, so its cost depends on how long the rest of a training step takes. Between two
+optimizer steps this benchmark keeps the GPU busy for --gap-ms (default: GPT-124M's forward/backward on
+an H100 at 32 x 1024 tokens, 65 ms; 350m 190 ms), and gap 0 rows show the back-to-back worst case.
 
-Needs only torch (>= 2.9) and the repository's optim/ package:
-    python3 benchmarks/optimizer_step.py --out optimizer_step.json
-    python3 benchmarks/optimizer_step.py --device cpu --sizes tiny --iters 2      # smoke test (seconds)
-    (124m on a CPU works too but takes about half a minute per step)
+Timing: host wall clock around opt.step() with a device sync after it (so a wait for the host's
+result counts). For optimizers with a rank check every `rank_every` steps, ms/step is the amortized
+cost ((r-1) * median(other steps) + mean(rank steps)) / r; otherwise the median. A micro-benchmark
+of the pieces (orthogonalization, effective rank, noise, NOLAH's selection) per shape stack follows.
+Writes JSON (--out, default stdout) and prints a table last.
+
+    python3 benchmarks/optimizer_step.py --sizes 124m,350m --out $OUT/optimizer_step.json   (~4 min, H100)
+    python3 benchmarks/optimizer_step.py --smoke                                            (CPU, seconds)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
 import sys
 import time
@@ -37,13 +45,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optim  # noqa: E402
+import optim.noise  # noqa: E402
 import optim.rank  # noqa: E402
+from optim.nolah import kth_smallest_nonneg  # noqa: E402
 from optim.noise import NoiseSource, haar_polar, haar_qr, isotropic  # noqa: E402
 from optim.orthogonalize import cubic_newton_schulz, orthogonalize  # noqa: E402
-from optim.rank import effective_rank  # noqa: E402
+from optim.rank import HostRankPool, effective_rank, gram64  # noqa: E402
 
 SIZES = {"tiny": (2, 64), "124m": (12, 768), "350m": (24, 1024), "1b": (24, 2048)}  # tiny: CPU smoke test
 RANK_EVERY = 10
+# forward + backward of a training step without the optimizer, ms (H100, 32 x 1024 tokens, bf16, compile)
+GAP_MS = {"tiny": 5.0, "124m": 65.0, "350m": 190.0, "1b": 600.0}
 
 
 def layer_shapes(layers: int, d: int) -> list[tuple[int, int]]:
@@ -74,10 +86,16 @@ def configs(quick: bool, only: str | None = None):
             RANK_EVERY,
         ),
         ("Isotropic always", lambda ps: optim.MuonIsotropic(ps, rank_threshold=None, **noisy), RANK_EVERY),
+        (
+            "Isotropic reortho always",
+            lambda ps: optim.MuonIsotropic(ps, rank_threshold=None, reortho_steps=3, **noisy),
+            RANK_EVERY,
+        ),
         ("NOLAH", lambda ps: optim.MuonNOLAH(ps, **base), RANK_EVERY),
     ]
     if quick:
-        rows = [r for r in rows if r[0] in ("torch.optim.Muon", "Muon", "OrthoNoise qr always", "Isotropic always")]
+        keep = ("torch.optim.Muon", "Muon", "Muon (no rank check)", "OrthoNoise qr always", "Isotropic always", "NOLAH")
+        rows = [r for r in rows if r[0] in keep]
     if only is not None:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
         rows = [r for r in rows if r[0] in wanted or r[0] == "Muon"] if wanted != ["none"] else []
@@ -87,6 +105,54 @@ def configs(quick: bool, only: str | None = None):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Filler:
+    """Keeps the device busy for about `ms` between optimizer steps, as a model's forward/backward would
+    (bf16 matmuls on a GPU; a sleep on the CPU, where the host pool then has the cores)."""
+
+    def __init__(self, device, ms: float):
+        self.device, self.ms, self.n = device, ms, 0
+        if device.type == "cuda" and ms > 0:
+            self.a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+            for _ in range(3):
+                self.a @ self.a
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                self.a @ self.a
+            sync(device)
+            per = (time.perf_counter() - t0) / 20 * 1e3
+            self.n = max(1, round(ms / per))
+
+    def __call__(self):
+        if self.ms <= 0:
+            return
+        if self.device.type == "cuda":
+            for _ in range(self.n):
+                self.a @ self.a
+            sync(self.device)
+        else:
+            time.sleep(self.ms / 1e3)
+
+
+def sync_current(device):
+    """Wait for the current stream only: the rank measurement's copy to the host runs on a side stream
+    and overlaps the next step's work, as in training (torch.cuda.synchronize would wait for it)."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+def wall_times(fn, n: int, device, filler) -> list[float]:
+    """ms of each call of fn, host wall clock with a sync of the current stream after it, the filler before."""
+    out = []
+    for _ in range(n):
+        filler()
+        t0 = time.perf_counter()
+        fn()
+        sync_current(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
 
 
 class Timer:
@@ -121,23 +187,26 @@ def make_tensors(shapes, device, seed=0):
     return params, grads
 
 
-def bench_optimizer(factory, rank_every, params, grads, device, iters, warmup, budget_s):
+def bench_optimizer(factory, rank_every, params, grads, device, iters, warmup, budget_s, filler):
     for p, gr in zip(params, grads):
         p.grad = gr
     opt = factory(params)
-    timer = Timer(device)
-    w = timer.run(opt.step, warmup)
-    sync(device)
+    w = wall_times(opt.step, warmup, device, filler)
     t_est = statistics.median(w[1:]) if len(w) > 1 else w[0]
-    n = int(min(iters, max(RANK_EVERY + 1 if rank_every else 3, budget_s * 1e3 / max(t_est, 1e-3))))
+    per_step = t_est + filler.ms
+    n = int(min(iters, max(3 * RANK_EVERY + 1 if rank_every else 5, budget_s * 1e3 / max(per_step, 1e-3))))
     first = getattr(opt, "step_count", 0) + 1
-    times = timer.run(opt.step, n)
-    res = {"steps_timed": n, "median_ms": statistics.median(times), "min_ms": min(times)}
+    waited0 = optim.rank.WAITED_S
+    times = wall_times(opt.step, n, device, filler)
+    waited_ms = (optim.rank.WAITED_S - waited0) * 1e3
+    res = {"steps_timed": n, "median_ms": statistics.median(times), "min_ms": min(times), "gap_ms": filler.ms}
     if rank_every:
         steps = range(first, first + n)
         rank_t = [t for s, t in zip(steps, times) if (s - 1) % rank_every == 0]
         other = [t for s, t in zip(steps, times) if (s - 1) % rank_every != 0]
         res["rank_step_ms"] = statistics.mean(rank_t) if rank_t else None
+        res["rank_step_max_ms"] = max(rank_t) if rank_t else None
+        res["rank_wait_ms_per_rank_step"] = waited_ms / len(rank_t) if rank_t else None  # blocked on the host
         res["other_step_median_ms"] = statistics.median(other) if other else None
         if rank_t and other:
             res["ms_per_step"] = ((rank_every - 1) * statistics.median(other) + statistics.mean(rank_t)) / rank_every
@@ -148,6 +217,8 @@ def bench_optimizer(factory, rank_every, params, grads, device, iters, warmup, b
     d = getattr(opt, "diagnostics", None)
     if d:
         res["noise_fraction"] = d.get("noise_fraction")
+    if hasattr(opt, "settle_measurements"):
+        opt.settle_measurements()
     del opt
     for p in params:
         p.grad = None
@@ -171,14 +242,65 @@ def check_vs_torch(params, grads, steps=5):
     return {"steps": steps, "max_rel_err": err}
 
 
-def _serial(fn):
-    """Run fn with optim.rank's eigensolver on one stream (the default spreads matrices over 16)."""
-    saved = optim.rank._CUDA_WORKERS
-    optim.rank._CUDA_WORKERS = 1
-    try:
-        return fn()
-    finally:
-        optim.rank._CUDA_WORKERS = saved
+def _qr_with(mode):
+    def run(X):
+        saved = optim.noise.RIGHT_SOLVE
+        optim.noise.RIGHT_SOLVE = mode
+        try:
+            return haar_qr(X, "cholesky")
+        finally:
+            optim.noise.RIGHT_SOLVE = saved
+
+    return run
+
+
+def bench_rank_host(shapes, device, workers_list):
+    """The whole model's effective-rank measurement: Gram on the device, then the host pool (wall clock
+    from submit to the last result), for each pool size; and the old floor, cuSOLVER eigvalsh."""
+    stacks = {}
+    for shape in sorted(set(shapes)):
+        stacks[shape] = torch.randn((shapes.count(shape), *shape), device=device) * 1e-3
+    out = {"matrices": len(shapes)}
+    ref = None
+    for w in workers_list:
+        pool = HostRankPool(w)
+        for _ in range(2):  # the second is timed (pinned buffers and the threads warm)
+            sync(device)
+            t0 = time.perf_counter()
+            jobs = [pool.submit(X) for X in stacks.values()]
+            t_submit = time.perf_counter() - t0
+            vals = torch.cat([j.result() for j in jobs])
+            t_all = time.perf_counter() - t0
+        pool.shutdown()
+        out[f"workers{w}"] = {"submit_ms": t_submit * 1e3, "all_results_ms": t_all * 1e3,
+                              "core_ms_per_matrix": t_all * 1e3 * w / len(shapes) if w == 1 else None}
+        if ref is None:
+            ref = vals
+        out[f"workers{w}"]["bitwise_equal_to_first"] = bool(torch.equal(ref, vals))
+    sync(device)
+    t0 = time.perf_counter()
+    for X in stacks.values():
+        gram64(X)
+    sync(device)
+    out["gram64_device_ms"] = (time.perf_counter() - t0) * 1e3
+    if device.type == "cuda":
+        grams = [gram64(X) for X in stacks.values()]
+        sync(device)
+        t0 = time.perf_counter()
+        for G in grams:
+            torch.linalg.eigvalsh(G)
+        sync(device)
+        out["cusolver_eigvalsh_fp64_ms (old method)"] = (time.perf_counter() - t0) * 1e3
+        X = next(iter(stacks.values()))
+        sv = torch.linalg.svdvals(X[:4].double()).cpu()
+        out["check_vs_float64_svd_max_rel"] = float(
+            (effective_rank(X[:4]).cpu().double() - _erank_from_s(sv)).abs().div(_erank_from_s(sv)).max())
+    return out
+
+
+def _erank_from_s(s):
+    p = s / s.sum(-1, keepdim=True)
+    return torch.exp(-torch.special.xlogy(p, p).sum(-1))
 
 
 def bench_pieces(shapes, device, reps, slow_limit_s, only=None):
@@ -189,6 +311,8 @@ def bench_pieces(shapes, device, reps, slow_limit_s, only=None):
     for shape in sorted(set(shapes)):
         B = shapes.count(shape)
         X = torch.randn((B, *shape), device=device) * 1e-3
+        flat = X.abs().reshape(B, -1)
+        k = math.ceil(0.95 * flat.shape[1])
         pieces = {
             "newton_schulz bf16": lambda: orthogonalize(X, "newton_schulz", 5, "bf16"),
             "polar_express bf16": lambda: orthogonalize(X, "polar_express", 5, "bf16"),
@@ -196,20 +320,20 @@ def bench_pieces(shapes, device, reps, slow_limit_s, only=None):
             "gaussian draw (per-matrix seeds)": lambda: src.gaussian(shape, device, 1, list(range(B))),
             "isotropic noise": lambda: isotropic(X),
             "polar noise bf16": lambda: haar_polar(X),
-            "qr cholesky fp64": lambda: haar_qr(X, "cholesky"),
+            "qr cholesky fp64 (trsm)": lambda: _qr_with("solve")(X),
+            "qr cholesky fp64 (R^-1 then matmul)": lambda: _qr_with("inverse")(X),
             "qr householder fp32": lambda: haar_qr(X, "householder"),
-            "erank svdvals fp32": lambda: effective_rank(X, "svd"),
-            "erank gram eigvalsh fp64 serial": lambda: _serial(lambda: effective_rank(X, "gram")),
-            "erank gram eigvalsh fp64 (default)": lambda: effective_rank(X, "gram"),
+            "gram fp64": lambda: gram64(X),
+            "nolah select kthvalue": lambda: flat.kthvalue(k, dim=1),
+            "nolah select bitwise search": lambda: kth_smallest_nonneg(flat, k, "search"),
+            "nolah select topk": lambda: kth_smallest_nonneg(flat, k, "topk"),
         }
-        if device.type == "cuda":
-            G32 = X @ X.mT if shape[0] <= shape[1] else X.mT @ X
-            pieces["erank gram eigvalsh fp32 (eigen part only)"] = lambda: optim.rank._eigvalsh_cuda(G32)
-        row = {}
-        if not only or any(w in "erank gram eigvalsh" for w in only):
-            row["gram threaded == serial (bitwise)"] = float(
-                torch.equal(_serial(lambda: effective_rank(X, "gram")), effective_rank(X, "gram"))
-            )
+        row = {f"nolah select {m} equal (bitwise)": float(torch.equal(flat.kthvalue(k, dim=1).values,
+                                                                       kth_smallest_nonneg(flat, k, m)))
+               for m in ("search", "topk")}
+        Q = _qr_with("solve")(X).double()
+        Qt = Q.mT @ Q if shape[0] >= shape[1] else Q @ Q.mT
+        row["qr cholesky max |QtQ - I|"] = float((Qt - torch.eye(Qt.shape[-1], device=device, dtype=Qt.dtype)).abs().max())
         for name, fn in pieces.items():
             if only and not any(w in name for w in only):
                 continue
@@ -220,7 +344,7 @@ def bench_pieces(shapes, device, reps, slow_limit_s, only=None):
             n = 1 if first > slow_limit_s else reps
             row[name] = statistics.median(timer.run(fn, n))
         out[f"{B}x{shape[0]}x{shape[1]}"] = row
-        del X
+        del X, flat
     return out
 
 
@@ -237,8 +361,16 @@ def main(argv=None):
     ap.add_argument("--configs", default=None, help="comma-separated optimizer labels ('none': pieces only)")
     ap.add_argument("--quick", action="store_true", help="only Muon, torch Muon and the 'always' noise rows")
     ap.add_argument("--no-check", action="store_true", help="skip the 5-step comparison with torch.optim.Muon")
+    ap.add_argument("--gaps", default="auto",
+                    help="comma-separated gaps (ms of device work between optimizer steps); 'auto': 0 and the size's "
+                         "forward/backward time (GAP_MS), with gap 0 for the Muon rows only")
+    ap.add_argument("--rank-workers", default="1,4,8,15", help="host pool sizes for the rank measurement piece")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a few steps (seconds)")
     ap.add_argument("--out", default="-")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.device, args.sizes, args.iters, args.budget, args.piece_reps = "cpu", "tiny", 31, 0.5, 2
+        args.rank_workers = "1,2"
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -255,6 +387,9 @@ def main(argv=None):
         "python": sys.version.split()[0],
         "rank_every": RANK_EVERY,
         "param_dtype": "float32",
+        "rank_workers_default": optim.rank.default_workers(),
+        "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "blas_single_threaded": optim.rank.blas_single_threaded(),
         "sizes": {},
     }
     for size in sizes:
@@ -271,28 +406,46 @@ def main(argv=None):
         if size == sizes[0] and not args.no_check:
             entry["check_vs_torch_muon"] = check_vs_torch(params, grads)
             print(f"[{size}] check vs torch.optim.Muon: {entry['check_vs_torch_muon']}", file=sys.stderr, flush=True)
-        for label, factory, rank_every in configs(args.quick, args.configs):
-            t0 = time.perf_counter()
-            try:
-                r = bench_optimizer(factory, rank_every, params, grads, device, args.iters, args.warmup, args.budget)
-            except Exception as e:  # record and go on: one failing row must not cost the others
-                entry["optimizers"][label] = {"error": repr(e)}
-                print(f"[{size}] {label}: FAILED {e!r}", file=sys.stderr, flush=True)
-                continue
-            r["wall_s"] = round(time.perf_counter() - t0, 2)
-            entry["optimizers"][label] = r
-            print(f"[{size}] {label}: {r['ms_per_step']:.2f} ms/step ({r['steps_timed']} steps)", file=sys.stderr, flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        if "ms_per_step" in entry["optimizers"].get("Muon", {}):
-            base = entry["optimizers"]["Muon"]["ms_per_step"]
-            for r in entry["optimizers"].values():
-                if "ms_per_step" in r:
-                    r["x_muon"] = r["ms_per_step"] / base
+        if args.gaps == "auto":
+            plan = [(GAP_MS[size], None), (0.0, ("Muon", "Muon (no rank check)", "torch.optim.Muon"))]
+        else:
+            plan = [(float(g), None) for g in args.gaps.split(",")]
+        for gap, only_rows in plan:
+            filler = Filler(device, gap)
+            suffix = "" if gap == plan[0][0] else f" [gap {gap:g} ms]"
+            for label, factory, rank_every in configs(args.quick, args.configs):
+                if only_rows is not None and label not in only_rows:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    r = bench_optimizer(factory, rank_every, params, grads, device, args.iters, args.warmup,
+                                        args.budget, filler)
+                except Exception as e:  # record and go on: one failing row must not cost the others
+                    entry["optimizers"][label + suffix] = {"error": repr(e)}
+                    print(f"[{size}] {label}{suffix}: FAILED {e!r}", file=sys.stderr, flush=True)
+                    continue
+                r["wall_s"] = round(time.perf_counter() - t0, 2)
+                entry["optimizers"][label + suffix] = r
+                print(f"[{size}] {label}{suffix}: {r['ms_per_step']:.2f} ms/step ({r['steps_timed']} steps)",
+                      file=sys.stderr, flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            del filler
+        opts = entry["optimizers"]
+        for key, r in opts.items():
+            base_key = "Muon" + (key[key.index(" [gap"):] if " [gap" in key else "")
+            if "ms_per_step" in r and "ms_per_step" in opts.get(base_key, {}):
+                r["x_muon"] = r["ms_per_step"] / opts[base_key]["ms_per_step"]
+            nr_key = "Muon (no rank check)" + (key[key.index(" [gap"):] if " [gap" in key else "")
+            if "ms_per_step" in r and "ms_per_step" in opts.get(nr_key, {}):
+                r["x_muon_no_rank"] = r["ms_per_step"] / opts[nr_key]["ms_per_step"]
         del params, grads
         if not args.no_pieces:
             only = [w.strip() for w in args.pieces.split(",")] if args.pieces else None
             entry["pieces_ms"] = bench_pieces(shapes, device, args.piece_reps, 1.0, only)
+            workers = [int(w) for w in args.rank_workers.split(",") if w.strip()]
+            entry["rank_measurement"] = bench_rank_host(shapes, device, workers)
+            print(f"[{size}] rank measurement: {entry['rank_measurement']}", file=sys.stderr, flush=True)
         if device.type == "cuda":
             entry["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             torch.cuda.empty_cache()

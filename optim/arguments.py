@@ -41,7 +41,7 @@ NOISE = {
 OPTIMIZER_ARGUMENTS = {
     "Muon": MUON,
     "MuonOrthoNoise": {**MUON, **NOISE, "noise_method": ("qr", "polar"), "reortho_steps": "int>=0"},
-    "MuonIsotropic": {**MUON, **NOISE},
+    "MuonIsotropic": {**MUON, **NOISE, "reortho_steps": "int>=0"},
     "MuonNOLAH": {**MUON, "gating": "bool", "percentile": "fraction", "percentile_scale": "fraction",
                   "sigmoid_projection": "bool"},
     "NorMuon": {**MUON, "beta2": "momentum"},

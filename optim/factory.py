@@ -87,6 +87,12 @@ class MuonWithAdamW:
             opt.step()
         return loss
 
+    def settle_measurements(self) -> None:
+        """Wait for the Muon half's effective-rank measurements in flight (every rank must call it when
+        they are sharded); a checkpoint calls it before state_dict()."""
+        if self.muon is not None:
+            self.muon.settle_measurements()
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)

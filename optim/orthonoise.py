@@ -8,7 +8,9 @@ Before orthogonalization, a matrix whose noise trigger is on gets
   sign fix; 'polar': the Polar Express polar factor of a Gaussian), and U~ is re-orthogonalized by
   the seed's cubic Newton-Schulz (normalised first) before the chosen orthogonalizer makes the update.
 - MuonIsotropic: N is the same Gaussian scaled to ||N||_F = sqrt(min(m, n)) (the norm of an
-  orthonormal matrix), with no QR and no re-orthogonalization: only the structure of the noise differs.
+  orthonormal matrix), with no QR and, by default, no re-orthogonalization. With reortho_steps=3 it
+  re-orthogonalizes exactly as MuonOrthoNoise does, and then only the structure of the noise differs
+  (the study's control for OrthoNoise; docs/optim.md says what each arm isolates).
 
 Shared: alpha_t from the schedule (optim.schedules), no noise during noise_warmup_steps, and the
 adaptive trigger: every rank_every steps the momentum buffer's effective rank is measured and a matrix
@@ -88,11 +90,20 @@ class _NoisyMuon(Muon):
     def _noise_on(self, state: dict) -> bool:
         return True if self.rank_threshold is None else state.get("noise_on", False)
 
+    reortho_steps = 0  # cubic Newton-Schulz steps after the noise is added (0: none)
+
     def _noise_matrices(self, Z: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _set_reortho_steps(self, reortho_steps) -> None:
+        if not _is_int(reortho_steps) or not 0 <= reortho_steps <= 100:
+            raise _invalid(type(self).__name__, "reortho_steps", reortho_steps, "use an int in [0, 100]")
+        self.reortho_steps = reortho_steps
+
     def _reorthogonalize(self, X: Tensor) -> Tensor:
-        return X
+        if self.reortho_steps == 0:
+            return X
+        return cubic_newton_schulz(X, steps=self.reortho_steps, precision=self.ns_precision, eps=self.eps)
 
     def _plan(self, ctx: BucketContext) -> None:
         if self._alpha_t <= 0:
@@ -149,28 +160,26 @@ class MuonOrthoNoise(_NoisyMuon):
         name = type(self).__name__
         if noise_method not in NOISE_METHODS:
             raise _invalid(name, "noise_method", noise_method, f"use one of {list(NOISE_METHODS)}")
-        if not _is_int(reortho_steps) or not 0 <= reortho_steps <= 100:
-            raise _invalid(name, "reortho_steps", reortho_steps, "use an int in [0, 100]")
+        self._set_reortho_steps(reortho_steps)
         self.noise_method = noise_method
-        self.reortho_steps = reortho_steps
 
     def _noise_matrices(self, Z: Tensor) -> Tensor:
         if self.noise_method == "qr":
             return haar_qr(Z, algorithm=self.qr_algorithm)
         return haar_polar(Z, precision=self.ns_precision)
 
-    def _reorthogonalize(self, X: Tensor) -> Tensor:
-        if self.reortho_steps == 0:
-            return X
-        return cubic_newton_schulz(X, steps=self.reortho_steps, precision=self.ns_precision, eps=self.eps)
-
 
 class MuonIsotropic(_NoisyMuon):
-    """The control: Gaussian noise scaled to Frobenius norm sqrt(min(m, n)); no QR, no re-orthogonalization.
+    """The control: Gaussian noise scaled to Frobenius norm sqrt(min(m, n)); no QR.
 
     Args (beyond Muon's): alpha, schedule, alpha_end, schedule_steps, half_life, noise_warmup_steps,
-    rank_threshold, persist_noise (as MuonOrthoNoise).
+    rank_threshold, persist_noise (as MuonOrthoNoise), reortho_steps (0: no re-orthogonalization, the
+    original control; 3: MuonOrthoNoise's cubic re-orthogonalization, so that only the noise differs).
     """
+
+    def __init__(self, params, reortho_steps: int = 0, **kwargs):
+        super().__init__(params, **kwargs)
+        self._set_reortho_steps(reortho_steps)
 
     def _noise_matrices(self, Z: Tensor) -> Tensor:
         return isotropic(Z)

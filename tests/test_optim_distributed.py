@@ -2,6 +2,7 @@
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -50,7 +51,12 @@ def _train(cls, kwargs, shard, rank):
         opt.step()
         opt.zero_grad(set_to_none=True)
         noisy += opt.diagnostics["noise_fraction"]
-    return {n: p.detach().clone() for n, p in model.named_parameters()}, noisy
+    if shard:  # the measurement in flight is per rank: a state_dict needs it gathered first
+        with pytest.raises(RuntimeError, match="settle_measurements"):
+            opt.state_dict()
+    opt.settle_measurements()  # a collective when sharded
+    jobs = opt.state_dict()["muon"]["muon_global"]["rank_jobs"]
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, (noisy, jobs)
 
 
 def _worker(rank, port, out_dir):
@@ -75,9 +81,10 @@ def test_ddp_ranks_identical_and_sharding_agrees(tmp_path):
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     for key in r0:
-        params0, noisy0 = r0[key]
-        params1, noisy1 = r1[key]
-        assert noisy0 == noisy1 and noisy0 > 0, key  # noise was added, the same on both ranks
+        params0, (noisy0, jobs0) = r0[key]
+        params1, (noisy1, jobs1) = r1[key]
+        assert noisy0 == noisy1 and noisy0 > 0, key
+        assert jobs0 == jobs1 == r0[(key[0], False)][1][1] and jobs0, key  # the same whole-bucket ranks  # noise was added, the same on both ranks
         for n in params0:
             assert torch.equal(params0[n], params1[n]), (key, n)  # bitwise-identical replicas
     torch.manual_seed(0)

@@ -118,8 +118,8 @@ def test_diagnostics():
     ps = [nn.Parameter(torch.randn(12, 20)) for _ in range(3)] + [nn.Parameter(torch.randn(20, 12))]
     opt = optim.Muon(ps, lr=0.02, rank_every=3)
     assert opt.diagnostics["grad_norm"] is None  # before any step
-    seen = []
-    for t in range(1, 6):
+    seen, measured = [], None
+    for t in range(1, 8):
         grads = [torch.randn_like(p) for p in ps]
         for p, g in zip(ps, grads):
             p.grad = g
@@ -130,14 +130,15 @@ def test_diagnostics():
         assert math.isclose(d["grad_norm"], torch.sqrt(sum((g * g).sum() for g in grads)).item(), rel_tol=1e-5)
         assert isinstance(d["update_rms"], float) and 0 < d["update_rms"] < 1
         seen.append(d["eff_rank_mean"] is not None)
-        if d["eff_rank_mean"] is not None:
-            bufs = [opt.state[p]["momentum_buffer"] for p in ps]
-            ranks = [optim.rank.effective_rank(b).item() for b in bufs]
-            assert math.isclose(d["eff_rank_mean"], sum(ranks) / 4, rel_tol=1e-5)
-            assert math.isclose(d["eff_rank_min"], min(ranks), rel_tol=1e-5)
+        if d["eff_rank_mean"] is not None:  # the measurement of rank_every steps ago
+            assert math.isclose(d["eff_rank_mean"], sum(measured) / 4, rel_tol=1e-5)
+            assert math.isclose(d["eff_rank_min"], min(measured), rel_tol=1e-5)
         else:
             assert d["eff_rank_min"] is None
-    assert seen == [True, False, False, True, False]  # steps 1 and 4 with rank_every=3
+        if (t - 1) % 3 == 0:  # a rank step measures the momentum as it is after this step's update
+            measured = [optim.rank.effective_rank(opt.state[p]["momentum_buffer"]).item() for p in ps]
+    # measured on steps 1, 4, 7 (rank_every=3), each reported (and acted on) rank_every steps later
+    assert seen == [False, False, False, True, False, False, True]
     off = optim.Muon([nn.Parameter(torch.randn(4, 4))], rank_every=0)
     off.param_groups[0]["params"][0].grad = torch.randn(4, 4)
     off.step()

@@ -123,3 +123,25 @@ def test_noise_warmup_delays_the_schedule():
 def test_schedule_validation(kwargs, name):
     with pytest.raises(ValueError, match=name.replace("/", ".")):
         AlphaSchedule(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (24, 24)])
+def test_cholesky_haar_law_and_orthonormality(shape):
+    """Haar: Q[0, 0]^2 ~ Beta(1/2, (N - 1)/2) with N the length of Q's columns (tall) or rows (wide), so
+    sqrt(N) Q[0, 0] is about standard normal; and Q is orthonormal to 1e-6 (CholeskyQR2 / shifted 3)."""
+    from scipy import stats
+
+    torch.manual_seed(6)
+    Z = torch.randn(3000, *shape)
+    Q = haar_qr(Z, "cholesky")
+    m, n = shape
+    N = max(m, n)
+    q00 = Q[:, 0, 0].double()
+    assert stats.kstest((q00**2).numpy(), stats.beta(0.5, (N - 1) / 2).cdf).pvalue > 1e-3
+    assert abs((q00 > 0).double().mean().item() - 0.5) < 0.04  # no sign bias
+    assert abs((N**0.5 * q00).std().item() - 1.0) < 0.05
+    Qd = Q.double()
+    gram = Qd.mT @ Qd if m >= n else Qd @ Qd.mT
+    assert (gram - torch.eye(min(shape), dtype=torch.float64)).abs().max() < 1e-6
+    # and it is Householder QR with the sign fix (the same matrices, to float32 rounding)
+    assert torch.allclose(Q[:50], haar_qr(Z[:50], "householder"), atol=1e-5)

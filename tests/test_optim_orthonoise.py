@@ -96,33 +96,38 @@ def test_annealing_counts_optimizer_steps_not_parameters():
         assert opt.step_count == t
 
 
-def test_trigger_is_cached_between_rank_steps(monkeypatch):
+def test_trigger_is_deferred_by_rank_every_and_cached_between(monkeypatch):
     calls = []
-    real = optim.muon.effective_rank
+    real = optim.muon.submit_effective_rank
 
     def counting(M, method="gram"):
         calls.append(M.shape[0])
         return real(M, method)
 
-    monkeypatch.setattr(optim.muon, "effective_rank", counting)
+    monkeypatch.setattr(optim.muon, "submit_effective_rank", counting)
     ps = _params()
     opt = optim.MuonOrthoNoise(ps, alpha=1e-2, rank_threshold=0.5, rank_every=4)
-    # matrix 0 gets rank-1 gradients (low effective rank: noise), the others full-rank ones
-    d = _run(opt, ps, 3, low_rank=(0,))
-    assert [x["noise_fraction"] for x in d] == [pytest.approx(1 / 3)] * 3
+    # matrix 0 gets rank-1 gradients (low effective rank: noise), the others full-rank ones. The
+    # measurement of step 1 is applied at step 5: no noise before (a trigger is off until measured).
+    d = _run(opt, ps, 4, low_rank=(0,))
+    assert [x["noise_fraction"] for x in d] == [0.0] * 4 and all(x["eff_rank_mean"] is None for x in d)
+    assert "noise_on" not in opt.state[ps[0]]
+    d = _run(opt, ps, 1, start=4, low_rank=(0,))
+    assert d[0]["noise_fraction"] == pytest.approx(1 / 3) and d[0]["eff_rank_mean"] is not None
     assert opt.state[ps[0]]["noise_on"] is True and opt.state[ps[1]]["noise_on"] is False
-    # now all gradients are full rank, but the cached trigger holds until the next rank step (5)
-    d = _run(opt, ps, 1, start=3)
-    assert d[0]["noise_fraction"] == pytest.approx(1 / 3) and d[0]["eff_rank_mean"] is None
+    # now all gradients are full rank, but the cached trigger holds until the next rank step (9), and
+    # step 9 applies the measurement of step 5 (still low rank): the trigger turns off at 13 at the earliest
+    d = _run(opt, ps, 7, start=5)  # steps 6 to 12
+    assert [x["noise_fraction"] for x in d] == [pytest.approx(1 / 3)] * 7
     n_calls = len(calls)
-    for t in range(4, 60):
+    for t in range(12, 80):
         _run(opt, ps, 1, start=t)
         if opt.diagnostics["eff_rank_mean"] is not None:
             assert (opt.step_count - 1) % 4 == 0
         if opt.diagnostics["noise_fraction"] == 0.0:
             break
     assert opt.diagnostics["noise_fraction"] == 0.0  # re-measured: the momentum's rank recovered
-    assert len(calls) > n_calls
+    assert (opt.step_count - 1) % 4 == 0 and len(calls) > n_calls
     # rank checks ran on steps 1, 5, 9, ... only: one call per bucket (two shapes)
     assert len(calls) == 2 * len(range(1, opt.step_count + 1, 4))
 
@@ -179,7 +184,7 @@ def test_bf16_parameters(method):
     opt = optim.MuonOrthoNoise(ps, alpha=0.1, rank_threshold=1.0, rank_every=2, noise_method=method)
     d = _run(opt, ps, 3)
     assert all(torch.isfinite(p).all() and p.dtype == torch.bfloat16 for p in ps)
-    assert d[0]["eff_rank_mean"] is not None and d[-1]["noise_fraction"] == 1.0
+    assert d[2]["eff_rank_mean"] is not None and d[-1]["noise_fraction"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -233,3 +238,77 @@ def test_nolah_pieces():
     _run(off, a, 3)
     _run(muon, b, 3)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_isotropic_with_reorthogonalization_is_the_control_for_orthonoise():
+    """At a vanishing alpha the noise is nothing, but the cubic re-orthogonalization still changes the
+    update: OrthoNoise moves away from Muon, and so does MuonIsotropic(reortho_steps=3), by the same
+    amount; the original control (no re-orthogonalization) stays at Muon."""
+    kw = dict(lr=0.02, alpha=1e-12, rank_threshold=None, ns_precision="fp32", seed=2)
+    runs = {}
+    for name, make in (("muon", lambda ps: optim.Muon(ps, lr=0.02, ns_precision="fp32")),
+                       ("orthonoise", lambda ps: optim.MuonOrthoNoise(ps, **kw)),
+                       ("isotropic", lambda ps: optim.MuonIsotropic(ps, **kw)),
+                       ("isotropic_reortho", lambda ps: optim.MuonIsotropic(ps, reortho_steps=3, **kw))):
+        ps = _params()
+        _run(make(ps), ps, 3)
+        runs[name] = ps
+    p0 = _params()
+
+    def dist(a, b):
+        return max(((x - y).norm() / (y - z).norm()).item() for x, y, z in zip(runs[a], runs[b], p0))
+
+    assert dist("orthonoise", "muon") > 5e-3  # the re-orthogonalization, not the noise
+    assert dist("isotropic_reortho", "muon") > 5e-3
+    assert dist("isotropic", "muon") < 1e-5
+    assert dist("isotropic_reortho", "orthonoise") < 1e-5  # the control separates the two effects
+    with pytest.raises(ValueError, match="reortho_steps"):
+        optim.MuonIsotropic(_params(), reortho_steps=-1)
+
+
+def test_isotropic_reortho_step_is_polar_of_cubic_of_update_plus_noise():
+    from optim.orthogonalize import cubic_newton_schulz
+
+    ps = _params()
+    p0 = [p.detach().clone() for p in ps]
+    alpha, lr, beta = 0.3, 0.05, 0.9
+    opt = optim.MuonIsotropic(ps, lr=lr, momentum=beta, alpha=alpha, rank_threshold=None, orthogonalizer="svd",
+                              ns_precision="fp32", reortho_steps=3, seed=11)
+    grads = _grad_seq(0)
+    for p, g in zip(ps, grads):
+        p.grad = g
+    opt.step()
+    src = NoiseSource(11)
+    for i, (p, g, w0) in enumerate(zip(ps, grads, p0)):
+        U = g + beta * ((1 - beta) * g - g)
+        N = isotropic(src.gaussian(g.shape, "cpu", step=1, indices=[i]))[0]
+        expected = svd_orthogonalize(cubic_newton_schulz(U + alpha * g.norm() * N, steps=3, precision="fp32"))
+        ratio = math.sqrt(max(1, g.shape[0] / g.shape[1]))
+        assert torch.allclose((w0 - p.detach()) / (lr * ratio), expected, atol=2e-4)
+
+
+def test_nolah_selection_is_kthvalue_exactly():
+    from optim.nolah import kth_smallest_nonneg
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 999, generator=g).abs()
+    x[1, :500] = 0.0  # ties and zeros
+    x[2] = x[2, :1].expand(999).clone()  # all equal
+    x[3, ::7] = float("inf")
+    x[4] = torch.tanh(torch.randn(999, generator=g)) * torch.randn(999, generator=g).abs()
+    x[4] = x[4].abs()
+    x[5, 10] = 1e-40  # a subnormal
+    for k in (1, 2, 500, 501, 949, 950, 999):
+        ref = x.kthvalue(k, dim=1).values
+        for method in ("search", "topk"):
+            got = kth_smallest_nonneg(x, k, method)
+            assert torch.equal(got, ref), (k, method)
+            assert torch.equal(x > got[:, None], x > ref[:, None])  # the same entries get scaled
+    x[0, :30] = float("nan")  # NaN counts as the largest, as in kthvalue
+    for k in (1, 969, 970, 999):
+        ref = x.kthvalue(k, dim=1).values
+        for method in ("search", "topk"):
+            got = kth_smallest_nonneg(x, k, method)
+            assert torch.equal(x > got[:, None], x > ref[:, None]), (k, method)
+            if method == "search" or not ref.isnan().any():
+                assert torch.equal(got.nan_to_num(), ref.nan_to_num()), (k, method)

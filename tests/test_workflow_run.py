@@ -89,7 +89,7 @@ def test_one_arm_change_reruns_exactly_that_arm(done):
 def test_behaviour_version_bump_reruns_that_optimizer_only(done):
     versions = done / "optim" / "versions.py"
     original = versions.read_text()
-    versions.write_text(original.replace('"MuonIsotropic": 1', '"MuonIsotropic": 2'))
+    versions.write_text(re.sub(r'"MuonIsotropic": (\d+)', lambda m: f'"MuonIsotropic": {int(m[1]) + 1}', original))
     try:
         dry = snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n")
         assert stale_runs(dry.stdout) == {"tiny/isotropic/alpha0.001/seed42",

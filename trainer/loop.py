@@ -30,6 +30,7 @@ import torch
 
 from trainer import checkpoint as ckpt
 from trainer import data as data_mod
+from trainer import determinism
 from trainer import distributed as dist_mod
 from trainer.model import build_model
 from trainer.ngpt import sphere_projection
@@ -399,6 +400,7 @@ def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) 
         if spec.wandb.mode != "disabled" and spec.wandb.mode_given and not wandb_available():
             raise TrackingError(f"wandb.mode is {spec.wandb.mode!r} but the wandb package is not installed here; "
                                 f"install it (pip install wandb) or set wandb.mode: disabled in the spec")
+        determinism.configure(spec.runtime.deterministic)  # before the first CUDA call
         info = dist_mod.setup(spec.runtime.device)
         with RunLock(ckpt_dir) if info.is_main else contextlib.nullcontext():  # one writer per run
             return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
@@ -429,7 +431,8 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
 
         sess.capture = Capture(spec.capture.steps, spec.capture.what, out, info.is_main, sess.model, sess.opt)
     log(f"device {info.device} x {info.world_size} ({info.backend or 'single process'}), "
-        f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}; "
+        f"dtype {'bf16 autocast' if sess.amp_dtype else 'float32'}, compile {sess.compile}, deterministic "
+        f"{spec.runtime.deterministic}; "
         f"{sess.n_params:,} parameters; global batch {t.global_batch} x {t.seq_len} tokens = "
         f"{sess.accum} micro-batch(es) of {t.micro_batch} per rank")
     log(f"data: {sess.data.description}; validation: {sess.n_val} fixed windows")
@@ -485,6 +488,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     previous_step = [start]  # the step previous.pt holds after the next save (its rank files are kept)
 
     def save_checkpoint(step: int, reason: str):
+        settle = getattr(sess.opt, "settle_measurements", None)
+        if settle is not None:  # on every rank: sharded rank measurements are all-gathered here
+            settle()
         if rank_local:  # each rank's residual first; latest.pt (rank 0, below) then names the step
             if not info.is_main:
                 ckpt.save_rank(ckpt_dir, info.rank, step, {"resume_key": key, "step": step,

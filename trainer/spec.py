@@ -246,6 +246,7 @@ class RuntimeSpec:
     device: str = "auto"
     compile: Any = "auto"  # "auto" | True | False
     dtype: str = "auto"
+    deterministic: bool = False  # trainer/determinism.py; operational (outside the fingerprint)
 
 
 @dataclass
@@ -406,10 +407,11 @@ class RunSpec:
             if len(tag) > 64:
                 c.bad("wandb.tags", tag, "tags of at most 64 characters (a wandb limit)")
 
-        r = c.section(d, "runtime", {"device", "compile", "dtype"}, required=False)
+        r = c.section(d, "runtime", {"device", "compile", "dtype", "deterministic"}, required=False)
         runtime = RuntimeSpec(device=c.get(r, "runtime.device", "choice", "auto", choices=DEVICES),
                               compile=c.get(r, "runtime.compile", "choice", "auto", choices=COMPILE),
-                              dtype=c.get(r, "runtime.dtype", "choice", "auto", choices=DTYPES))
+                              dtype=c.get(r, "runtime.dtype", "choice", "auto", choices=DTYPES),
+                              deterministic=c.get(r, "runtime.deterministic", "bool", False))
 
         cap = c.section(d, "capture", {"steps", "what"}, required=False)
         capture = CaptureSpec(steps=sorted(set(c.get(cap, "capture.steps", "list[int]", [], lo=1) or [])),
