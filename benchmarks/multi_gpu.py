@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spec(name: str, cls: str, seed: int, a) -> dict:
+def spec(name: str, cls: str, seed: int, a, arch: str | None = None) -> dict:
     muon = {"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0, "adjust_lr_fn": "original",
             "orthogonalizer": "newton_schulz", "ns_steps": 5, "rank_every": 50}
     alpha = 0.0
@@ -34,7 +34,7 @@ def spec(name: str, cls: str, seed: int, a) -> dict:
         muon.update(alpha=alpha, schedule="constant", rank_threshold=None)  # noise on every matrix, every step
     return {
         "run_id": f"multi_gpu/{name}",
-        "model": {"name": a.arch, "arch": a.arch},
+        "model": {"name": arch or a.arch, "arch": arch or a.arch},
         "optimizer": {"arm": name, "class": cls, "muon": muon,
                       "adamw": {"lr": 3.0e-3, "betas": [0.9, 0.95], "eps": 1.0e-8, "weight_decay": 0.0}},
         "alpha": alpha,
@@ -45,15 +45,15 @@ def spec(name: str, cls: str, seed: int, a) -> dict:
         "data": {"kind": "stdlib", "path": str(a.corpus)},
         "checkpoint": {"every": 10_000, "keep": False},
         "wandb": {"mode": "disabled"},
-        "runtime": {"device": a.device, "compile": a.compile, "dtype": "auto"},
+        "runtime": {"device": a.device, "compile": a.compile, "dtype": "auto", "deterministic": a.deterministic},
     }
 
 
-def train(name: str, cls: str, seed: int, gpus: int, a) -> dict:
+def train(name: str, cls: str, seed: int, gpus: int, a, arch: str | None = None) -> dict:
     out = a.out_dir / "runs" / name
     ckpt = Path("/tmp/multi_gpu_ckpt") / name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
-           str(ROOT / "workflow/scripts/train.py"), "--spec-json", json.dumps(spec(name, cls, seed, a)),
+           str(ROOT / "workflow/scripts/train.py"), "--spec-json", json.dumps(spec(name, cls, seed, a, arch)),
            "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -63,7 +63,8 @@ def train(name: str, cls: str, seed: int, gpus: int, a) -> dict:
         print(log[-3000:], flush=True)
         return {"name": name, "ok": False, "returncode": proc.returncode}
     m = json.loads((out / "metrics.json").read_text())
-    return {"name": name, "ok": True, "gpus": gpus, "seed": seed, "class": cls, "wall_s": time.time() - t0,
+    return {"name": name, "ok": True, "gpus": gpus, "seed": seed, "class": cls, "arch": arch or a.arch,
+            "deterministic": a.deterministic, "wall_s": time.time() - t0,
             "final_val_loss": m["final_val_loss"], "val_loss_at": m.get("val_loss_at"),
             "tokens_per_s": m["tokens_per_s"], "replicas_identical": "parameters identical on all" in log,
             "curve": curve(out / "history.csv")}
@@ -150,6 +151,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--corpus", type=Path, default=Path("/tmp/stdlib_corpus"))
     p.add_argument("--only", default="", help="comma-separated parts: runs,sharded (default both)")
+    p.add_argument("--deterministic", action="store_true", help="runtime.deterministic in every run")
+    p.add_argument("--ngpt", default="", help="also an nGPT preset (e.g. ngpt-124m) on 1 and 2 GPUs with Muon")
+    p.add_argument("--repeat", action="store_true", help="also muon-1gpu-s42 a second time (same-seed bitwise check)")
     p.add_argument("--_sharded-worker", dest="sharded_worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     a.out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,8 +167,24 @@ def main() -> None:
         build_stdlib_corpus(a.corpus)
         runs = [train("muon-1gpu-s42", "Muon", 42, 1, a), train("muon-1gpu-s43", "Muon", 43, 1, a),
                 train("muon-2gpu-s42", "Muon", 42, 2, a), train("orthonoise-2gpu-s42", "MuonOrthoNoise", 42, 2, a)]
+        if a.repeat:
+            runs.append(train("muon-1gpu-s42-again", "Muon", 42, 1, a))
+        if a.ngpt:
+            runs += [train(f"{a.ngpt}-1gpu-s42", "Muon", 42, 1, a, a.ngpt),
+                     train(f"{a.ngpt}-2gpu-s42", "Muon", 42, 2, a, a.ngpt)]
         result["runs"] = runs
         by = {r["name"]: r for r in runs if r["ok"]}
+        if {"muon-1gpu-s42", "muon-1gpu-s42-again"} <= set(by):  # same seed, same GPU count
+            x, y = by["muon-1gpu-s42"], by["muon-1gpu-s42-again"]
+            result["same_seed_twice"] = {"curves_equal": x["curve"] == y["curve"],
+                                         "final_equal": x["final_val_loss"] == y["final_val_loss"],
+                                         "max_gap": max_gap(x["curve"], y["curve"])}
+        for arch, one, two in (("gpt", "muon-1gpu-s42", "muon-2gpu-s42"),
+                               ("ngpt", f"{a.ngpt}-1gpu-s42", f"{a.ngpt}-2gpu-s42")):
+            if {one, two} <= set(by):  # the same run on 1 and 2 GPUs: equal only up to summation order
+                result[f"{arch}_1_vs_2_gpus"] = {"curves_equal": by[one]["curve"] == by[two]["curve"],
+                                                 "max_gap": max_gap(by[one]["curve"], by[two]["curve"]),
+                                                 "tokens_per_s": [by[one]["tokens_per_s"], by[two]["tokens_per_s"]]}
         if {"muon-1gpu-s42", "muon-1gpu-s43", "muon-2gpu-s42"} <= set(by):
             noise = max_gap(by["muon-1gpu-s42"]["curve"], by["muon-1gpu-s43"]["curve"])
             gap = max_gap(by["muon-1gpu-s42"]["curve"], by["muon-2gpu-s42"]["curve"])
