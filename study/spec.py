@@ -166,7 +166,7 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
             "tags": [run.model, run.arm, run.variant, f"seed{run.seed}"],
             "dir": WANDB_DIR,
         },
-        "runtime": {"device": "auto", "compile": "auto", "dtype": "auto"},
+        "runtime": {"device": "auto", "compile": "auto", "dtype": "auto", "deterministic": True},
     }
     if "entity" in config["wandb"]:
         spec["wandb"]["entity"] = config["wandb"]["entity"]

@@ -21,11 +21,11 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def test_spec_field_is_operational():
     d = example_spec()
+    on = RunSpec.from_dict(d)  # the default: on (it cost 8.4% of tokens/s on an H200)
+    assert on.runtime.deterministic is True and on.to_dict()["runtime"]["deterministic"] is True
+    d["runtime"]["deterministic"] = False
     off = RunSpec.from_dict(d)
-    assert off.runtime.deterministic is False and off.to_dict()["runtime"]["deterministic"] is False
-    d["runtime"]["deterministic"] = True
-    on = RunSpec.from_dict(d)
-    assert on.runtime.deterministic is True
+    assert off.runtime.deterministic is False
     assert on.fingerprint == off.fingerprint and on.resume_key({}) == off.resume_key({})
     d["runtime"]["deterministic"] = "yes"
     with pytest.raises(SpecError) as e:

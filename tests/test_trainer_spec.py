@@ -61,7 +61,7 @@ def test_defaults_are_written_out():
     out = RunSpec.from_dict(d).to_dict()
     assert out["checkpoint"] == {"every": 0, "keep": False}
     assert out["wandb"]["mode"] == "offline"
-    assert out["runtime"] == {"device": "auto", "compile": "auto", "dtype": "auto", "deterministic": False}
+    assert out["runtime"] == {"device": "auto", "compile": "auto", "dtype": "auto", "deterministic": True}
     assert out["training"]["warmup_steps"] == 0
     assert len(out["fingerprint"]) == 16  # computed when the study gave none
 
