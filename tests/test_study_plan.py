@@ -54,8 +54,8 @@ def test_phase2_trains_each_distinct_run_once(full):
     runs = plan.phase_runs("phase2")
     keys = [r.run.key for r in runs]
     assert len(keys) == len(set(keys))
-    # the baseline, 5+5 alphas, 4 schedule/trigger arms at 1e-2 and the isotropic control, 2 seeds each
-    assert len(runs) == 2 * (1 + 10 + 4 + 1)
+    # the baseline, 5+5 alphas, 4 schedule/trigger arms at 1e-2 and the two isotropic controls, 2 seeds each
+    assert len(runs) == 2 * (1 + 10 + 4 + 2)
     assert set(keys) >= {r.run.key for r in plan.phase_runs("phase1")}  # every phase-1 run is reused
 
 
@@ -80,7 +80,7 @@ def test_every_possible_selection_is_a_known_run(full):
     assert len(sels) == 14  # the orthonoise family's (arm, alpha) pairs of phase 2
     assert {s["param"] for s in sels} == {"muon.alpha"}
     # phases 1-2; each candidate on 3 seeds + 2 scratch seeds; nolah, the baseline, the scratch baseline
-    assert len(plan.all_runs()) == 32 + 14 * (3 + 2) + 3 + 3 + 2
+    assert len(plan.all_runs()) == 34 + 14 * (3 + 2) + 3 + 3 + 2
 
 
 def test_the_move_keeps_every_fingerprint(full, tiny, tmp_path):
