@@ -46,9 +46,9 @@ def with_floor(settings, power_floor):
 
 
 def _main_arms(ph: Mapping) -> list[tuple]:
-    base = ph.get("baseline")
+    base = ph.get("baseline")  # configs without a role: the baseline's arm is the baseline
     return sorted({(c["model"], c["arm"], c.get("variant", "default")) for c in ph.get("configs", [])
-                   if c.get("role", "arm") == "arm" and c["arm"] != base})
+                   if c.get("role", "arm" if c["arm"] != base else "baseline") == "arm"})
 
 
 def _count(st: dict, ph: Mapping) -> int:

@@ -55,9 +55,12 @@ def family_of(role: Any) -> str:
 
 
 def baseline_mask(runs: pd.DataFrame, baseline: str) -> pd.Series:
-    """Baseline runs: role baseline/scratch_baseline, or (without a role column) arm == baseline."""
+    """Baseline runs: role baseline/scratch_baseline, or (without a role column) arm == baseline.
+
+    With roles, the role alone decides: the baseline's arm can run at other values in the same phase (Muon
+    at the selected lr against Muon projecting every 3 steps), and those runs are arms to judge."""
     if "role" in runs:
-        return runs["role"].isin(BASE_ROLES) | (runs["arm"] == baseline)
+        return runs["role"].isin(BASE_ROLES)
     return runs["arm"] == baseline
 
 

@@ -190,3 +190,21 @@ def test_ratio_test_matches_scipy():
     assert ratio_test([1.0, 1.0], [1, 2], [2.0, 2.0], [1, 2], 1.0, "less")["p"] == 0.0  # zero spread
     p = rng.uniform(0, 0.2, 9)
     assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+
+
+def test_the_baseline_arm_at_other_values_is_judged_not_pooled():
+    """nGPT's projection campaign: the baseline is Muon projecting every step; Muon projecting every 3 steps is
+    an arm of the same name, and must be compared with it, not counted as more baseline seeds."""
+    rows = []
+    for seed, base, lazy in ((1, 3.00, 3.10), (2, 3.02, 3.13), (3, 2.99, 3.08)):
+        rows.append({"phase": "projection", "role": "baseline", "model": "ngpt", "arm": "muon",
+                     "variant": "lr0.03+projection_every1", "alpha": 0.0, "seed": seed, "status": "ok",
+                     "final_val_loss": base})
+        rows.append({"phase": "projection", "role": "arm", "model": "ngpt", "arm": "muon",
+                     "variant": "lr0.03+projection_every3", "alpha": 0.0, "seed": seed, "status": "ok",
+                     "final_val_loss": lazy})
+    sig = significance_table(pd.DataFrame(rows), "muon")
+    assert len(sig) == 1
+    row = sig.iloc[0]
+    assert row["variant"] == "lr0.03+projection_every3" and row["n_arm"] == 3 and row["n_base"] == 3
+    assert row["mean_base"] == pytest.approx(np.mean([3.00, 3.02, 2.99]))
