@@ -165,6 +165,11 @@ def script_env(wildcards, threads):
     )
 
 
+def train_env(wildcards, threads):
+    """script_env for a train job: its CPUs shared by the processes torchrun starts (one per GPU)."""
+    return script_env(wildcards, max(1, int(threads) // run_resources(wildcards)["gpus"]))
+
+
 def phase_target_inputs(phase):
     def inputs(wildcards):
         return [f"{RESULTS}/reports/{phase}.md"] + run_records(PLAN.phases_through(phase))

@@ -16,7 +16,7 @@ rule train:
         launch=lambda w: UntrackedArgument(
             launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job())
         ),
-        env=script_env,
+        env=train_env,
         checkpoint_dir=R("checkpoints/{model}/{arm}/{variant}/seed{seed}"),
     threads: lambda w: run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"]
     resources:
