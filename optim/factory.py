@@ -90,8 +90,9 @@ class MuonWithAdamW:
     def settle_measurements(self) -> None:
         """Wait for the Muon half's effective-rank measurements in flight (every rank must call it when
         they are sharded); a checkpoint calls it before state_dict()."""
-        if self.muon is not None:
-            self.muon.settle_measurements()
+        settle = getattr(self.muon, "settle_measurements", None)  # the Muon family; DeMo measures nothing
+        if settle is not None:
+            settle()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
