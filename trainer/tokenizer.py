@@ -32,6 +32,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.data import _sha256_file
+
 KINDS = ("json", "hf", "tiktoken", "bpe")
 BPE_SPECIAL = "<|endoftext|>"  # id 0 of every BPE trained here
 BPE_MIN_VOCAB = 257  # the 256 byte symbols and the end-of-text token
@@ -155,14 +157,6 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class HFTokenizer(Tokenizer):
