@@ -22,11 +22,11 @@ def wf(tmp_path_factory):
     ("phase1", ["--config", "tiny=true"], {"train": 8, "stdlib_corpus": 1, "design": 1, "design_phase": 1,
                                           "aggregate": 1, "report": 1, "total": 18}),
     # phase 2's 34 distinct runs include all 8 of phase 1; its report holds phases 1 and 2
-    ("phase2", ["--config", "tiny=true"], {"train": 34, "aggregate": 2, "section": 2, "total": 49}),
+    ("phase2", ["--config", "tiny=true"], {"train": 34, "aggregate": 2, "section": 2, "design_phase": 2, "total": 50}),
     # phase 3 waits for phase 2's checkpoint: its own runs are unknown until then
     ("phase3", ["--config", "tiny=true"], {"train": 34, "select": 1}),
     ("phase1", [], {"train": 8, "total": 18}),
-    ("phase2", ["--config", "study=orthonoise"], {"train": 34, "total": 49}),
+    ("phase2", ["--config", "study=orthonoise"], {"train": 34, "total": 50}),
 ])
 def test_dry_run_counts_per_phase(wf, target, args, expected):
     result = snakemake(wf, target, "-n", *args)
