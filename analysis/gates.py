@@ -94,7 +94,13 @@ class Ctx:
             arm, var = self.selection["arm"], self.selection.get("variant")
             m = r["arm"] == arm
             if var is not None and "variant" in r:
-                m &= r["variant"] == str(var)
+                # the selected variant, or the phase's own variants built on it (a sweep of the selected arm:
+                # topk0.01 for a selected 'default', lr0.03+projection_every3 for a selected lr0.03)
+                v = r["variant"].astype(str)
+                mine = (v == str(var)) | v.str.startswith(f"{var}+")
+                if not (m & mine).any() and not self.selection.get("param"):
+                    mine = pd.Series(True, index=r.index)  # an unswept choice, swept by this phase: all of it
+                m &= mine
             self.selected_note = f"'selected' = {arm} {var or ''} (from the earlier phase's selection)".strip()
             return sorted({tuple(x) for x in r.loc[m, KEY].itertuples(index=False)})
         best = self.best_key()

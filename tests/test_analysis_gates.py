@@ -278,3 +278,24 @@ def test_winners_curse_by_simulation():
                         "n_arm": n}, k)
     assert wc["expected_optimism_pct"] == pytest.approx(100 * sd / math.sqrt(n) * expected_max_normal(k))
     assert -wc["adjusted_estimate_pct"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_selected_arm_swept_by_the_phase_is_judged_at_every_value():
+    """DisTrO's topk phase sweeps the arm selected (unswept) from the compress phase: 'selected' means all of
+    its top-k values there; nGPT's projection phase builds lr0.03+projection_every3 on a selected lr0.03."""
+    from analysis.gates import Ctx
+
+    rows = []
+    for arm, variant, losses in (("muon-ddp", "default", (2.30, 2.31)), ("demo-muon-post", "topk0.01", (2.46, 2.47)),
+                                 ("demo-muon-post", "topk0.25", (2.35, 2.34)), ("demo", "topk0.01", (2.5, 2.6))):
+        for seed, loss in zip((1, 2), losses):
+            rows.append({"phase": "topk", "role": "baseline" if arm == "muon-ddp" else "arm", "model": "tiny",
+                         "arm": arm, "variant": variant, "param": "", "value": None, "alpha": 0.0, "seed": seed,
+                         "status": "ok", "final_val_loss": loss})
+    runs = pd.DataFrame(rows)
+    ctx = Ctx(runs, pd.DataFrame(), "muon-ddp", "topk",
+              selection={"arm": "demo-muon-post", "variant": "default", "param": ""})
+    assert sorted(k[2] for k in ctx.arm_keys(["selected"])) == ["topk0.01", "topk0.25"]
+    ctx = Ctx(runs.replace({"variant": {"topk0.01": "lr0.03+projection_every3"}}), pd.DataFrame(),
+              "muon-ddp", "topk", selection={"arm": "demo-muon-post", "variant": "lr0.03", "param": "muon.lr"})
+    assert [k[2] for k in ctx.arm_keys(["selected"])] == ["lr0.03+projection_every3"]
