@@ -46,7 +46,7 @@ def test_phase1_produces_the_report(done):
     for needle in ("phase1", "muon", "orthonoise", "isotropic", "no_crashes", "phase1/plots/val_loss.png"):
         assert needle in report, needle
     gates = json.loads((done / TWIN / "phase1" / "gates.json").read_text())
-    assert {g["name"] for g in gates["gates"]} == {"no_crashes", "loss_within_baseline",
+    assert {g["name"] for g in gates["gates"]} == {"baseline_trains", "no_crashes", "loss_within_baseline",
                                                    "effective_rank_logged", "early_loss_not_worse"}
     for run in (done / TWIN / "runs").rglob("metrics.json"):
         metrics = json.loads(run.read_text())

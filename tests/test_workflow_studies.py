@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.workflow_helpers import copy_workflow, job_counts, snakemake, write_config
+from tests.workflow_helpers import copy_workflow, custom_study, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -16,10 +16,11 @@ SHORT = {"wandb": {"mode": "disabled"},
                                "warmup_steps": 2}}
 
 
-def run_all(tmp_path_factory, study, overlay):
+def run_all(tmp_path_factory, study, overlay, mutate=None):
     wf = copy_workflow(tmp_path_factory.mktemp(study))
     write_config(wf / "short.yaml", {**SHORT, **overlay})
-    args = ("all", "--config", f"study={study}", "tiny=true", "--configfile", "short.yaml", "--cores", "2")
+    chosen = custom_study(wf, study, mutate) if mutate else f"study={study}"
+    args = ("all", "--config", chosen, "tiny=true", "--configfile", "short.yaml", "--cores", "2")
     result = snakemake(wf, *args, timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     again = snakemake(wf, *args, "-n")
@@ -28,20 +29,20 @@ def run_all(tmp_path_factory, study, overlay):
 
 
 def test_ngpt_twin_runs_its_five_campaigns(tmp_path_factory):
-    overlay = {"models": {"ngpt-tiny": {"steps": 20}},
-               "phases": {"lr_sweep": {"runs": [{"arm": "muon", "sweep": {"param": "muon.lr", "values": [0.01, 0.03]}}]},
-                          "advanced": {"runs": [{"arm": "normuon", "value": "selected"},
-                                                {"arm": "muon-wd", "value": "selected"},
-                                                {"arm": "muon-cautious", "value": "selected"}],
-                                       "gates": {"no_crashes": {"kind": "no_crashes"},
-                                                 "cautious_beats_plain_decay": {
-                                                     "kind": "arm_better_than_arm", "better": "muon-cautious",
-                                                     "worse": "muon-wd"}}},
-                          "projection": {"runs": [{"arm": "muon", "value": "selected",
-                                                   "sweep": {"param": "training.projection_every", "values": [3]}},
-                                                  {"arm": "adamw", "sweep": {"param": "training.projection_every",
-                                                                             "values": [1, 3]}}]}}}
-    wf, res = run_all(tmp_path_factory, "ngpt", overlay)
+    overlay = {"models": {"ngpt-tiny": {"steps": 20}}}
+
+    def shrink(study):
+        p, t = study["phases"], study["tiny"]["phases"]
+        t["lr_sweep"]["runs"] = [{"arm": "muon", "sweep": {"param": "muon.lr", "values": [0.01, 0.03]}}]
+        p["advanced"]["runs"] = [{"arm": a, "value": "selected"} for a in ("normuon", "muon-wd", "muon-cautious")]
+        p["advanced"]["gates"] = {"no_crashes": {"kind": "no_crashes"},
+                                  "cautious_beats_plain_decay": {"kind": "arm_better_than_arm",
+                                                                 "better": "muon-cautious", "worse": "muon-wd"}}
+        t["projection"]["runs"] = [
+            {"arm": "muon", "value": "selected", "sweep": {"param": "training.projection_every", "values": [3]}},
+            {"arm": "adamw", "sweep": {"param": "training.projection_every", "values": [1, 3]}}]
+
+    wf, res = run_all(tmp_path_factory, "ngpt", overlay, shrink)
     report = (res / "ABLATION_RESULTS.md").read_text()
     for phase in ("infra", "lr_sweep", "geodesic", "advanced", "projection"):
         assert f"## {phase.replace('_', chr(92) + '_')}" in report or f"## {phase}" in report, phase

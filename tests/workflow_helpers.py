@@ -27,7 +27,10 @@ SHORT_TINY = {
         "no_crashes": {"kind": "no_crashes"},
         "loss_within_baseline": {"kind": "within_baseline", "margin": 0.05},
         "effective_rank_logged": {"kind": "metric_logged", "metric": "eff_rank_mean"},
-        "early_loss_not_worse": {"kind": "not_worse_than_baseline", "step": 20, "margin": 0.01}}}},
+        "early_loss_not_worse": {"kind": "not_worse_than_baseline", "step": 20, "margin": 0.01}}},
+        # the later phases' gate steps must be steps these shorter models evaluate (checked before any job)
+        "phase2": {"gates": {"early_loss_not_worse": {"step": 20}}},
+        "phase3": {"gates": {"early_loss_not_worse": {"step": 20}}}},
 }
 TWIN = "results/orthonoise-tiny"  # where the default study's CPU twin writes
 
@@ -69,3 +72,13 @@ def job_counts(output: str) -> dict[str, int]:
             elif counts and not line.strip():
                 in_table = False
     return counts
+
+
+def custom_study(wf: Path, name: str, mutate) -> str:
+    """A copy of config/studies/NAME.yaml changed by mutate(study) (lists and gates replaced, not merged,
+    which a --configfile overlay cannot do), written into the workflow copy; returns `study=PATH`."""
+    study = yaml.safe_load((wf / "config" / "studies" / f"{name}.yaml").read_text())
+    mutate(study)
+    path = wf / f"custom-{name}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return f"study={path.name}"

@@ -15,6 +15,8 @@ output:  csv (design.csv: one row per phase x statistical gate, analysis.design.
          gates and significance scripts read its noise sd)
 Underpowered gates are logged as warnings.
 """
+import json
+
 from _script import logged
 
 import pandas as pd
@@ -26,7 +28,8 @@ from analysis.io import as_list, atomic_write_text, write_csv, write_json
 sm = snakemake  # noqa: F821
 with logged(sm, "design") as log:
     p = sm.params
-    phases = dict(p.phases)
+    # a dict, or JSON text (the workflow passes it untracked: GPU-hour estimates must not re-run the analysis)
+    phases = p.phases if isinstance(p.phases, dict) else json.loads(str(p.phases))
     order = list(getattr(p, "order", None) or phases)
     tables = [read_runs(x) for x in as_list(sm.input.runs)] if "runs" in sm.input.keys() else []
     noise = noise_from_runs(tables, order)
