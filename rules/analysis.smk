@@ -25,8 +25,7 @@ rule design:
     log:
         L("design.log"),
     params:
-        phases=lambda w: design_params(design_study())[0],
-        decided_by=lambda w: design_params(design_study())[1],
+        phases=lambda w: design_study(),
         order=PLAN.phases,
         prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
         power_floor=STUDY.get("design", {}).get("power_floor"),
@@ -48,8 +47,7 @@ rule design_phase:
     log:
         L("{phase}/design.log"),
     params:
-        phases=lambda w: design_params({w.phase: design_entry(w.phase)})[0],
-        decided_by=lambda w: design_params({w.phase: design_entry(w.phase)})[1],
+        phases=lambda w: {w.phase: design_entry(w.phase)},
         order=lambda w: PLAN.phases_through(w.phase),
         prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
         power_floor=STUDY.get("design", {}).get("power_floor"),

@@ -253,9 +253,3 @@ def capture_runs(phase):
     """The metrics.json of the runs whose captures a phase measures (written after their captures)."""
     return [PLAN.metrics(pr.run) for pr in phase_runs(phase) if STUDY["arms"][pr.run.arm].get("capture")]
 
-
-def design_params(entries):
-    """The design check's phases, untracked (their GPU-hour estimates come from operational resources),
-    and what decides its numbers, tracked: seeds, gates and comparisons."""
-    tracked = {p: {k: v for k, v in e.items() if k != "gpu_hours_per_run"} for p, e in entries.items()}
-    return UntrackedArgument(json.dumps(entries)), json.dumps(tracked, sort_keys=True)

@@ -68,6 +68,15 @@ def test_operational_changes_rerun_nothing(done):
                                      "training_defaults": {"checkpoint_every": 7, "keep_checkpoints": True},
                                      "models": {"tiny": {"resources": {"cpus_per_gpu": 2, "runtime_min": 99}}}})
     result = snakemake(done, "phase1", *configs(done, "ops.yaml"), "-n")
+    counts = job_counts(result.stdout + result.stderr)
+    # no run is trained again; the time limit feeds the design check's GPU-hour estimate, so that (seconds
+    # of analysis) and what shows it are recomputed
+    assert "train" not in counts and "aggregate" not in counts, result.stdout[-3000:]
+    assert set(counts) <= {"design", "design_phase", "significance", "gates", "section", "report", "phase1",
+                           "total"}, counts
+    wandb_only = write_config(done / "ops2.yaml", {"wandb": {"mode": "offline", "project": "elsewhere"},
+                                                   "training_defaults": {"checkpoint_every": 7}})
+    result = snakemake(done, "phase1", *configs(done, wandb_only.name), "-n")
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
