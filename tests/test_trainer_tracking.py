@@ -69,6 +69,53 @@ def test_a_cut_transaction_log_is_a_record_error(wandb_file, tmp_path):
     assert "is missing" in t.errors[0]["error"]
 
 
+def test_read_back_waits_for_a_writer_that_is_not_ours(wandb_file, tmp_path):
+    """wandb-core finishes writing after `finish` returns (wandb 0.31). When the service is not this
+    process's (no teardown to join), the tracker re-reads until the file is complete: a writer that
+    completes the file late is no record loss; one that stops with the file cut still is."""
+    import threading
+    import time
+
+    f, info = wandb_file
+    full = f.read_bytes()
+    run_dir = tmp_path / "offline-run-late"
+    run_dir.mkdir()
+    late = run_dir / f.name
+    late.write_bytes(full[:7])  # what the read-back found under wandb 0.31: the 7-byte header alone
+
+    def finish_late():
+        time.sleep(1.0)
+        late.write_bytes(full[:len(full) // 2])
+        time.sleep(1.0)
+        late.write_bytes(full)
+
+    t = Tracker(WandbSpec(mode="disabled"), "r", {}, True, log=lambda m: None)
+    t._run_dir, t.id, t.n_logged = run_dir, info["id"], 40
+    w = threading.Thread(target=finish_late)
+    w.start()
+    t.verify(settle_s=30.0)  # returns as soon as the file is complete, not after 30 s
+    w.join()
+    assert t.errors == []
+
+    late.write_bytes(full[:4096])  # a writer that died: the file never completes
+    t.verify(settle_s=0.5)
+    [e] = t.errors
+    assert "holds" in e["error"] and "of the 40 history rows" in e["error"]
+
+
+def test_back_to_back_runs_report_no_false_loss(tmp_path):
+    """The race as found: before the tracker joined wandb-core, about one run in three read back a
+    complete log as cut. Three writers in a row must all read back whole."""
+    for i in range(3):
+        d = tmp_path / f"w{i}"
+        d.mkdir()
+        r = subprocess.run([sys.executable, "-c", _WRITE, str(d / "wandb")], capture_output=True, text=True,
+                           timeout=180, env=env(PYTHONPATH=str(ROOT), WANDB_MODE="offline"), cwd=d)
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        assert info["errors"] == [] and info["msgs"] == [], info
+
+
 # --------------------------------------------------------------------------- real trainer processes
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):

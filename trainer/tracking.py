@@ -17,12 +17,20 @@ moved elsewhere (it falls back to a temporary directory when `wandb.dir` is not 
 and after `finish` the run's transaction log (`run-<id>.wandb`, written in offline and online mode) is
 read back: fewer history rows than were logged, a cut record or a missing end is a warning. Each
 warning is logged and kept in `errors`, which the loop writes into metrics.json (`record_errors`).
+
+The read-back waits for the writer. `run.finish()` returns once wandb-core has the exit record, not once
+it is on disk (wandb 0.31 writes the file after `finish` returns: read at once, a complete log looked cut
+or empty). So the tracker then shuts wandb's service down (`wandb.teardown()`, which joins the wandb-core
+process this process started) and reads the file after that; when the service is not this process's own
+(WANDB_SERVICE set by a parent), it re-reads until the file holds the end-of-run record or stops changing
+for `settle_s` seconds.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -154,14 +162,48 @@ class Tracker:
             run = self.run
             self._call("finish", run.finish, exit_code=exit_code)
             self.run = None
-            self.verify()
+            writer_joined = self._join_writer()
+            self.verify(settle_s=0.0 if writer_joined else self.settle_s)
 
-    def verify(self) -> None:
-        """Read back this process's transaction log and compare it with what was logged."""
+    settle_s = 5.0  # an outside wandb-core's writes: re-read until the file stops changing this long
+
+    def _join_writer(self) -> bool:
+        """Shut down the wandb-core process this process started, so that its writes are on disk; True when
+        it was ours and has exited (then one read of the file is the truth)."""
+        if self._wandb is None:
+            return False
+        try:
+            from wandb.sdk import wandb_setup
+
+            singleton = getattr(wandb_setup, "_singleton", None)
+            conn = getattr(singleton, "_connection", None)
+            owned = bool(conn is not None and getattr(conn, "owns_service", False))
+            self._wandb.teardown()
+            return owned
+        except Exception as e:  # a teardown that fails: fall back to re-reading the file
+            self._log(f"note: wandb teardown failed ({type(e).__name__}: {e}); re-reading its log until it settles")
+            return False
+
+    def verify(self, settle_s: float = 0.0) -> None:
+        """Read back this process's transaction log and compare it with what was logged. With `settle_s`,
+        an incomplete file is re-read until it is complete or has not changed for that long."""
         run_dir = getattr(self, "_run_dir", None)
         if run_dir is None or self.errors:
             return
         f = run_dir / f"run-{self.id}.wandb"
+        last, quiet_since = None, time.monotonic()
+        while True:
+            state = _read_state(f)
+            if state is None:
+                break
+            kinds, problem, stat = state
+            if not problem and kinds.get("history", 0) >= self.n_logged and "exit" in kinds:
+                break
+            if stat != last:
+                last, quiet_since = stat, time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                break
+            time.sleep(0.2)
         if not f.exists():
             self.error(f"wandb's transaction log {f} is missing")
             return
@@ -178,6 +220,16 @@ class Tracker:
 
     def record(self) -> dict:
         return {"mode": self.mode, "id": self.id, "dir": self.dir}
+
+
+def _read_state(f: Path):
+    """(kinds, problem, (size, mtime)) of a transaction log; None when it is missing or unknown."""
+    try:
+        st = f.stat()
+        kinds, problem = read_transaction_log(f)
+    except (OSError, ValueError):
+        return None
+    return kinds, problem, (st.st_size, st.st_mtime_ns)
 
 
 # --------------------------------------------------------------------------- wandb's transaction log
