@@ -41,22 +41,70 @@ def _displacement_err(a, b):
     return max(((x - y).norm() / (y - z).norm()).item() for x, y, z in zip(a, b, p0))
 
 
+def _torch_muon_fp32_ns():
+    """torch.optim.Muon's own Newton-Schulz with its bf16 cast replaced by a float32 copy: the reference
+    algorithm without bf16 rounding (a copy, since for nesterov=False the input is the momentum buffer,
+    which the in-place normalization would otherwise overwrite)."""
+    import inspect
+
+    import torch.optim._muon as tm
+
+    src = inspect.getsource(tm._zeropower_via_newtonschulz)
+    assert src.count("grad.bfloat16()") == 1, "torch's Newton-Schulz changed; update this test"
+    namespace: dict = {}
+    exec(src.replace("grad.bfloat16()", "grad.to(torch.float32, copy=True)"), dict(vars(tm)), namespace)
+    return namespace["_zeropower_via_newtonschulz"]
+
+
+def _torch_muon_runs(kw, monkeypatch):
+    """torch.optim.Muon as shipped (bf16 Newton-Schulz) and with float32 Newton-Schulz."""
+    import torch.optim._muon as tm
+
+    bf16 = _train(lambda ps: torch.optim.Muon(ps, **kw))
+    with monkeypatch.context() as m:
+        m.setattr(tm, "_zeropower_via_newtonschulz", _torch_muon_fp32_ns())
+        fp32 = _train(lambda ps: torch.optim.Muon(ps, **kw))
+    return bf16, fp32
+
+
 @pytest.mark.parametrize("adjust_lr_fn", [None, "original", "match_rms_adamw"])
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_follows_torch_muon_for_20_steps(adjust_lr_fn, nesterov):
+def test_same_algorithm_as_torch_muon_in_float32(adjust_lr_fn, nesterov, monkeypatch):
+    """The claim "same algorithm" checked without bf16: both sides orthogonalize in float32. Measured
+    6-7e-7 over 20 steps; the bound 1e-5 is float32 round-off (6e-8 per operation) through five
+    Newton-Schulz iterations and 20 compounding steps, and far below any algorithmic difference
+    (a wrong momentum or scale is > 1e-2, below)."""
     kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
-    ref = _train(lambda ps: torch.optim.Muon(ps, **kw))
+    _, ref_fp32 = _torch_muon_runs(kw, monkeypatch)
+    ours = _train(lambda ps: optim.Muon(ps, ns_precision="fp32", **kw))
+    assert _displacement_err(ours, ref_fp32) <= 1e-5
+
+
+@pytest.mark.parametrize("adjust_lr_fn", [None, "original", "match_rms_adamw"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_follows_torch_muon_in_bf16_within_its_own_spread(adjust_lr_fn, nesterov, monkeypatch):
+    """In bf16 the two implementations round differently wherever the CPU's matmul kernels differ (a
+    bound of 1e-3 that passed on one CPU failed at 1.85e-3 on another). The bound is the reference's
+    own bf16 spread, measured in this test: torch.optim.Muon's bf16 run is that far from its float32 run;
+    ours is as far on the other side at most, so the two bf16 runs differ by at most twice that
+    (triangle inequality). Measured here: spread 2.7-3.1e-3, ours vs torch 1e-7 (same kernels)."""
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    ref_bf16, ref_fp32 = _torch_muon_runs(kw, monkeypatch)
+    spread = _displacement_err(ref_bf16, ref_fp32)
     ours = _train(lambda ps: optim.Muon(ps, **kw))
-    assert _displacement_err(ours, ref) <= 1e-3
+    assert 0 < spread < 1e-2  # bf16 noise, not an algorithmic difference
+    assert _displacement_err(ours, ref_bf16) <= 2 * spread
 
 
-def test_torch_comparison_would_catch_a_wrong_scale_or_momentum():
+def test_torch_comparison_would_catch_a_wrong_scale_or_momentum(monkeypatch):
     kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95)
     ref = _train(lambda ps: torch.optim.Muon(ps, adjust_lr_fn="original", **kw))
+    _, ref_fp32 = _torch_muon_runs(dict(kw, adjust_lr_fn="original"), monkeypatch)
+    bound = 2 * _displacement_err(ref, ref_fp32)  # the bf16 test's bound
     wrong_scale = _train(lambda ps: optim.Muon(ps, adjust_lr_fn="match_rms_adamw", **kw))
     wrong_momentum = _train(lambda ps: optim.Muon(ps, adjust_lr_fn="original", **dict(kw, momentum=0.9)))
-    assert _displacement_err(wrong_scale, ref) > 1e-1
-    assert _displacement_err(wrong_momentum, ref) > 1e-2
+    assert _displacement_err(wrong_scale, ref) > max(1e-1, bound)
+    assert _displacement_err(wrong_momentum, ref) > max(1e-2, bound)
 
 
 def _reference_muon_f64(steps, lr, momentum, wd, nesterov, adjust_lr_fn):

@@ -62,7 +62,13 @@ def test_distro_twin_measures_compresses_and_sweeps_topk(tmp_path_factory):
     overlay = {"models": {"tiny-dp2": {"steps": 20}},
                "arms": {"muon-ddp": {"capture": {"steps": [10, 20]}}},
                "phases": {"measure": {"measure": {"max_per_file": 4, "topk": [0.05, 0.25], "cond_topk": [0.25]}}}}
-    wf, res = run_all(tmp_path_factory, "distro", overlay)
+
+    def shrink(study):  # 15 two-process runs instead of 22: one seed of the top-k sweep at two values
+        study["tiny"]["phases"]["topk"].update(seeds=[1], runs=[
+            {"arm": "selected", "sweep": {"param": "muon.topk", "values": [0.01, 0.25]}},
+            {"arm": "demo", "sweep": {"param": "muon.topk", "values": [0.01, 0.25]}}])
+
+    wf, res = run_all(tmp_path_factory, "distro", overlay, shrink)
     report = (res / "ABLATION_RESULTS.md").read_text()
     assert (res / "measure" / "measure.md").exists() and (res / "topk" / "plots" / "pareto.png").exists()
     assert "pareto.png" in report
