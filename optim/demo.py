@@ -70,6 +70,12 @@ PRE_UPDATES = ("sign", "rescale", "raw")
 DEMO_DIAGNOSTIC_KEYS = DIAGNOSTIC_KEYS + ("bytes_sent_per_step", "dense_bytes_per_step")
 
 
+def _delta_dtype(p: Tensor) -> torch.dtype:
+    """float32 for float32/bf16/fp16 parameters (every run), float64 for float64 ones (so that the tests can
+    compare this discrete algorithm, top-k and sign, with a float64 reference without rounding ties)."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
 class DeMo(torch.optim.Optimizer):
     """Decoupled-momentum compressed data-parallel optimizer; see the module docstring.
 
@@ -238,7 +244,8 @@ class DeMo(torch.optim.Optimizer):
         segs.append(D.pack_signs(vals) if self.sign else vals.to(self.value_dtype).reshape(-1).view(torch.uint8))
         return segs, X.shape[0]
 
-    def _decode(self, parts: list[Tensor], off: int, n_chunks: int, L: D.Layout) -> tuple[Tensor, int]:
+    def _decode(self, parts: list[Tensor], off: int, n_chunks: int, L: D.Layout,
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, int]:
         """The bucket's shared direction as (n_chunks, a, b) chunks, and the next offset."""
         n = n_chunks * L.k
         ib = n * L.idx_dtype.itemsize
@@ -248,7 +255,7 @@ class DeMo(torch.optim.Optimizer):
             idxs.append(buf[off:off + ib].clone().view(L.idx_dtype))
             raw = buf[off + ib:off + ib + vb]
             vals.append(D.unpack_signs(raw, n) if self.sign else raw.clone().view(self.value_dtype).float())
-        return (D.decode_mean_chunks(idxs, vals, n_chunks, L.a, L.b, L.k, over_senders=self.mean_over_senders),
+        return (D.decode_mean_chunks(idxs, vals, n_chunks, L.a, L.b, L.k, dtype, over_senders=self.mean_over_senders),
                 off + ib + vb)
 
     # ------------------------------------------------------------------ the step
@@ -270,11 +277,11 @@ class DeMo(torch.optim.Optimizer):
             ds, gs = [], []
             for p in group["params"]:
                 st = self.state[p]
-                if "delta" not in st:
-                    st["delta"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+                if "delta" not in st:  # float32 (float64 for float64 parameters: the reference tests)
+                    st["delta"] = torch.zeros_like(p, dtype=_delta_dtype(p), memory_format=torch.contiguous_format)
                 ds.append(st["delta"])
                 # a parameter without a gradient still sends (zeros): every rank must send the same layout
-                gs.append(p.grad.float() if p.grad is not None else torch.zeros_like(st["delta"]))
+                gs.append(p.grad.to(st["delta"].dtype) if p.grad is not None else torch.zeros_like(st["delta"]))
             if ds:
                 torch._foreach_mul_(ds, group["compression_decay"])
                 torch._foreach_add_(ds, [g.reshape(d.shape) for g, d in zip(gs, ds)],
@@ -295,7 +302,7 @@ class DeMo(torch.optim.Optimizer):
         off = 0
         dirs: list = [None] * len(items)
         for bucket, n in zip(buckets, counts):
-            chunks, off = self._decode(parts, off, n, layouts[bucket[0]])
+            chunks, off = self._decode(parts, off, n, layouts[bucket[0]], self.state[items[bucket[0]][0]]["delta"].dtype)
             c0 = 0
             for i in bucket:
                 L = layouts[i]
@@ -375,7 +382,7 @@ class DeMo(torch.optim.Optimizer):
         if g is not None and g.get("class") not in (None, type(self).__name__):
             raise ValueError(f"{type(self).__name__}: state_dict was saved by {g['class']}")
         super().load_state_dict(state_dict)
-        for st in self.state.values():  # torch casts state to the parameter dtype; delta stays float32
+        for p, st in self.state.items():  # torch casts state to the parameter dtype; delta stays float32
             if "delta" in st:
-                st["delta"] = st["delta"].float()
+                st["delta"] = st["delta"].to(_delta_dtype(p))
         self._step = int(g["step"]) if g is not None else 0
