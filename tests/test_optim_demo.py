@@ -198,7 +198,9 @@ def test_error_feedback_conserves_and_one_process_matches_reference(mode, pre_up
 def test_bad_arguments_are_named():
     p = [torch.nn.Parameter(torch.zeros(4, 4))]
     for kw, msg in (({"topk": 0.0}, "topk=0.0"), ({"topk": 32}, "topk=32"), ({"orthogonalize": "mid"}, "orthogonalize"),
-                    ({"compression_decay": 1.0}, "compression_decay"), ({"value_dtype": "fp8"}, "value_dtype")):
+                    ({"compression_decay": 1.0}, "compression_decay"), ({"value_dtype": "fp8"}, "value_dtype"),
+                    ({"lr_scaled_delta": 1}, "lr_scaled_delta=1"), ({"mean_over_senders": "yes"}, "mean_over_senders"),
+                    ({"eps": 0.0}, "eps=0.0")):
         with pytest.raises(ValueError, match=msg):
             optim.DeMo(p, **kw)
     with pytest.raises(ValueError, match="needs matrices"):
