@@ -17,6 +17,9 @@ chunk of n coefficients (`topk` is the fraction of each chunk's coefficients tha
 "1%, 5%, 10%, 25% of a chunk"; DeMo's 32 of 64 x 64 is 0.0078125). Ties are broken as torch.topk
 breaks them. Indices are sent in the smallest integer type that holds n - 1 (uint8 up to 256
 coefficients, int16 up to 32768, else int32); values in float32 or bfloat16, or as 1 bit each (sign).
+
+Decode: the mean of each coefficient over the ranks that sent it (bloc97/DeMo demo.py:296), see
+`decode_mean_chunks`.
 """
 
 from __future__ import annotations
@@ -207,21 +210,35 @@ def compress(x: Tensor, L: Layout, select: Tensor | None = None) -> tuple[Tensor
 
 
 def decode_mean_chunks(idx_parts: list[Tensor], val_parts: list[Tensor], n_chunks: int, a: int, b: int, k: int,
-                       dtype=torch.float32) -> Tensor:
-    """The mean over ranks of the decoded chunks, inverse-transformed: (n_chunks, a, b).
+                       dtype=torch.float32, over_senders: bool = True) -> Tensor:
+    """The ranks' sent coefficients averaged and inverse-transformed: (n_chunks, a, b).
+
+    over_senders=True (DeMo as published): each coefficient is the mean over the ranks that sent it, as
+    bloc97/DeMo's `scatter_reduce_(..., reduce="mean", include_self=False)` of the concatenated indices
+    (demo.py:296, via batch_decompress :304-307); a coefficient no rank sent is 0. over_senders=False: the
+    sum divided by the number of ranks (a rank that did not send a coefficient counts as 0; this
+    project's rule before issue 20).
 
     Ranks are added one at a time in rank order (each rank's indices within a chunk are distinct, so
     every scatter_add is collision-free): the result is deterministic and the same on every rank."""
     dense = torch.zeros(n_chunks, a * b, dtype=dtype, device=val_parts[0].device)
+    count = torch.zeros_like(dense) if over_senders else None
     for idx, vals in zip(idx_parts, val_parts):
-        dense.scatter_add_(-1, idx.reshape(n_chunks, k).long(), vals.reshape(n_chunks, k).to(dtype))
-    dense.div_(len(idx_parts))
+        i = idx.reshape(n_chunks, k).long()
+        dense.scatter_add_(-1, i, vals.reshape(n_chunks, k).to(dtype))
+        if count is not None:
+            count.scatter_add_(-1, i, torch.ones(n_chunks, k, dtype=dtype, device=dense.device))
+    if count is None:
+        dense.div_(len(idx_parts))
+    elif len(idx_parts) > 1:  # one rank: every count is 0 or 1, the division would change nothing
+        dense.div_(count.clamp_(min=1.0))
     return idct_chunks(dense, a, b)
 
 
-def decode_mean(idx_parts: list[Tensor], val_parts: list[Tensor], L: Layout, dtype=torch.float32) -> Tensor:
+def decode_mean(idx_parts: list[Tensor], val_parts: list[Tensor], L: Layout, dtype=torch.float32,
+                over_senders: bool = True) -> Tensor:
     """decode_mean_chunks for one tensor: a tensor of L.shape."""
-    return from_chunks(decode_mean_chunks(idx_parts, val_parts, L.n_chunks, L.a, L.b, L.k, dtype), L)
+    return from_chunks(decode_mean_chunks(idx_parts, val_parts, L.n_chunks, L.a, L.b, L.k, dtype, over_senders), L)
 
 
 def compress_decode(x: Tensor, chunk: int = 64, topk_frac: float = 0.0078125) -> Tensor:

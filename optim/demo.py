@@ -4,14 +4,19 @@ gradients of its parameters (`communicates_itself`).
 
 One step, per parameter, on every rank r (g_r: the rank's local gradient):
 
-    delta_r <- beta * delta_r + g_r                      local momentum (compression_decay, 0.999)
+    delta_r <- beta * delta_r + lr * g_r                 local momentum (compression_decay, 0.999), lr the
+                                                          step's scheduled lr (bloc97/DeMo demo.py:128-132);
+                                                          lr_scaled_delta=False: + g_r (the former rule)
     C      = DCT(delta_r) per chunk (optim.dct)          'pre': S = DCT(orth(delta_r)) chooses and is sent
     idx    = top-k |C| per chunk (|S| for 'pre')
     sent   = C[idx] ('pre': S[idx]), as float32/bf16 values or 1 sign bit each
     delta_r <- delta_r - IDCT(C[idx])                    error feedback (the sent frequencies leave)
     all_gather (idx, sent) of every rank (one flat uint8 buffer per step; parameters with the same
                                                           chunk shape are stacked and sent as one segment)
-    D      = IDCT(mean over ranks of the scattered chunks)   the shared direction, identical on all ranks
+    D      = IDCT(each coefficient's mean over the ranks that sent it)   the shared direction, identical
+                                                          on all ranks (demo.py:156-158, :296 scatter_reduce
+                                                          "mean", include_self=False); mean_over_senders=False:
+                                                          sum / world size (the former rule)
     U      = sign(D)                                     orthogonalize='none' (DeMo as published), and
                                                           'pre' with pre_update='sign' (the seed's design:
                                                           Psyche's pipeline with orth inserted before encoding)
@@ -19,7 +24,15 @@ One step, per parameter, on every rank r (g_r: the rank's local gradient):
                                                           factor, so Muon's lr carries over)
            = D * adjust                                  'pre', pre_update='raw'
            = orth(D) * adjust                            'post': orthogonalize the decoded direction
-    W      <- W * (1 - lr * weight_decay) - lr * U
+    W      <- W * (1 - lr * weight_decay) - lr * U       (demo.py:124-125, then SGD on sign, :167-170)
+
+DeMo as published (orthogonalize='none', the defaults): bloc97/DeMo demo.py @0e48145, checked step for
+step against an independent float64 implementation at world sizes 1, 2 and 4 under warmup and cooldown
+(tests/test_demo_reference.py). The two former rules are kept as options, off by default, only to
+reproduce runs made before issue 20: with them the optimizer is not DeMo as published (at a constant lr
+lr_scaled_delta=False changes only delta's scale, which the sign step ignores; under a schedule it
+re-weights old against new gradients; mean_over_senders=False shrinks a coefficient that some ranks did
+not send towards 0).
 
 'pre' error feedback: the sent values are the orthogonalized momentum's coefficients, which live on
 another scale than delta (||orth(X)||_F = sqrt(min(m, n))); what leaves delta is delta's own
@@ -49,12 +62,18 @@ from torch import Tensor
 
 from . import dct as D
 from .muon import ADJUST_LR_FNS, DIAGNOSTIC_KEYS, _invalid, _is_int, _is_real, adjust_ratio
-from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize as _orth
+from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize as _orth, resolve_eps
 from .versions import ALGORITHM_VERSIONS
 
 ORTHOGONALIZE_MODES = ("none", "pre", "post")
 PRE_UPDATES = ("sign", "rescale", "raw")
 DEMO_DIAGNOSTIC_KEYS = DIAGNOSTIC_KEYS + ("bytes_sent_per_step", "dense_bytes_per_step")
+
+
+def _delta_dtype(p: Tensor) -> torch.dtype:
+    """float32 for float32/bf16/fp16 parameters (every run), float64 for float64 ones (so that the tests can
+    compare this discrete algorithm, top-k and sign, with a float64 reference without rounding ties)."""
+    return torch.promote_types(p.dtype, torch.float32)
 
 
 class DeMo(torch.optim.Optimizer):
@@ -74,7 +93,11 @@ class DeMo(torch.optim.Optimizer):
             'rescale' (D rescaled to an orthogonal factor's norm x Muon's shape factor; Muon's lr),
             'raw' (D x Muon's shape factor: the mean of the ranks' compressed orthogonal factors).
         weight_decay: decoupled, W *= 1 - lr * weight_decay.
-        adjust_lr_fn, orthogonalizer, ns_steps, ns_precision, eps: Muon's, for 'pre'/'post'.
+        lr_scaled_delta: delta accumulates lr * g (True, DeMo) or g (False, the rule before issue 20).
+        mean_over_senders: decode each coefficient as the mean over the ranks that sent it (True, DeMo) or
+            as the sum / world size (False, the rule before issue 20).
+        adjust_lr_fn, orthogonalizer, ns_steps, ns_precision, eps: Muon's, for 'pre'/'post' (eps None: the
+            orthogonalizer's own, optim.orthogonalize.DEFAULT_EPS).
         seed: accepted for the factory (DeMo draws no random numbers).
     """
 
@@ -93,11 +116,13 @@ class DeMo(torch.optim.Optimizer):
         orthogonalize: str = "none",
         pre_update: str = "sign",
         weight_decay: float = 0.0,
+        lr_scaled_delta: bool = True,
+        mean_over_senders: bool = True,
         adjust_lr_fn: str | None = None,
         orthogonalizer: str = "newton_schulz",
         ns_steps: int = 5,
         ns_precision: str = "bf16",
-        eps: float = 1e-7,
+        eps: float | None = None,
         seed: int = 0,
     ):
         name = type(self).__name__
@@ -113,11 +138,13 @@ class DeMo(torch.optim.Optimizer):
              f"use one of {list(ORTHOGONALIZE_MODES)}"),
             ("pre_update", pre_update, pre_update in PRE_UPDATES, f"use one of {list(PRE_UPDATES)}"),
             ("weight_decay", weight_decay, _is_real(weight_decay) and weight_decay >= 0, "use a finite number >= 0"),
+            ("lr_scaled_delta", lr_scaled_delta, isinstance(lr_scaled_delta, bool), "use True or False"),
+            ("mean_over_senders", mean_over_senders, isinstance(mean_over_senders, bool), "use True or False"),
             ("adjust_lr_fn", adjust_lr_fn, adjust_lr_fn in ADJUST_LR_FNS, f"use one of {list(ADJUST_LR_FNS)}"),
             ("orthogonalizer", orthogonalizer, orthogonalizer in ORTHOGONALIZERS, f"use one of {list(ORTHOGONALIZERS)}"),
             ("ns_steps", ns_steps, _is_int(ns_steps) and 1 <= ns_steps <= 100, "use an int in [1, 100]"),
             ("ns_precision", ns_precision, ns_precision in PRECISIONS, f"use one of {sorted(PRECISIONS)}"),
-            ("eps", eps, _is_real(eps) and eps > 0, "use a finite number > 0"),
+            ("eps", eps, eps is None or (_is_real(eps) and eps > 0), "use a finite number > 0 or None"),
             ("seed", seed, _is_int(seed), "use an int"),
         )
         for key, value, ok, allowed in checks:
@@ -126,7 +153,9 @@ class DeMo(torch.optim.Optimizer):
         self.chunk, self.topk, self.sign, self.value_dtype = chunk, float(topk), sign, D.VALUE_DTYPES[value_dtype]
         self.mode = orthogonalize
         self.pre_update = pre_update
-        self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps = orthogonalizer, ns_steps, ns_precision, eps
+        self.orthogonalizer, self.ns_steps, self.ns_precision = orthogonalizer, ns_steps, ns_precision
+        self.eps = resolve_eps(orthogonalizer, eps)
+        self.lr_scaled_delta, self.mean_over_senders = lr_scaled_delta, mean_over_senders
         self.seed = seed
         self.algorithm_version = ALGORITHM_VERSIONS.get(name, 1)
         self._step = 0
@@ -215,7 +244,8 @@ class DeMo(torch.optim.Optimizer):
         segs.append(D.pack_signs(vals) if self.sign else vals.to(self.value_dtype).reshape(-1).view(torch.uint8))
         return segs, X.shape[0]
 
-    def _decode(self, parts: list[Tensor], off: int, n_chunks: int, L: D.Layout) -> tuple[Tensor, int]:
+    def _decode(self, parts: list[Tensor], off: int, n_chunks: int, L: D.Layout,
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, int]:
         """The bucket's shared direction as (n_chunks, a, b) chunks, and the next offset."""
         n = n_chunks * L.k
         ib = n * L.idx_dtype.itemsize
@@ -225,7 +255,8 @@ class DeMo(torch.optim.Optimizer):
             idxs.append(buf[off:off + ib].clone().view(L.idx_dtype))
             raw = buf[off + ib:off + ib + vb]
             vals.append(D.unpack_signs(raw, n) if self.sign else raw.clone().view(self.value_dtype).float())
-        return D.decode_mean_chunks(idxs, vals, n_chunks, L.a, L.b, L.k), off + ib + vb
+        return (D.decode_mean_chunks(idxs, vals, n_chunks, L.a, L.b, L.k, dtype, over_senders=self.mean_over_senders),
+                off + ib + vb)
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -242,18 +273,19 @@ class DeMo(torch.optim.Optimizer):
             return loss
         grads = [p.grad for p, _ in items if p.grad is not None]
         layouts = [self._layout(p) for p, _ in items]
-        for group in self.param_groups:  # local momentum: delta = beta * delta + g
+        for group in self.param_groups:  # local momentum: delta = beta * delta + lr * g (DeMo) or + g
             ds, gs = [], []
             for p in group["params"]:
                 st = self.state[p]
-                if "delta" not in st:
-                    st["delta"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+                if "delta" not in st:  # float32 (float64 for float64 parameters: the reference tests)
+                    st["delta"] = torch.zeros_like(p, dtype=_delta_dtype(p), memory_format=torch.contiguous_format)
                 ds.append(st["delta"])
                 # a parameter without a gradient still sends (zeros): every rank must send the same layout
-                gs.append(p.grad.float() if p.grad is not None else torch.zeros_like(st["delta"]))
+                gs.append(p.grad.to(st["delta"].dtype) if p.grad is not None else torch.zeros_like(st["delta"]))
             if ds:
                 torch._foreach_mul_(ds, group["compression_decay"])
-                torch._foreach_add_(ds, [g.reshape(d.shape) for g, d in zip(gs, ds)])
+                torch._foreach_add_(ds, [g.reshape(d.shape) for g, d in zip(gs, ds)],
+                                    alpha=group["lr"] if self.lr_scaled_delta else 1.0)
         buckets = self._buckets(items)
         segs, counts = [], []
         for bucket in buckets:
@@ -270,7 +302,7 @@ class DeMo(torch.optim.Optimizer):
         off = 0
         dirs: list = [None] * len(items)
         for bucket, n in zip(buckets, counts):
-            chunks, off = self._decode(parts, off, n, layouts[bucket[0]])
+            chunks, off = self._decode(parts, off, n, layouts[bucket[0]], self.state[items[bucket[0]][0]]["delta"].dtype)
             c0 = 0
             for i in bucket:
                 L = layouts[i]
@@ -350,7 +382,7 @@ class DeMo(torch.optim.Optimizer):
         if g is not None and g.get("class") not in (None, type(self).__name__):
             raise ValueError(f"{type(self).__name__}: state_dict was saved by {g['class']}")
         super().load_state_dict(state_dict)
-        for st in self.state.values():  # torch casts state to the parameter dtype; delta stays float32
+        for p, st in self.state.items():  # torch casts state to the parameter dtype; delta stays float32
             if "delta" in st:
-                st["delta"] = st["delta"].float()
+                st["delta"] = st["delta"].to(_delta_dtype(p))
         self._step = int(g["step"]) if g is not None else 0

@@ -7,7 +7,7 @@ One optimizer step, for each parameter group:
                                                   (_after_momentum: NOLAH rescales it)
     U_t  = lerp(g_t, B_t, momentum) if nesterov else B_t
     O_t  = orthogonalize(_perturb(U_t))           (_perturb: the noise arms, NOLAH's sigmoid)
-    W_t  = W_{t-1} * (1 - lr * weight_decay) - lr * adjust(shape) * O_t
+    W_t  = W_{t-1} * (1 - lr * weight_decay) - lr * adjust(shape) * O_t   (decay: see weight_decay_scale)
 
 Matrices of the same shape, dtype and group are stacked and orthogonalized in one batched call
 ("buckets"). Conv weights (>2-D) are viewed as (out, in * k * k). Nothing in a step reads a GPU
@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize
+from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize, resolve_eps
 from .rank import RankJob, submit_effective_rank
-from .sphere import apply_update, check_options, replaces_update
+from .sphere import apply_update, check_options, decay_rate, replaces_update, resolve_weight_decay_scale
 from .versions import ALGORITHM_VERSIONS
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
@@ -92,9 +92,11 @@ class Muon(torch.optim.Optimizer):
         lr: learning rate (spectral-norm units with adjust_lr_fn=None/'original').
         momentum: EMA coefficient of the momentum buffer (0.95).
         nesterov: use lerp(g, B, momentum) instead of B (True).
-        weight_decay: decoupled, W *= 1 - lr * weight_decay (0.0).
+        weight_decay: decoupled, W *= 1 - rate, rate = lr * weight_decay (0.0; see weight_decay_scale).
         cautious_wd: decay only where update and weight agree in sign (optim/sphere.py); needs
             weight_decay > 0 (False).
+        weight_decay_scale: the decay rate: 'lr' (lr * wd, torch.optim.Muon's), 'lr_lr_eff' (wd * lr *
+            lr * adjust(shape), modded-nanogpt's); None (default): 'lr_lr_eff' with cautious_wd, else 'lr'.
         update: 'euclidean' (W - lr * U), 'geodesic' or 'geodesic_scaled' (on the sphere, per unit vector
             along the dims given by set_sphere_dims; optim/sphere.py).
         adjust_lr_fn: None or 'original' (sqrt(max(1, rows/cols))), 'match_rms_adamw'
@@ -102,7 +104,8 @@ class Muon(torch.optim.Optimizer):
         orthogonalizer: 'newton_schulz' | 'polar_express' | 'svd'.
         ns_steps: iterations of the (quintic) orthogonalizer (5).
         ns_precision: 'bf16' | 'fp32' for the iterations.
-        eps: floor of the normalising norm (1e-7).
+        eps: floor of the normalising norm (None: the orthogonalizer's reference value, 1e-7 for
+            Newton-Schulz as KellerJordan/Muon, 1e-6 for Polar Express as modded-nanogpt).
         seed: run seed; the noise arms draw from (seed, step, parameter index).
         rank_every: compute the momentum's effective rank every this many steps (first at step 1;
             0 disables).
@@ -121,12 +124,13 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         weight_decay: float = 0.0,
         cautious_wd: bool = False,
+        weight_decay_scale: str | None = None,
         update: str = "euclidean",
         adjust_lr_fn: str | None = None,
         orthogonalizer: str = "newton_schulz",
         ns_steps: int = 5,
         ns_precision: str = "bf16",
-        eps: float = 1e-7,
+        eps: float | None = None,
         seed: int = 0,
         rank_every: int = 10,
         shard_across_ranks: bool = False,
@@ -140,7 +144,7 @@ class Muon(torch.optim.Optimizer):
             raise _invalid(name, "nesterov", nesterov, "use True or False")
         if not _is_real(weight_decay) or weight_decay < 0:
             raise _invalid(name, "weight_decay", weight_decay, "use a finite number >= 0")
-        check_options(name, update, cautious_wd, weight_decay)
+        check_options(name, update, cautious_wd, weight_decay, weight_decay_scale)
         if adjust_lr_fn not in ADJUST_LR_FNS:
             raise _invalid(name, "adjust_lr_fn", adjust_lr_fn, f"use one of {list(ADJUST_LR_FNS)}")
         if orthogonalizer not in ORTHOGONALIZERS:
@@ -149,8 +153,8 @@ class Muon(torch.optim.Optimizer):
             raise _invalid(name, "ns_steps", ns_steps, "use an int in [1, 100]")
         if ns_precision not in PRECISIONS:
             raise _invalid(name, "ns_precision", ns_precision, f"use one of {sorted(PRECISIONS)}")
-        if not _is_real(eps) or eps <= 0:
-            raise _invalid(name, "eps", eps, "use a finite number > 0")
+        if eps is not None and (not _is_real(eps) or eps <= 0):
+            raise _invalid(name, "eps", eps, "use a finite number > 0, or None (the orthogonalizer's own)")
         if not _is_int(seed):
             raise _invalid(name, "seed", seed, "use an int")
         if not _is_int(rank_every) or rank_every < 0:
@@ -165,9 +169,11 @@ class Muon(torch.optim.Optimizer):
         self.orthogonalizer = orthogonalizer
         self.ns_steps = ns_steps
         self.ns_precision = ns_precision
-        self.eps = eps
+        self.eps = resolve_eps(orthogonalizer, eps)  # None: 1e-7 for Newton-Schulz, 1e-6 for Polar Express
+        self.cubic_eps = 1e-7 if eps is None else eps  # the noise arms' cubic re-orthogonalization
         self.seed = seed
         self.update, self.cautious_wd = update, cautious_wd
+        self.weight_decay_scale = resolve_weight_decay_scale(weight_decay_scale, cautious_wd)
         self._sphere_dims: dict[int, int] = {}
         self.rank_every = rank_every
         self.shard_across_ranks = shard_across_ranks
@@ -351,13 +357,14 @@ class Muon(torch.optim.Optimizer):
 
         lr, wd = group["lr"], group["weight_decay"]
         ratio = adjust_ratio(group["adjust_lr_fn"], r, c)
+        rate = decay_rate(self.weight_decay_scale, lr, wd, ratio)  # lr * wd with the default scale
         stats.update_sq.append(torch.linalg.vector_norm(O, dtype=torch.float32).square() * ratio**2)
         views = [p.view(r, c) for p in bucket.params]
         if views[0].dtype in _LOW_PRECISION:
-            _update_low_precision_(views, O, 1 - lr * wd, -lr * ratio)
+            _update_low_precision_(views, O, 1 - rate, -lr * ratio)
         else:
             if wd != 0:
-                torch._foreach_mul_(views, 1 - lr * wd)
+                torch._foreach_mul_(views, 1 - rate)
             upd = list(O.to(views[0].dtype, copy=True).unbind(0))
             torch._foreach_mul_(upd, -lr * ratio)
             torch._foreach_add_(views, upd)

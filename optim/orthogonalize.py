@@ -8,7 +8,8 @@ Gram matrices are always the small side.
   with addmm/baddbmm like torch.optim.Muon so that it follows it step for step. It does not converge
   to U V^T but to U S' V^T with S' roughly in [0.7, 1.2], which is what Muon uses.
 - `polar_express`: the per-step coefficients of Amsel et al. 2025 as modded-nanogpt uses them
-  (5 iterations, safety factor 2e-2, cushion 2; normalised by ||X||_F * 1.02).
+  (5 iterations, safety factor 2e-2, cushion 2; normalised as X / (||X||_F * 1.02 + 1e-6), the
+  epsilon of modded-nanogpt's train_gpt.py:198 @f411b3d3, :388 @9060ff47).
 - `svd_orthogonalize`: exact U V^T in float32 (the seeds' version; the reference).
 - `cubic_newton_schulz`: the seed's re-orthogonalization X <- 1.5 X - 0.5 X X^T X, after
   normalising X by its Frobenius norm. Unnormalised it diverges once ||X||_2 > sqrt(3).
@@ -34,6 +35,15 @@ POLAR_EXPRESS_SAFETY = 1.02
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 ORTHOGONALIZERS = ("newton_schulz", "polar_express", "svd")
+# Each orthogonalizer's normalisation epsilon in its reference: KellerJordan/Muon's zeropower_via_newtonschulz5
+# divides by ||X|| + 1e-7; modded-nanogpt's polar_express by ||X|| * 1.02 + 1e-6 (train_gpt.py:198). The
+# optimizers' eps=None means this one. svd takes none.
+DEFAULT_EPS = {"newton_schulz": 1e-7, "polar_express": 1e-6, "svd": 1e-7}
+
+
+def resolve_eps(method: str, eps: float | None) -> float:
+    """eps as given, or the orthogonalizer's reference epsilon when None."""
+    return DEFAULT_EPS.get(method, 1e-7) if eps is None else eps
 
 
 def _dtype(precision: str) -> torch.dtype:
@@ -83,7 +93,7 @@ def newton_schulz(
     return X.mT if tall else X
 
 
-def polar_express(G: Tensor, steps: int = 5, precision: str = "bf16", eps: float = 1e-7) -> Tensor:
+def polar_express(G: Tensor, steps: int = 5, precision: str = "bf16", eps: float = 1e-6) -> Tensor:
     """Polar Express: the quintic iteration with per-step coefficients (modded-nanogpt's)."""
     X, tall = _wide(G, _dtype(precision))
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * POLAR_EXPRESS_SAFETY + eps)
@@ -126,8 +136,11 @@ def cubic_newton_schulz(
     return Y.mT if tall else Y
 
 
-def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5, precision: str = "bf16", eps: float = 1e-7) -> Tensor:
-    """Dispatch by name (see ORTHOGONALIZERS); `svd` ignores steps and precision (always float32)."""
+def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5, precision: str = "bf16",
+                  eps: float | None = None) -> Tensor:
+    """Dispatch by name (see ORTHOGONALIZERS); `svd` ignores steps and precision (always float32);
+    eps None: the method's DEFAULT_EPS."""
+    eps = resolve_eps(method, eps)
     if method == "newton_schulz":
         return newton_schulz(G, steps=steps, precision=precision, eps=eps)
     if method == "polar_express":

@@ -103,7 +103,7 @@ class _NoisyMuon(Muon):
     def _reorthogonalize(self, X: Tensor) -> Tensor:
         if self.reortho_steps == 0:
             return X
-        return cubic_newton_schulz(X, steps=self.reortho_steps, precision=self.ns_precision, eps=self.eps)
+        return cubic_newton_schulz(X, steps=self.reortho_steps, precision=self.ns_precision, eps=self.cubic_eps)
 
     def _plan(self, ctx: BucketContext) -> None:
         if self._alpha_t <= 0:

@@ -16,9 +16,18 @@ With O the orthogonalized update of a matrix W and U = adjust(shape) * O (the pl
   The seed's script computed W cos(theta) + U sin(theta) with one theta per matrix: that steps uphill
   (the sign), leaves the sphere (no tangent projection) and ignores the per-vector geometry
   (`seed_flipped_step` keeps it, for the tests that show it fails).
-- cautious_wd=True: decoupled decay only where the update and the weight agree in sign (modded-nanogpt):
-      mask = (U * W) >= 0,  W <- W - lr * weight_decay * mask * W,  then the step.
+- cautious_wd=True: decoupled decay only where the update and the weight agree in sign, as modded-nanogpt's
+  NorMuon does it (cautious_wd_and_update_inplace, train_gpt.py:916-933 @f411b3d3, :428-433 @9060ff47):
+      mask = (U * W) >= 0,  W <- W - rate * mask * W - lr * U   (mask and both terms from the same W)
   With weight_decay 0 it does nothing, so the constructor refuses that combination.
+
+The decay rate (`weight_decay_scale`; None picks "lr_lr_eff" with cautious_wd, "lr" without):
+- "lr_lr_eff": rate = weight_decay * lr * lr_eff with lr_eff = lr * adjust(shape), modded-nanogpt's
+  (eff_wd = wd * lr, train_gpt.py:878/899, times eff_lr = lr * shape_mult, :877/901, in :930; the
+  same at 9060ff47 :640-641 and :433): quadratic in lr, so its wd 1.2 at lr 0.023 means the same here.
+- "lr": rate = lr * weight_decay, the decoupled decay of torch.optim.Muon and KellerJordan/Muon
+  (p.mul_(1 - lr * wd)); cautious decay used it before issue 20 (modded-nanogpt's wd 1.2 is about
+  0.028 on this scale at lr 0.023).
 """
 
 from __future__ import annotations
@@ -27,14 +36,33 @@ import torch
 from torch import Tensor
 
 UPDATES = ("euclidean", "geodesic", "geodesic_scaled")
+WEIGHT_DECAY_SCALES = ("lr", "lr_lr_eff")
 # |t| below this fraction of |u| counts as "u parallel to w": no direction to move in. In float32, |t| from
 # the dot products (geodesic_update_) carries an error of about 6e-4 |u|, so the floor sits above it; the
 # vectors it stops move by at most lr * 1e-3 |u| with theta = lr * |t|.
 TANGENT_FLOOR = 1e-3
 
 
-def check_options(cls: str, update, cautious_wd, weight_decay) -> None:
-    """Raise ValueError for a bad `update` / `cautious_wd`, and for cautious decay that would do nothing."""
+def resolve_weight_decay_scale(scale: str | None, cautious_wd: bool) -> str:
+    """The decay rate's rule: as given, or modded-nanogpt's with cautious decay and lr * wd without."""
+    if scale is None:
+        return "lr_lr_eff" if cautious_wd else "lr"
+    return scale
+
+
+def decay_rate(scale: str, lr: float, weight_decay: float, ratio: float) -> float:
+    """The fraction of W that the decoupled decay removes in one step (where it applies)."""
+    if scale == "lr_lr_eff":
+        return weight_decay * lr * (lr * ratio)
+    return lr * weight_decay
+
+
+def check_options(cls: str, update, cautious_wd, weight_decay, weight_decay_scale=None) -> None:
+    """Raise ValueError for a bad `update` / `cautious_wd` / `weight_decay_scale`, and for cautious decay
+    that would do nothing."""
+    if weight_decay_scale is not None and weight_decay_scale not in WEIGHT_DECAY_SCALES:
+        raise ValueError(f"{cls}: weight_decay_scale={weight_decay_scale!r} is not allowed; use one of "
+                         f"{list(WEIGHT_DECAY_SCALES)} or None (lr_lr_eff with cautious_wd, lr without)")
     if update not in UPDATES:
         raise ValueError(f"{cls}: update={update!r} is not allowed; use one of {list(UPDATES)}")
     if not isinstance(cautious_wd, bool):
@@ -125,10 +153,11 @@ def apply_update(opt, bucket, group: dict, O: Tensor, ctx, stats) -> None:
         Og = O if len(idx) == n else O[idx]
         W = torch.stack([views[i] for i in idx]).float()
         if wd != 0:
+            rate = decay_rate(opt.weight_decay_scale, lr, wd, ratio)
             if opt.cautious_wd:
-                W.mul_(torch.where(cautious_mask(Og, W), 1.0 - lr * wd, 1.0))
+                W.mul_(torch.where(cautious_mask(Og, W), 1.0 - rate, 1.0))
             else:
-                W.mul_(1.0 - lr * wd)
+                W.mul_(1.0 - rate)
         if dim is None:
             W.add_(Og, alpha=-lr * ratio)
         else:

@@ -239,24 +239,46 @@ def test_cautious_mask_truth_table():
     assert cautious_mask(U, W).tolist() == [True, False, False, True, True, True]
 
 
-@pytest.mark.parametrize("shape", [(12, 8), (8, 12)])
-def test_cautious_decay_against_a_reference(shape):
+def _one_muon_step(shape, lr, wd, **kw):
     g = torch.Generator().manual_seed(4)
     W0, G = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     p = nn.Parameter(W0.clone())
     p.grad = G.clone()
-    lr, wd = 0.05, 0.3
-    opt = optim.Muon([p], lr=lr, momentum=0.0, nesterov=False, weight_decay=wd, cautious_wd=True,
-                     orthogonalizer="svd", rank_every=0)
+    opt = optim.Muon([p], lr=lr, momentum=0.0, nesterov=False, weight_decay=wd, orthogonalizer="svd", rank_every=0,
+                     **kw)
     opt.step()
-    U = adjust_ratio(None, *shape) * optim.orthogonalize.svd_orthogonalize(G).double()
-    W = W0.double()
-    mask = (U * W) >= 0
+    return W0.double(), optim.orthogonalize.svd_orthogonalize(G).double(), p.detach().double()
+
+
+@pytest.mark.parametrize("shape", [(12, 8), (8, 12)])
+def test_cautious_decay_is_modded_nanogpts_formula(shape):
+    """modded-nanogpt's NorMuon (train_gpt.py @f411b3d3: eff_lr = lr_mul * lr with lr_mul = shape_mult =
+    max(1, rows/cols)^0.5, :510-511/:877; eff_wd = wd * lr, :878; cautious_wd_and_update_inplace, :929-930):
+    mask = (v p) >= 0;  p <- p - p mask eff_wd eff_lr - v eff_lr. Written here in its own form."""
+    lr, wd = 0.023, 1.2  # modded-nanogpt's NorMuon lr and weight decay
+    W, V, got = _one_muon_step(shape, lr, wd, cautious_wd=True)
+    eff_lr = lr * max(1.0, shape[0] / shape[1]) ** 0.5
+    eff_wd = wd * lr
+    mask = (V * W) >= 0
     assert 0.2 < mask.double().mean() < 0.8  # both cases occur
-    ref = W - lr * wd * mask * W - lr * U
-    torch.testing.assert_close(p.detach().double(), ref, atol=1e-6, rtol=1e-6)
-    plain = W * (1 - lr * wd) - lr * U  # differs from plain decay where the mask is off
-    assert (p.detach().double() - plain).abs().max() > 1e-3
+    ref = W - W * mask * eff_wd * eff_lr - V * eff_lr
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)  # float32 step of O(1) entries
+    # the former rule (lr * wd) is a named option; with the same number it decays ~1 / (lr * shape) times more
+    _, _, former = _one_muon_step(shape, lr, wd, cautious_wd=True, weight_decay_scale="lr")
+    torch.testing.assert_close(former, W - lr * wd * mask * W - V * eff_lr, atol=1e-6, rtol=1e-6)
+    assert (former - got).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("shape", [(12, 8), (8, 12)])
+def test_plain_decay_keeps_torch_muons_rate_and_takes_modded_nanogpts(shape):
+    lr, wd = 0.05, 0.3
+    W, V, got = _one_muon_step(shape, lr, wd)
+    ratio = adjust_ratio(None, *shape)
+    torch.testing.assert_close(got, W * (1 - lr * wd) - lr * ratio * V, atol=1e-6, rtol=1e-6)
+    _, _, quad = _one_muon_step(shape, lr, wd, weight_decay_scale="lr_lr_eff")  # the cautious arm's control
+    torch.testing.assert_close(quad, W * (1 - wd * lr * lr * ratio) - lr * ratio * V, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"weight_decay_scale='lr2' is not allowed"):
+        optim.Muon([nn.Parameter(torch.randn(4, 4))], weight_decay=0.1, weight_decay_scale="lr2")
 
 
 @pytest.mark.parametrize("cls", [optim.Muon, optim.NorMuon, optim.MuonOrthoNoise, optim.MuonIsotropic,

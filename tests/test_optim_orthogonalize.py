@@ -141,3 +141,24 @@ def test_effective_rank_against_numpy(method):
     # bf16 input is measured in float32
     assert abs(effective_rank(M[0].bfloat16(), method) - _erank_ref(M[0].bfloat16().float().numpy())) < 1e-2
     assert 1.0 <= got[0] <= min(20, 36) and math.isfinite(got[0])
+
+
+@pytest.mark.parametrize("norm", [1e-2, 1e-4, 1e-6])
+def test_polar_express_epsilon_is_modded_nanogpts_at_tiny_norms(norm):
+    """modded-nanogpt divides by ||X||_F * 1.02 + 1e-6 (train_gpt.py:198 @f411b3d3). At ||G|| = 1e-4 the
+    epsilon is 1% of the denominator, at 1e-6 half of it: the output's scale shows which one was used."""
+    torch.manual_seed(5)
+    G = torch.randn(20, 36)
+    G = G * (norm / G.norm())
+    ref = _quintic_ref(G.double().numpy(), POLAR_EXPRESS_COEFFICIENTS, 5, norm_scale=1.02, eps=1e-6)
+    for out in (polar_express(G, precision="fp32"), orthogonalize(G, "polar_express", 5, "fp32"),
+                orthogonalize(G, "polar_express", 5, "fp32", eps=None)):
+        assert _rel(out.numpy(), ref) < 1e-5  # float32 rounding of 5 polynomial steps
+    if norm <= 1e-4:  # the former 1e-7 is distinguishable there (4% at 1e-4, 14% at 1e-6, issue 20)
+        old = _quintic_ref(G.double().numpy(), POLAR_EXPRESS_COEFFICIENTS, 5, norm_scale=1.02, eps=1e-7)
+        assert _rel(ref, old) > 1e-2
+    # Newton-Schulz keeps KellerJordan/Muon's 1e-7, also through the optimizers' eps=None
+    import optim
+    assert optim.Muon([torch.nn.Parameter(torch.zeros(4, 4))]).eps == 1e-7
+    assert optim.Muon([torch.nn.Parameter(torch.zeros(4, 4))], orthogonalizer="polar_express").eps == 1e-6
+    assert optim.DeMo([torch.nn.Parameter(torch.zeros(4, 4))], orthogonalizer="polar_express").eps == 1e-6

@@ -15,8 +15,12 @@ Every hidden vector and every weight vector lives on the unit sphere:
   Residual (gated, the seed's variant, `model.options` {"residual": "gated", "gate_alpha": 0.15}):
   `h <- norm(h + sigmoid(g) * gate_alpha * block(h))`, g per dimension (init 0), gate_alpha a constant.
 - Attention: q, k after RoPE are `s_qk * norm(q)` per head (s_qk stored scaled like alpha, init 1), softmax
-  scale sqrt(d_head) instead of 1/sqrt(d_head). RoPE in the GPT preset's half-split (NeoX) layout; the
-  reference rotates interleaved pairs, which is the same map on permuted head coordinates.
+  scale sqrt(d_head) instead of 1/sqrt(d_head). RoPE is the GPT preset's (half-split layout), a true
+  rotation: norms kept, q.k a function of the relative position. The reference's is not a rotation
+  (model.py:44-54: `sin, cos = chunk(2)` of an interleaved sin/cos table pairs mismatched frequencies and
+  never adds the pair; vectors shrink to ~0.71 of their norm, half the coordinates are zeroed at position 0, q.k
+  loses the relative-position property; NVIDIA/ngpt issue 10). It deliberately differs: copying that defect
+  would confound the optimizer comparisons with a positional-encoding bug (docs/ngpt.md).
 - MLP: SwiGLU `proj(u * silu(v))` with u = s_u * sqrt(d) * fc_u(h), v = s_v * sqrt(d) * fc_v(h) (s_u, s_v
   stored unscaled, init 1), hidden size 4d. fc_u and fc_v are separate matrices (the reference's c_fc is
   their concatenation, normalized by rows the same way) so that Muon orthogonalizes each on its own, as the
