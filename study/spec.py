@@ -48,7 +48,8 @@ def _load_file(path: str, _mtime_ns: int):
 def load_code_versions(code_root: str | Path = ROOT) -> dict:
     """The behaviour versions of the code under code_root (optim/versions.py, trainer/version.py)."""
     root = Path(code_root)
-    return {"optimizer": load_file_module(root, "optim/versions.py").ALGORITHM_VERSIONS,
+    versions = load_file_module(root, "optim/versions.py")
+    return {"optimizer": versions.ALGORITHM_VERSIONS, "features": getattr(versions, "FEATURE_VERSIONS", {}),
             "trainer": load_file_module(root, "trainer/version.py").TRAINER_VERSION}
 
 
@@ -187,6 +188,12 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def features_used(muon_settings: dict, features: dict) -> dict:
+    """{feature: version} of the versioned features (optim/versions.py FEATURE_VERSIONS) a run uses."""
+    return {name: version for name, (version, when) in sorted(features.items())
+            if all(muon_settings.get(k) == v for k, v in when.items())}
+
+
 def fingerprint(spec: dict, versions: dict | None = None) -> str:
     """16 hex digits over the result-affecting part of the spec and the code's behaviour versions."""
     versions = versions or load_code_versions()
@@ -195,4 +202,7 @@ def fingerprint(spec: dict, versions: dict | None = None) -> str:
         raise KeyError(f"optim/versions.py has no ALGORITHM_VERSIONS entry for {cls}")
     affecting = {k: v for k, v in spec.items() if k not in OPERATIONAL}
     affecting["code_versions"] = {"optimizer": versions["optimizer"][cls], "trainer": versions["trainer"]}
+    used = features_used(spec["optimizer"].get("muon", {}), versions.get("features", {}))
+    if used:  # only runs that use a versioned feature carry it: the others keep their fingerprints
+        affecting["code_versions"]["features"] = used
     return hashlib.sha256(canonical_json(affecting).encode()).hexdigest()[:16]

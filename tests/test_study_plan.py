@@ -86,7 +86,7 @@ def test_every_possible_selection_is_a_known_run(full):
 def test_the_move_keeps_every_fingerprint(full, tiny, tmp_path):
     """Fingerprints computed by the first layout (config/config.yaml, 7110009) for these runs: the move to
     config/studies/ changed none of them. (Issue 15 then bumped the four classes' behaviour versions to 2,
-    and issue 20 to 3, which re-runs them on purpose; the check uses the versions of that commit.)"""
+    which re-runs them on purpose; the check uses the versions of that commit.)"""
     import re
     import shutil
 
@@ -167,6 +167,26 @@ def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
     after = Plan(tiny, code_root=tmp_path)
     assert after.fingerprint(iso) != fp_iso
     assert after.fingerprint(muon) == fp_muon
+
+
+def test_a_feature_version_re_runs_only_the_runs_that_use_the_feature(tmp_path):
+    """Polar Express's epsilon changed (issue 20): the nGPT runs that orthogonalize with it go stale, the
+    Newton-Schulz runs of the same class keep their fingerprints."""
+    import re
+    import shutil
+
+    cfg = study("ngpt", tiny=True)
+    for part in ("optim", "trainer", "analysis", "config"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    before = Plan(cfg, code_root=tmp_path)
+    polar, plain = before.make_run("ngpt-tiny", "muon-polar", "lr0.01", 1), before.make_run("ngpt-tiny", "muon", "lr0.01", 42)
+    fp_polar, fp_plain = before.fingerprint(polar), before.fingerprint(plain)
+    versions = tmp_path / "optim" / "versions.py"
+    versions.write_text(re.sub(r'"polar_express": \((\d+)', lambda m: f'"polar_express": ({int(m[1]) + 1}',
+                               versions.read_text()))
+    after = Plan(cfg, code_root=tmp_path)
+    assert after.fingerprint(polar) != fp_polar
+    assert after.fingerprint(plain) == fp_plain
 
 
 @pytest.mark.parametrize("name", ["orthonoise", "ngpt", "distro"])
