@@ -138,7 +138,9 @@ def test_muon_geodesic_is_the_geodesic_step_of_its_update_and_stays_on_the_spher
     ref = geodesic_step(W0, adjust_ratio(None, *shape) * O, 0.05, dim, update == "geodesic_scaled")
     torch.testing.assert_close(W1, ref, atol=1e-6, rtol=1e-6)
     _, _, _, _, losses, devs = muon_on_sphere(update, shape, dim, steps=30, lr=0.02)
-    assert max(devs) < 1e-6 and losses[-1] < losses[0] - 0.5
+    # float32 steps leave the sphere by rounding only: at most about one ulp of the norm per step
+    # (measured 1.07-1.19e-6 after 30 steps on one CPU; a bound of 1e-6 failed there)
+    assert max(devs) < 30 * torch.finfo(torch.float32).eps and losses[-1] < losses[0] - 0.5
 
 
 def test_geodesic_needs_an_axis_for_every_matrix():
