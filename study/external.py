@@ -104,7 +104,7 @@ def problems(config: dict, root: str | Path) -> list[str]:
             name = entry.get("trainer")
             if name is not None and name != BUILTIN and name not in trainers:
                 out.append(f"{section}.{key}.trainer: {name!r} is not a trainer of the study (known: "
-                           f"{', '.join([BUILTIN] + sorted(trainers))})")
+                           f"{', '.join([BUILTIN] + sorted(set(trainers) - {BUILTIN}))})")
     for arm, a in config["arms"].items():
         if a.get("capture") and any(trainer_name(config, m, arm) for m in config["models"]
                                     if m in _models_running(config, arm)):
