@@ -15,14 +15,12 @@ import functools
 import glob
 import hashlib
 import os
-import re
 import string
 from pathlib import Path
 
 BUILTIN = "builtin"
 # What a command's argv may hold in braces; the launcher fills them in (trainer/external.py).
 PLACEHOLDERS = ("python", "spec", "out_dir", "checkpoint_dir", "seed", "run_id", "steps")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def trainer_name(config: dict, model: str, arm: str) -> str | None:
