@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 
@@ -227,3 +228,33 @@ def test_the_quadratic_trainer_honours_the_seed_and_resumes_exactly(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics.pop("resumed_from_step") == 10 and runs["a"][1].pop("resumed_from_step") is None
     assert (out / "history.csv").read_text() == runs["a"][0] and metrics == runs["a"][1]
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_gets_the_workers_environment_and_rank_0_checks(tmp_path):
+    """Two torchrun workers, as the train rule starts them: each starts the command with RANK, WORLD_SIZE and
+    the rendezvous address; rank 0 alone writes and checks the records."""
+    import subprocess
+
+    from study.launch import launcher
+
+    code = ("import json,os,pathlib,sys; d=pathlib.Path(sys.argv[1]); r=os.environ['RANK']; "
+            "(d/f'rank{r}').write_text(json.dumps({k: os.environ[k] for k in ('WORLD_SIZE', 'LOCAL_RANK', "
+            "'MASTER_ADDR', 'MASTER_PORT', 'ABLATION_SEED', 'ABLATION_RUN_ID')})); "
+            "r == '0' and (d/'history.csv').write_text('step,val_loss\\n4,1.5\\n'); "
+            "r == '0' and (d/'metrics.json').write_text(json.dumps({'status': 'ok', 'final_val_loss': 1.5, "
+            "'steps_completed': 4, 'val_loss_at': {'2': 1.7, '4': 1.5}}))")
+    spec = spec_of(tmp_path, ["{python}", "-c", code.replace("{", "{{").replace("}", "}}"), "{out_dir}"])
+    out = tmp_path / "out"
+    cmd = (f"{launcher(2)} {REPO / 'workflow' / 'scripts' / 'train.py'} --spec-json {shlex.quote(json.dumps(spec))} "
+           f"--out-dir {out} --checkpoint-dir {tmp_path / 'ck'}")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, shell=True, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = {p.name: json.loads(p.read_text()) for p in out.glob("rank*")}
+    assert set(ranks) == {"rank0", "rank1"}
+    assert {e["WORLD_SIZE"] for e in ranks.values()} == {"2"} and {e["LOCAL_RANK"] for e in ranks.values()} == {"0", "1"}
+    assert all(e["MASTER_ADDR"] and e["ABLATION_SEED"] == "1" and e["ABLATION_RUN_ID"] == "quad/sgd/default/seed1"
+               for e in ranks.values())
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["fingerprint"] == spec["fingerprint"]

@@ -98,7 +98,7 @@ def test_the_phase_is_trained_by_the_external_command_and_judged_as_usual(done):
         m = json.loads((done / TWIN / "runs" / key / "metrics.json").read_text())
         assert m["trainer"] == ("external:quad" if "sgd" in key else "external:quad_b")
         assert m["fingerprint"] == m["spec"]["fingerprint"] and m["steps_completed"] == 40
-        assert m["world_size"] == 1  # torchrun started it (WORLD_SIZE in its environment)
+        assert m["world_size"] == 1  # from WORLD_SIZE, which torchrun set
         finals[key] = m["final_val_loss"]
     assert len(set(finals.values())) == 4  # each seed draws its own start and noise
     gates = json.loads((done / TWIN / "phase1" / "gates.json").read_text())
