@@ -18,6 +18,8 @@ import os
 import string
 from pathlib import Path
 
+from study.config_errors import NUMBER_LIKE
+
 BUILTIN = "builtin"
 # What a command's argv may hold in braces; the launcher fills them in (trainer/external.py).
 PLACEHOLDERS = ("python", "spec", "out_dir", "checkpoint_dir", "seed", "run_id", "steps")
@@ -94,6 +96,10 @@ def problems(config: dict, root: str | Path) -> list[str]:
             if field not in PLACEHOLDERS:
                 out.append(f"{where}.command: placeholder {{{field}}} is not allowed (allowed: "
                            f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+        for key, value in t.get("settings", {}).items():
+            if isinstance(value, str) and NUMBER_LIKE.match(value):
+                out.append(f"{where}.settings.{key}: {value!r} is a string, not a number; write it with a decimal "
+                           "point (e.g. 1.0e-3): YAML 1.1 reads 1e-3 as text")
         for i, pattern in enumerate(t.get("files", [])):
             if not declared_files(root, [pattern]):
                 out.append(f"{where}.files[{i}]: {pattern!r} matches no file (relative to {root})")

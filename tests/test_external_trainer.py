@@ -101,6 +101,7 @@ def test_bad_trainer_settings_are_refused_before_any_job_naming_the_key():
     cfg["trainers"]["builtin"] = {"command": ["true"], "files": [SCRIPT]}
     cfg["arms"]["heavy"]["trainer"] = "quadd"
     cfg["arms"]["heavy"]["capture"] = {"steps": [10]}
+    cfg["trainers"]["quad"]["settings"]["lr"] = "1e-3"  # what YAML makes of 1e-3
     with pytest.raises(PlanError) as err:
         Plan(cfg, code_root=REPO)
     msg = str(err.value)
@@ -108,7 +109,8 @@ def test_bad_trainer_settings_are_refused_before_any_job_naming_the_key():
                    "trainers.quad.files[1]: 'tests/external_trainer/nothing-*.py' matches no file",
                    "trainers.builtin: 'builtin' is the built-in trainer's name",
                    "arms.heavy.trainer: 'quadd' is not a trainer of the study (known: builtin, quad)",
-                   "arms.heavy.capture: only the built-in trainer writes captures"):
+                   "arms.heavy.capture: only the built-in trainer writes captures",
+                   "trainers.quad.settings.lr: '1e-3' is a string, not a number"):
         assert needle in msg, msg
     cfg = quad_study()
     cfg["trainers"]["quad"]["command"] = "python train_gpt.py"  # a string, not an argv
