@@ -23,6 +23,7 @@ configfile: "config/config.yaml"
 
 from study import Plan, PlanError, StudyFileError, launcher, load_study, read_selection
 from study.launch import torchrun_executable
+from study.external import trainer_name as external_trainer_name
 from study.spec import text_data_dir
 
 # Every config error is reported here, in one line per problem, before any job is built or submitted.

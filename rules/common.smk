@@ -96,12 +96,19 @@ class UntrackedArgument:
 
 def train_data(wildcards):
     data = STUDY["data"]
+    if data["kind"] == "stdlib" and external_trainer(wildcards):  # it brings its own data: no corpus to build
+        return []
     if data["kind"] == "stdlib":
         return rules.stdlib_corpus.output
     if data["kind"] == "text":  # the data stage's manifest (the spec needs its checksum: a checkpoint)
         return checkpoints.prepare_text.get().output.manifest
     # User shards: required to exist before submission, but their mtime never re-runs a study.
     return [ancient(f) for pattern in (data["train"], data["val"]) for f in sorted(glob(pattern))]
+
+
+def external_trainer(wildcards):
+    """The external trainer of the run (study/external.py), or None for the built-in trainer."""
+    return external_trainer_name(STUDY, wildcards.model, wildcards.arm)
 
 
 def text_data_spec():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jsonschema
 
+from study import external
 from study.config_errors import NUMBER_LIKE, describe
 from study.load import non_finite_numbers
 from study.spec import eval_at_steps, load_file_module, text_data_dir
@@ -211,7 +212,7 @@ class _Checks:
                 if not (path if path.is_absolute() else Path.cwd() / path).is_dir():
                     self.bad(f"models.{name}.arch: {arch!r}: no such directory (hf:<local path to a "
                              "Hugging Face model directory>)")
-            elif arch not in presets:
+            elif arch not in presets and external.uses_builtin_trainer(self.c, name):
                 self.bad(f"models.{name}.arch: {arch!r} is not allowed (one of {', '.join(presets)}, "
                          "or hf:<local path>)")
             gpus = m["resources"]["gpus"] * m["resources"]["nodes"]
@@ -421,7 +422,7 @@ def check(config: dict, root: Path) -> dict:
         c.check_models()
         c.check_data()
         c.check_phases()
-        problems = c.problems
+        problems = c.problems + external.problems(config, root)
         if not problems:
             try:
                 variant_table(config)

@@ -174,6 +174,11 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
     capture = config["arms"][run.arm].get("capture")
     if capture:  # the arm's runs write gradients and momenta at these steps (a measurement's input)
         spec["capture"] = {"steps": sorted(capture["steps"]), "what": list(capture.get("what", ["grad", "momentum"]))}
+    from study.external import external_section
+
+    external = external_section(config, run.model, run.arm, root)
+    if external:  # a study's own training command (study/external.py); built-in runs' specs have no such key
+        spec["external"] = external
     spec["fingerprint"] = fingerprint(spec, versions)
     return spec
 
@@ -196,11 +201,16 @@ def features_used(muon_settings: dict, features: dict) -> dict:
 
 def fingerprint(spec: dict, versions: dict | None = None) -> str:
     """16 hex digits over the result-affecting part of the spec and the code's behaviour versions."""
+    affecting = {k: v for k, v in spec.items() if k not in OPERATIONAL}
+    if "external" in spec:
+        # An external trainer's code is its command, settings and declared files' content (all in the
+        # section): the built-in trainer's and optimizers' versions do not apply to it.
+        affecting["code_versions"] = {"external": 1}
+        return hashlib.sha256(canonical_json(affecting).encode()).hexdigest()[:16]
     versions = versions or load_code_versions()
     cls = spec["optimizer"]["class"]
     if cls not in versions["optimizer"]:
         raise KeyError(f"optim/versions.py has no ALGORITHM_VERSIONS entry for {cls}")
-    affecting = {k: v for k, v in spec.items() if k not in OPERATIONAL}
     affecting["code_versions"] = {"optimizer": versions["optimizer"][cls], "trainer": versions["trainer"]}
     used = features_used(spec["optimizer"].get("muon", {}), versions.get("features", {}))
     if used:  # only runs that use a versioned feature carry it: the others keep their fingerprints
