@@ -118,6 +118,13 @@ def text_inputs(wildcards):
     return sorted({f for p in patterns if not p.startswith("stdlib") for f in glob(p)})
 
 
+def text_stage_settings():
+    """Every setting of the data stage (tracked: a new tokenizer file, bpe:N, val_fraction, seed, ... re-run it)."""
+    from trainer.textprep import prep_config, stage_settings
+
+    return stage_settings(prep_config({k: v for k, v in STUDY["data"].items() if k != "name"}, TEXT_DATA_DIR))
+
+
 def text_prep_args():
     from trainer.textprep import cli_args, prep_config
 

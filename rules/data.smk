@@ -35,6 +35,8 @@ if TEXT_DATA_DIR:
         log:
             "logs/data/prepare_text.log",
         params:
+            # tracked: the stage's every setting (its inputs' mtimes alone missed a new tokenizer or val_fraction)
+            settings=lambda w: text_stage_settings(),
             env=script_env,
             python=UntrackedArgument(shlex.quote(PYTHON)),
             args=lambda w: UntrackedArgument(text_prep_args()),
