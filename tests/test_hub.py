@@ -188,3 +188,22 @@ def test_a_model_is_fetched_and_loaded_from_the_cache_by_commit(hub, tmp_path, m
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-3:] == ["320", "True", "True"], r.stdout
+
+
+def test_pins_carry_commits_and_checksum_and_refuse_a_model_too_small_for_the_data(tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"kind": "hub-shards", "train": "d/fineweb_train_*.bin", "val": "d/fineweb_val_*.bin",
+                                "content_checksum": "c" * 64}))
+    script = str(ROOT / "workflow/scripts/pin_hub.py")
+    for vocab, rc in ((50304, 0), (320, 2)):
+        model = tmp_path / f"model{vocab}.json"
+        model.write_text(json.dumps({"repo": "o/m", "commit": "a" * 40, "vocab_size": vocab}))
+        r = subprocess.run([sys.executable, script, "--data", str(data), f"--model=m={model}", "--out",
+                            str(tmp_path / f"pins{vocab}.json")], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == rc, r.stderr
+    assert json.loads((tmp_path / "pins50304.json").read_text()) == {
+        "data": {"kind": "bin", "train": "d/fineweb_train_*.bin", "val": "d/fineweb_val_*.bin", "checksum": "c" * 64},
+        "models": {"m": "a" * 40}}
+    assert "models.m (o/m@aaaaaaaaaaaa) has 320 token ids, fewer than the data's 50257" in r.stderr
+    assert not (tmp_path / "pins320.json").exists()

@@ -22,14 +22,23 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", default=[], metavar="NAME=MANIFEST")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    data = None
+    data, data_vocab = None, None
     if a.data:
         m = load_manifest(a.data)
         data = {"kind": "bin", "train": m["train"], "val": m["val"], "checksum": m["content_checksum"]}
+        # the tokens' range: a prepared corpus's tokenizer, or GPT-2's for modded-nanogpt's shards
+        data_vocab = m.get("vocab_size") or (50257 if m.get("kind") == "hub-shards" else None)
     models = {}
     for item in a.model:
         name, _, path = item.partition("=")
-        models[name] = load_manifest(path)["commit"]
+        mm = load_manifest(path)
+        models[name] = mm["commit"]
+        vocab = mm.get("vocab_size")
+        if data_vocab and isinstance(vocab, int) and vocab < data_vocab:  # before any train job is submitted
+            print(f"pin_hub: models.{name} ({mm['repo']}@{mm['commit'][:12]}) has {vocab} token ids, fewer than the "
+                  f"data's {data_vocab} ({a.data}): tokenize the data with the model's tokenizer (data.tokenizer: "
+                  f"model) or pick another model", file=sys.stderr)
+            return 2
     write_json(a.out, {"data": data, "models": models})
     print(f"pin_hub: data {data and data['checksum'][:16]}, models {models}")
     return 0
