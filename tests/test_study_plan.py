@@ -379,3 +379,21 @@ def test_a_selected_value_and_a_sweep_make_compound_runs(tiny):
     cfg["phases"]["phase3"]["runs"].append({"arm": "adam", "value": "selected"})
     with pytest.raises(PlanError, match=r"phases.phase3.runs\[2\].value: the value selected from phase2 sets muon.lr"):
         Plan(cfg)
+
+
+def test_a_hub_models_commit_is_in_its_fingerprint_and_the_twin_is_kept_apart_in_wandb(tiny):
+    """Issue 22: the commit fetched for an hf:<Hub id> model is part of the run (another commit, another
+    fingerprint); the twin's W&B runs go to their own folder, grouped and tagged apart, without touching a
+    fingerprint (wandb is operational)."""
+    cfg = copy.deepcopy(tiny)
+    cfg["models"]["tiny"] = {k: v for k, v in cfg["models"]["tiny"].items() if k != "vocab_size"}
+    cfg["models"]["tiny"]["arch"] = "hf:ibm-granite/granite-4.0-h-350m-base"
+    run = Plan(tiny).make_run("tiny", "muon", "alpha0", 42)
+    a, b = (build_spec(cfg, run, model_revision=c * 40) for c in "ab")
+    assert a["model"]["revision"] == "a" * 40 and a["fingerprint"] != b["fingerprint"]
+    real = Plan(tiny, results="results/orthonoise").spec(run)
+    twin = Plan(tiny, results="results/orthonoise-tiny", twin=True).spec(run)
+    assert twin["fingerprint"] == real["fingerprint"]
+    assert (real["wandb"]["dir"], twin["wandb"]["dir"]) == ("results/orthonoise/wandb", "results/orthonoise-tiny/wandb")
+    assert "twin" in twin["wandb"]["tags"] and "twin" not in real["wandb"]["tags"]
+    assert twin["wandb"]["group"] == "orthonoise-tiny/tiny"
