@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 from glob import glob
 
 from snakemake.settings.types import DeploymentMethod
@@ -24,6 +25,7 @@ configfile: "config/config.yaml"
 from study import Plan, PlanError, StudyFileError, launcher, load_study, read_selection
 from study.launch import torchrun_executable
 from study.external import trainer_name as external_trainer_name
+from study.hub import HUB_DIR, fetch_args, fetch_items, is_shards
 from study.spec import text_data_dir
 
 # Every config error is reported here, in one line per problem, before any job is built or submitted.
@@ -33,8 +35,11 @@ try:
     # The CPU twin has a directory of its own: it never overwrites the real study's tables.
     RESULTS = f"results/{STUDY_NAME}{'-tiny' if TINY else ''}"
     LOGS = f"logs/{STUDY_NAME}{'-tiny' if TINY else ''}"
-    PLAN = Plan(STUDY, code_root=workflow.basedir, results=RESULTS)
-    TEXT_DATA_DIR = text_data_dir(STUDY) if STUDY["data"]["kind"] == "text" else None
+    PLAN = Plan(STUDY, code_root=workflow.basedir, results=RESULTS, twin=TINY)
+    # What the phases fetch from the Hub (a local rule: the login node has the network); planned offline.
+    HUB_ITEMS = fetch_items(STUDY)
+    TEXT_DATA_DIR = (text_data_dir(STUDY) if STUDY["data"]["kind"] == "text"
+                     or (STUDY["data"]["kind"] == "hub" and not is_shards(STUDY["data"])) else None)
 except (StudyFileError, PlanError) as err:
     raise WorkflowError(str(err)) from None
 
@@ -49,8 +54,11 @@ TORCHRUN = "torchrun" if USE_CONDA else torchrun_executable()
 include: "rules/common.smk"
 
 
-if TEXT_DATA_DIR:
+if HUB_ITEMS and STUDY["data"]["kind"] in ("text", "hub"):
+    PLAN.text_data_source = hub_data_spec
+elif TEXT_DATA_DIR:
     PLAN.text_data_source = text_data_spec
+PLAN.model_revision_source = hub_model_revision
 
 
 include: "rules/data.smk"

@@ -94,16 +94,60 @@ class UntrackedArgument:
         return self.text
 
 
+def hub_pins():
+    """What the runs' specs take from the fetched data and models (pin_hub's file: a checkpoint)."""
+    with open(checkpoints.pin_hub.get().output.pins) as f:
+        return json.load(f)
+
+
+def hub_model_revision(model):
+    """The commit fetched for an hf:<Hub id> model (None for other models): in its runs' specs."""
+    return hub_pins()["models"].get(model) if HUB_ITEMS else None
+
+
+def hub_data_spec():
+    """The run spec's data section of fetched shards or of text prepared from fetched files."""
+    return hub_pins()["data"]
+
+
+def pin_hub_inputs(wildcards):
+    from study.hub import data_item, is_shards, model_manifests
+
+    d = STUDY["data"]
+    files = {"models": sorted(set(model_manifests(STUDY).values()))}
+    if TEXT_DATA_DIR:
+        files["data"] = f"{TEXT_DATA_DIR}/manifest.json"
+    elif d["kind"] == "hub" and is_shards(d):
+        files["data"] = f"{HUB_DIR}/{data_item(d)}/manifest.json"
+    return files
+
+
+def pin_hub_args():
+    from study.hub import model_manifests
+
+    args = [f"--model={m}={p}" for m, p in model_manifests(STUDY).items()]
+    inputs = pin_hub_inputs(None)
+    if "data" in inputs:
+        args.append(f"--data={inputs['data']}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
 def train_data(wildcards):
     data = STUDY["data"]
     if data["kind"] == "stdlib" and external_trainer(wildcards):  # it brings its own data: no corpus to build
         return []
+    # with anything from the Hub, one checkpoint (pin_hub) after every download and the data stage: the
+    # dry run shows them all as jobs, and the specs read the commits and checksums it collects. ancient: a
+    # rewritten pins file re-runs nothing by itself; a run re-runs when its fingerprint (commit, checksum) changes
+    pins = [ancient(checkpoints.pin_hub.get().output.pins)] if HUB_ITEMS else []
     if data["kind"] == "stdlib":
-        return rules.stdlib_corpus.output
+        return list(rules.stdlib_corpus.output) + pins
+    if pins and data["kind"] in ("text", "hub"):
+        return pins
     if data["kind"] == "text":  # the data stage's manifest (the spec needs its checksum: a checkpoint)
         return checkpoints.prepare_text.get().output.manifest
     # User shards: required to exist before submission, but their mtime never re-runs a study.
-    return [ancient(f) for pattern in (data["train"], data["val"]) for f in sorted(glob(pattern))]
+    return pins + [ancient(f) for pattern in (data["train"], data["val"]) for f in sorted(glob(pattern))]
 
 
 def external_trainer(wildcards):
@@ -118,17 +162,36 @@ def text_data_spec():
     return spec_data(checkpoints.prepare_text.get().output.manifest)
 
 
+def text_stage_data():
+    """The text stage's data section: the study's (kind text), or for fetched Hub files their links as inputs
+    and `tokenizer: model` as the fetched model's directory (study/hub.py)."""
+    from study.hub import text_section
+
+    return text_section(STUDY) if STUDY["data"]["kind"] == "hub" else STUDY["data"]
+
+
 def text_inputs(wildcards):
     """The files the data stage reads (their mtime re-runs it); the embedded corpus has none."""
+    if STUDY["data"]["kind"] == "hub":  # the fetch manifests of the files (and of the tokenizer's model)
+        from study.hub import text_stage_manifests
+
+        return text_stage_manifests(STUDY)
     patterns = STUDY["data"]["inputs"]
     patterns = [patterns] if isinstance(patterns, str) else patterns
     return sorted({f for p in patterns if not p.startswith("stdlib") for f in glob(p)})
 
 
+def text_stage_settings():
+    """Every setting of the data stage (tracked: a new tokenizer file, bpe:N, val_fraction, seed, ... re-run it)."""
+    from trainer.textprep import prep_config, stage_settings
+
+    return stage_settings(prep_config({k: v for k, v in text_stage_data().items() if k != "name"}, TEXT_DATA_DIR))
+
+
 def text_prep_args():
     from trainer.textprep import cli_args, prep_config
 
-    args = cli_args(prep_config({k: v for k, v in STUDY["data"].items() if k != "name"}, TEXT_DATA_DIR))
+    args = cli_args(prep_config({k: v for k, v in text_stage_data().items() if k != "name"}, TEXT_DATA_DIR))
     # --workers comes from the rule's threads
     i = args.index("--workers")
     del args[i : i + 2]

@@ -20,6 +20,7 @@ import jsonschema
 from study import external
 from study.config_errors import NUMBER_LIKE, describe
 from study.load import non_finite_numbers
+from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
 from study.spec import eval_at_steps, load_file_module, text_data_dir
 
 SELECTED = "selected"
@@ -207,14 +208,17 @@ class _Checks:
         presets = self.trainer_spec.MODEL_PRESETS
         for name, m in self.c["models"].items():
             arch = m["arch"]
+            if "revision" in m and not hub_model_id(arch):
+                self.bad(f"models.{name}.revision: {m['revision']!r}: only for hf:<Hub id> models")
             if arch.startswith("hf:"):
                 path = Path(arch[3:])
-                if not (path if path.is_absolute() else Path.cwd() / path).is_dir():
+                # a Hub id is fetched by fetch_hub (never contacted here)
+                if not hub_model_id(arch) and not (path if path.is_absolute() else Path.cwd() / path).is_dir():
                     self.bad(f"models.{name}.arch: {arch!r}: no such directory (hf:<local path to a "
-                             "Hugging Face model directory>)")
+                             "Hugging Face model directory>, or hf:<owner/name> on the Hub)")
             elif arch not in presets and external.uses_builtin_trainer(self.c, name):
                 self.bad(f"models.{name}.arch: {arch!r} is not allowed (one of {', '.join(presets)}, "
-                         "or hf:<local path>)")
+                         "hf:<local path> or hf:<owner/name> on the Hub)")
             gpus = m["resources"]["gpus"] * m["resources"]["nodes"]
             if m["global_batch"] % m["micro_batch"]:
                 self.bad(f"models.{name}: global_batch {m['global_batch']} is not a multiple of "
@@ -234,6 +238,8 @@ class _Checks:
 
     def check_data(self) -> None:
         d = self.c["data"]
+        if d["kind"] == "hub":
+            return self.check_hub_data(d)
         if d["kind"] == "bin":
             for key in ("train", "val"):
                 if not glob.glob(d[key]):
@@ -259,6 +265,33 @@ class _Checks:
                     check_vocab_fits(self.tokenizer_vocab, m["vocab_size"], f"models.{name}.vocab_size")
             except TokenizerError as e:
                 self.bad(f"data.tokenizer: {e}")
+
+    def check_hub_data(self, d: dict) -> None:
+        """kind hub: the request (no network); raw files: the text stage's settings and the vocabulary."""
+        from trainer.textprep import DataError, prep_config
+        from trainer.tokenizer import TokenizerError, check_vocab_fits, tokenizer_vocab_size
+
+        problems = check_hub_data(d, self.c)
+        for p in problems:
+            self.bad(p)
+        if problems or is_shards(d):
+            return
+        text = {k: v for k, v in d.items() if k not in ("kind", "name", "repo", "revision", "files")}
+        if text.get("tokenizer") == MODEL_TOKENIZER:
+            text["tokenizer"] = "bpe:257"  # the model's own, read once fetched: its other settings checked here
+        try:
+            prep_config({"inputs": ["fetched"], **text}, "unused")
+            if d["tokenizer"] != MODEL_TOKENIZER:
+                self.tokenizer_vocab = tokenizer_vocab_size(d["tokenizer"])
+        except (DataError, TokenizerError) as e:
+            self.bad(str(e))
+            return
+        for name, m in self.c["models"].items():
+            if self.tokenizer_vocab is not None and "vocab_size" in m:
+                try:
+                    check_vocab_fits(self.tokenizer_vocab, m["vocab_size"], f"models.{name}.vocab_size")
+                except TokenizerError as e:
+                    self.bad(f"data.tokenizer: {e}")
 
     def uses(self, model: str, arm: str) -> bool:
         """Whether some phase runs this arm on this model."""

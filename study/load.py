@@ -80,6 +80,16 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def merge_study(base: dict, over: dict) -> dict:
+    """deep_merge, except that a data section of another kind replaces the data section (a twin's
+    `data: {kind: stdlib}` over a Hub dataset keeps none of the Hub's keys)."""
+    out = deep_merge(base, over)
+    new, old = over.get("data"), base.get("data")
+    if isinstance(new, dict) and isinstance(old, dict) and "kind" in new and new["kind"] != old.get("kind"):
+        out["data"] = copy.deepcopy(new)
+    return out
+
+
 def study_path(name: str, root: str | Path) -> Path:
     """config/studies/NAME.yaml, or NAME itself when it is a path to a YAML file."""
     if name.endswith((".yaml", ".yml")) or "/" in name:
@@ -118,10 +128,10 @@ def load_study(snakemake_config: dict, root: str | Path) -> tuple[dict, bool, Pa
     if tiny:
         if not isinstance(twin, dict):
             raise StudyFileError(f"{path}: tiny=true needs a `tiny:` section (the study's CPU twin)")
-        study = deep_merge(study, twin)
+        study = merge_study(study, twin)
     overrides = {k: v for k, v in snakemake_config.items() if k not in SELECTION_KEYS}
     if overrides:
-        study = deep_merge(study, overrides)
+        study = merge_study(study, overrides)
     return study, tiny, path
 
 

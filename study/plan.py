@@ -80,7 +80,8 @@ class PhaseRun:
 
 
 class Plan:
-    def __init__(self, config: dict, code_root: str | Path | None = None, results: str = "results/orthonoise"):
+    def __init__(self, config: dict, code_root: str | Path | None = None, results: str = "results/orthonoise",
+                 twin: bool = False):
         self.config = config
         # Where optim/, trainer/ and analysis/ declarations are read: the workflow's own copy of the code.
         self.root = Path(code_root) if code_root else Path(__file__).resolve().parent.parent
@@ -88,6 +89,9 @@ class Plan:
         self.tokenizer_vocab = check(config, self.root)["tokenizer_vocab"]
         # kind text: the prepared corpus's data section, known once the data stage ran (the Snakefile sets this)
         self.text_data_source = None
+        # hf:<Hub id> models: model name -> the commit fetched (the Snakefile sets this; None for other models)
+        self.model_revision_source = None
+        self.twin = twin  # the CPU twin: its W&B runs tagged and grouped apart
         self.results = results.rstrip("/")
         self.variants = variant_table(config)  # label -> (param, value)
         self._specs: dict[Run, dict] = {}
@@ -219,8 +223,10 @@ class Plan:
 
     def spec(self, run: Run) -> dict:
         if run not in self._specs:
-            text = self.text_data_source() if self.config["data"]["kind"] == "text" else None
-            self._specs[run] = build_spec(self.config, run, self.versions, self.root, text, self.tokenizer_vocab)
+            text = self.text_data_source() if self.config["data"]["kind"] in ("text", "hub") else None
+            revision = self.model_revision_source(run.model) if self.model_revision_source else None
+            self._specs[run] = build_spec(self.config, run, self.versions, self.root, text, self.tokenizer_vocab,
+                                          revision, self.results, self.twin)
         return self._specs[run]
 
     def fingerprint(self, run: Run) -> str:

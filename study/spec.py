@@ -86,9 +86,10 @@ def data_settings(config: dict, text_data: dict | None = None) -> dict:
     d = config["data"]
     if d["kind"] == "stdlib":
         return {"kind": "stdlib", "path": STDLIB_CORPUS_DIR}
-    if d["kind"] == "text":
+    if d["kind"] in ("text", "hub"):
         if text_data is None:
-            raise ValueError("data.kind text: the prepared corpus's data section is needed (the data stage runs first)")
+            raise ValueError(f"data.kind {d['kind']}: the prepared or fetched shards' data section is needed (the data "
+                             "stage runs first)")
         return dict(text_data)
     return {"kind": "bin", "train": d["train"], "val": d["val"]}
 
@@ -123,12 +124,15 @@ def run_settings(config: dict, run, root: str | Path = ROOT) -> tuple[dict, dict
 
 
 def build_spec(config: dict, run, versions: dict | None = None, root: str | Path = ROOT,
-               text_data: dict | None = None, tokenizer_vocab: int | None = None) -> dict:
+               text_data: dict | None = None, tokenizer_vocab: int | None = None,
+               model_revision: str | None = None, results: str | None = None, twin: bool = False) -> dict:
     m = config["models"][run.model]
     t = config["training_defaults"]
     settings, optimizer = run_settings(config, run, root)
     steps = m["steps"]
     model = {"name": run.model, "arch": m["arch"]}
+    if model_revision is not None:  # a Hub model: the commit fetched (its weights) is part of what the run is
+        model["revision"] = model_revision
     vocab = model_vocab(config, run.model, tokenizer_vocab)
     if vocab is not None:
         model["vocab_size"] = vocab
@@ -160,12 +164,15 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
         },
         "data": data_settings(config, text_data),
         "checkpoint": {"every": t.get("checkpoint_every", 100), "keep": t.get("keep_checkpoints", False)},
+        # Operational (no fingerprint). One folder per study and twin (results/STUDY[-tiny]/wandb), so
+        # `wandb sync results/STUDY/wandb/wandb/offline-run-*` uploads one study's runs and never a twin's; a
+        # twin's runs are also grouped STUDY-tiny/MODEL and tagged "twin".
         "wandb": {
             "mode": config["wandb"]["mode"],
             "project": config["wandb"]["project"],
-            "group": f"{config['study']['name']}/{run.model}",
-            "tags": [run.model, run.arm, run.variant, f"seed{run.seed}"],
-            "dir": WANDB_DIR,
+            "group": f"{config['study']['name']}{'-tiny' if twin else ''}/{run.model}",
+            "tags": [run.model, run.arm, run.variant, f"seed{run.seed}"] + (["twin"] if twin else []),
+            "dir": f"{results}/wandb" if results else WANDB_DIR,
         },
         "runtime": {"device": "auto", "compile": "auto", "dtype": "auto", "deterministic": True},
     }

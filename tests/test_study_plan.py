@@ -45,8 +45,8 @@ def test_phase1_is_the_seeds_eight_runs(full):
         ("muon", "alpha0"), ("orthonoise", "alpha0.001"), ("isotropic", "alpha0.001"),
         ("orthonoise-anneal", "alpha0.01")}
     assert {r.role for r in runs if r.run.arm == "muon"} == {"baseline"}
-    assert all(r.run.model == "gpt-350m" for r in runs)
-    assert runs[0].run_dir == "results/orthonoise/runs/gpt-350m/muon/alpha0/seed42"
+    assert all(r.run.model == "granite-350m" for r in runs)
+    assert runs[0].run_dir == "results/orthonoise/runs/granite-350m/muon/alpha0/seed42"
 
 
 def test_phase2_trains_each_distinct_run_once(full):
@@ -66,12 +66,12 @@ def test_phase3_takes_the_selected_arm_on_fresh_seeds(full):
     sel = {"arm": "orthonoise-anneal", "variant": "alpha0.005", "param": "muon.alpha"}
     runs = plan.phase_runs("phase3", sel)
     roles = sorted((r.role, r.run.model, r.run.arm, r.run.variant) for r in runs)
-    assert roles.count(("arm", "gpt-1b", "orthonoise-anneal", "alpha0.005")) == 3
-    assert roles.count(("baseline", "gpt-1b", "muon", "alpha0")) == 3
-    assert roles.count(("arm", "gpt-1b", "nolah", "alpha0")) == 3
+    assert roles.count(("arm", "granite-1b", "orthonoise-anneal", "alpha0.005")) == 3
+    assert roles.count(("baseline", "granite-1b", "muon", "alpha0")) == 3
+    assert roles.count(("arm", "granite-1b", "nolah", "alpha0")) == 3
     assert ("scratch_arm", "gpt-1b-scratch", "orthonoise-anneal", "alpha0.005") in roles
     assert len(runs) == 13  # 3 fresh seeds x (baseline, selected, nolah) + the scratch pair on 2 seeds
-    assert not {r.run.seed for r in runs if r.run.model == "gpt-1b"} & set(full["phases"]["phase2"]["seeds"])
+    assert not {r.run.seed for r in runs if r.run.model == "granite-1b"} & set(full["phases"]["phase2"]["seeds"])
 
 
 def test_every_possible_selection_is_a_known_run(full):
@@ -101,8 +101,16 @@ def test_the_move_keeps_every_fingerprint(full, tiny, tmp_path):
         ("tiny", "orthonoise-exp", "alpha0.01", 42): "84fb5c41fcec2fa5",
         ("tiny", "muon", "alpha0", 123): "0bb50dbb0f83c13a",
     }
+    # the first layout's real study: GPT-350M on the stdlib corpus (issue 22 moved it to Granite on FineWeb-Edu,
+    # which changes its fingerprints on purpose; the twin's stay)
+    first = copy.deepcopy(full)
+    first["data"] = {"kind": "stdlib"}
+    first["models"]["gpt-350m"] = {**first["models"].pop("granite-350m"), "arch": "gpt-350m"}
+    first["optimizer_defaults"]["adamw_patterns"] = ["embed", "wte", "lm_head", "norm", "bias", "gain"]
+    for phase in ("phase1", "phase2"):
+        first["phases"][phase]["model"] = "gpt-350m"
     for (model, arm, variant, seed), fp in first_layout.items():
-        cfg = tiny if model == "tiny" else full
+        cfg = tiny if model == "tiny" else first
         plan = Plan(cfg, code_root=tmp_path)
         assert plan.fingerprint(plan.make_run(model, arm, variant, seed)) == fp, (model, arm, variant)
 
@@ -218,11 +226,11 @@ BAD = [
     (_set(("arms", "muon", "muon"), {"schedule": "constant"}), "arms.muon.muon.schedule: not a setting of arm muon"),
     (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [0.0]}}),
      "needs alpha > 0"),
-    (_set(("models", "gpt-350m", "global_batch"), 60), "global_batch 60"),
+    (_set(("models", "granite-350m", "global_batch"), 60), "global_batch 60"),
     (_set(("phases", "phase2", "gates", "effective_rank_higher", "arms"), ["orthonoise", "ghost"]),
      "phases.phase2.gates.effective_rank_higher.arms: 'ghost' is not an arm of phases.phase2"),
     (_set(("phases", "phase1", "gates", "scratch"), {"kind": "reaches_target_sooner"}), "needs a scratch pair"),
-    (_set(("phases", "phase3", "scratch", "model"), "gpt-1b"), "phases.phase3.scratch.model: 'gpt-1b' is the phase's"),
+    (_set(("phases", "phase3", "scratch", "model"), "granite-1b"), "phases.phase3.scratch.model: 'granite-1b' is the phase's"),
     # non-finite numbers anywhere
     (_set(("optimizer_defaults", "muon", "lr"), math.nan), "optimizer_defaults.muon.lr: nan is not allowed"),
     (_set(("optimizer_defaults", "muon", "momentum"), math.inf), "optimizer_defaults.muon.momentum: inf"),
@@ -234,14 +242,21 @@ BAD = [
      "phases.phase1.runs[3].sweep.values[0]: inf"),
     (_set(("phases", "phase1", "seeds"), [42, math.nan]), "phases.phase1.seeds[1]: nan"),
     # types and ranges
-    (_set(("models", "gpt-350m", "steps"), 500.0), "models.gpt-350m.steps: 500.0 is not of type 'integer'"),
+    (_set(("models", "granite-350m", "steps"), 500.0), "models.granite-350m.steps: 500.0 is not of type 'integer'"),
     (_set(("optimizer_defaults", "muon", "lr"), -0.02), "optimizer_defaults.muon.lr: -0.02 is not allowed (a finite number >"),
     (_set(("optimizer_defaults", "muon", "lr"), "1e-3"), "optimizer_defaults.muon.lr: '1e-3' is not allowed (it is a string, not a number"),
     (_set(("arms", "orthonoise", "muon", "schedule"), "cosine"), "arms.orthonoise.muon.schedule: 'cosine' is not allowed"),
     (_set(("arms", "orthonoise", "class"), "Adam"), "arms.orthonoise.class: 'Adam' is not an optimizer class"),
     (_set(("wandb", "mode"), "sometimes"), "wandb.mode: 'sometimes' is not allowed"),
-    (_set(("models", "gpt-350m", "arch"), "gpt-7b"), "models.gpt-350m.arch: 'gpt-7b' is not allowed"),
-    (_set(("models", "gpt-350m", "arch"), "hf:/no/such/model"), "models.gpt-350m.arch: 'hf:/no/such/model': no such directory"),
+    (_set(("models", "granite-350m", "arch"), "gpt-7b"), "models.granite-350m.arch: 'gpt-7b' is not allowed"),
+    (_set(("models", "granite-350m", "arch"), "hf:/no/such/model"), "models.granite-350m.arch: 'hf:/no/such/model': no such directory"),
+    (_set(("models", "gpt-1b-scratch", "revision"), "main"), "models.gpt-1b-scratch.revision: 'main': only for hf:<Hub id>"),
+    (_set(("data",), {"kind": "hub", "repo": "not a repo", "train_shards": 2}), "data.repo: 'not a repo' is not allowed"),
+    (_set(("data",), {"kind": "hub", "repo": "a/b", "train_shards": 2, "tokenizer": "bpe:300"}),
+     "data.tokenizer: not allowed with train_shards"),
+    (_set(("data",), {"kind": "hub", "repo": "a/b", "files": ["x.parquet"]}), "data.tokenizer: required with data.files"),
+    (_set(("data",), {"kind": "hub", "repo": "a/b", "files": ["x.parquet"], "tokenizer": "model", "val_fraction": 2.0}),
+     "val_fraction"),
     (_set(("data",), {"kind": "bin", "train": "/no/such/*.bin", "val": "/no/such/val*.bin"}),
      "data.train: '/no/such/*.bin' matches no file"),
     (_set(("surprise",), 1), "unknown key(s) 'surprise'"),
@@ -263,17 +278,17 @@ BAD = [
     (_set(("phases", "phase1", "gates", "loss_within_baseline", "margn"), 0.05),
      "phases.phase1.gates.loss_within_baseline.margn: not a setting of gate kind within_baseline"),
     (_set(("phases", "phase2", "gates", "early_loss_not_worse", "step"), 900),
-     "phases.phase2.gates.early_loss_not_worse.step: step 900 is not evaluated by gpt-350m"),
+     "phases.phase2.gates.early_loss_not_worse.step: step 900 is not evaluated by granite-350m"),
     (_set(("phases", "phase2", "gates", "isotropic_worse", "worse"), "isotrpic"),
      "phases.phase2.gates.isotropic_worse.worse: 'isotrpic' is not an arm of phases.phase2"),
-    (_set(("phases", "phase2", "gates", "beats_baseline", "model"), "gpt-1b"),
-     "phases.phase2.gates.beats_baseline.model: 'gpt-1b' is not a model of phases.phase2"),
+    (_set(("phases", "phase2", "gates", "beats_baseline", "model"), "granite-1b"),
+     "phases.phase2.gates.beats_baseline.model: 'granite-1b' is not a model of phases.phase2"),
     (_set(("training_defaults", "eval_at_steps"), [50, 900]), "eval_at_steps [900] are beyond its 500 steps"),
     (_set(("phases", "phase3", "select", "from"), "phase7"), "phases.phase3.select.from: 'phase7' is not a phase before phase3"),
     (_set(("phases", "phase3", "select", "gate"), "beats"), "phases.phase3.select.gate: 'beats' is not a gate of phase2"),
     (_set(("phases", "phase1", "force"), True), "phases.phase1.force: only meaningful with select"),
     (_append_run("phase1", {"arm": "selected"}), "phases.phase1.runs[3].arm: 'selected' needs phases.phase1.select"),
-    (_set(("phases", "all"), {"question": "q", "model": "gpt-350m", "seeds": [1], "baseline": "muon",
+    (_set(("phases", "all"), {"question": "q", "model": "granite-350m", "seeds": [1], "baseline": "muon",
                               "runs": [{"arm": "nolah"}], "gates": {}}), "phases.all: 'all' is a rule or directory of the workflow"),
     (_set(("arms", "muon", "muon"), {"lr": 0.0}), "arms.muon.muon.lr: 0.0 is not allowed (a finite number > 0)"),
 ]
@@ -384,3 +399,21 @@ def test_a_selected_value_and_a_sweep_make_compound_runs(tiny):
     cfg["phases"]["phase3"]["runs"].append({"arm": "adam", "value": "selected"})
     with pytest.raises(PlanError, match=r"phases.phase3.runs\[2\].value: the value selected from phase2 sets muon.lr"):
         Plan(cfg)
+
+
+def test_a_hub_models_commit_is_in_its_fingerprint_and_the_twin_is_kept_apart_in_wandb(tiny):
+    """Issue 22: the commit fetched for an hf:<Hub id> model is part of the run (another commit, another
+    fingerprint); the twin's W&B runs go to their own folder, grouped and tagged apart, without touching a
+    fingerprint (wandb is operational)."""
+    cfg = copy.deepcopy(tiny)
+    cfg["models"]["tiny"] = {k: v for k, v in cfg["models"]["tiny"].items() if k != "vocab_size"}
+    cfg["models"]["tiny"]["arch"] = "hf:ibm-granite/granite-4.0-h-350m-base"
+    run = Plan(tiny).make_run("tiny", "muon", "alpha0", 42)
+    a, b = (build_spec(cfg, run, model_revision=c * 40) for c in "ab")
+    assert a["model"]["revision"] == "a" * 40 and a["fingerprint"] != b["fingerprint"]
+    real = Plan(tiny, results="results/orthonoise").spec(run)
+    twin = Plan(tiny, results="results/orthonoise-tiny", twin=True).spec(run)
+    assert twin["fingerprint"] == real["fingerprint"]
+    assert (real["wandb"]["dir"], twin["wandb"]["dir"]) == ("results/orthonoise/wandb", "results/orthonoise-tiny/wandb")
+    assert "twin" in twin["wandb"]["tags"] and "twin" not in real["wandb"]["tags"]
+    assert twin["wandb"]["group"] == "orthonoise-tiny/tiny"

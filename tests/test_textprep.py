@@ -422,3 +422,40 @@ def test_study_data_section_to_config_and_cli(tmp_path, tok_json):
     msg = str(e.value)
     assert "data.input = 'x': an unknown key" in msg and "data.inputs: required" in msg
     assert "data.val_fraction = 1.5: a number between 0 and 1" in msg and "data.tokenizer.vocab_size = 10" in msg
+
+
+def test_the_stage_reruns_when_any_of_its_settings_changes(tmp_path, tok_json):
+    """Issue 28 item 3: under a fixed data.name the rule re-ran only when its text files changed, so a new
+    tokenizer.json, bpe:300 -> bpe:400 or another val_fraction trained on the old shards. Every setting
+    is tracked now; the dry run names the stage for each change and nothing for a change of workers."""
+    from tests.workflow_helpers import copy_workflow, snakemake, write_config
+
+    wf = copy_workflow(tmp_path / "wf")
+    write_jsonl(wf / "docs.jsonl", docs(120))
+    tok = wf / "tok.json"
+    tok.write_bytes(Path(tok_json).read_bytes())
+    base = {"data": {"kind": "text", "name": "fixed", "inputs": "docs.jsonl", "tokenizer": "bpe:300",
+                     "val_fraction": 0.2}}
+    manifest = "results/data/fixed/manifest.json"
+
+    def plan(data: dict) -> str:
+        cfg = write_config(wf / "over.yaml", {"data": {**base["data"], **data}})
+        r = snakemake(wf, manifest, "-n", "--config", "tiny=true", "--configfile", str(cfg))
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout + r.stderr
+
+    cfg = write_config(wf / "over.yaml", base)
+    r = snakemake(wf, manifest, "--cores", "1", "--config", "tiny=true", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Nothing to be done" in plan({})
+    for change in ({"tokenizer": "bpe:400"}, {"val_fraction": 0.3}, {"seed": 7}, {"text_field": "text", "shard_tokens": 5000}):
+        assert "prepare_text" in plan(change), change
+    # a json tokenizer: the file's content is tracked, not only its path
+    cfg = write_config(wf / "over.yaml", {"data": {**base["data"], "tokenizer": "json:tok.json"}})
+    r = snakemake(wf, manifest, "--cores", "1", "--config", "tiny=true", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Nothing to be done" in plan({"tokenizer": "json:tok.json"})
+    info = json.loads(tok.read_text())
+    info["model"]["vocab"]["zzzq"] = max(info["model"]["vocab"].values()) + 1  # a new token: another file
+    tok.write_text(json.dumps(info))
+    assert "prepare_text" in plan({"tokenizer": "json:tok.json"})

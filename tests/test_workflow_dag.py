@@ -25,8 +25,9 @@ def wf(tmp_path_factory):
     ("phase2", ["--config", "tiny=true"], {"train": 34, "aggregate": 2, "section": 2, "design_phase": 2, "total": 50}),
     # phase 3 waits for phase 2's checkpoint: its own runs are unknown until then
     ("phase3", ["--config", "tiny=true"], {"train": 34, "select": 1}),
-    ("phase1", [], {"train": 8, "total": 18}),
-    ("phase2", ["--config", "study=orthonoise"], {"train": 34, "total": 50}),
+    # the real study: Granite 350M and 1B and FineWeb-Edu fetched (3 local jobs), tokenized, pinned
+    ("phase1", [], {"train": 8, "fetch_hub": 3, "prepare_text": 1, "pin_hub": 1, "total": 22}),
+    ("phase2", ["--config", "study=orthonoise"], {"train": 34, "fetch_hub": 3, "total": 54}),
 ])
 def test_dry_run_counts_per_phase(wf, target, args, expected):
     result = snakemake(wf, target, "-n", *args)
@@ -34,6 +35,27 @@ def test_dry_run_counts_per_phase(wf, target, args, expected):
     counts = job_counts(result.stdout + result.stderr)
     for rule, n in expected.items():
         assert counts.get(rule) == n, (rule, counts)
+
+
+@pytest.mark.parametrize("study, fetches", [("orthonoise", 3), ("ngpt", 1)])  # distro: as ngpt
+def test_real_studies_plan_their_hub_downloads_without_contacting_the_hub(wf, study, fetches, monkeypatch):
+    """Each real study's dry run lists its downloads as jobs (data, and the Granite models for OrthoNoise),
+    with the Hub's address pointing at a local server that records every request: none is made."""
+    from tests.hub_server import FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = snakemake(wf, "all", "-n", "--config", f"study={study}")
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert hub.requests == []
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts.get("fetch_hub") == fetches and counts.get("pin_hub") == 1, counts
+    assert counts.get("stdlib_corpus") is None, counts
+    out = result.stdout + result.stderr
+    if study == "orthonoise":
+        assert "--repo ibm-granite/granite-4.0-h-1b-base" in out and "--repo HuggingFaceFW/fineweb-edu" in out
+    else:
+        assert "--repo kjj0/fineweb10B-gpt2" in out
 
 
 def test_run_paths_show_the_four_factors(wf):

@@ -1,4 +1,8 @@
-"""`model.arch: hf:<local path>`: a Hugging Face causal LM loaded from disk only.
+"""`model.arch: hf:<local path>` or `hf:<Hub id>`: a Hugging Face causal LM loaded from disk only.
+
+A Hub id (`hf:ibm-granite/granite-4.0-h-350m-base`) is downloaded before any job by the workflow's
+fetch_hub stage (trainer/hub.py) into the Hugging Face cache; its run spec carries the commit fetched
+(`model.revision`, in the fingerprint), and the trainer loads that snapshot from the cache, offline.
 
 `transformers` is an optional extra (`pip install 'muon-ablations[hf]'`); it is imported only here and
 only when such a model is asked for. Loading uses `local_files_only=True`: nothing is downloaded, and a
@@ -34,14 +38,25 @@ def transformers_available() -> bool:
 
 
 class HFCausalLM(nn.Module):
-    def __init__(self, path: str):
+    def __init__(self, path: str, revision: str | None = None):
         super().__init__()
         try:
             import transformers
         except ImportError:
             raise ModelError(f"model.arch 'hf:{path}' needs the optional package transformers "
                              "(pip install 'muon-ablations[hf]')") from None
-        p = Path(path)
+        from trainer.hub import cached_model_dir, is_hub_id
+
+        if revision is not None or is_hub_id(path):
+            if revision is None:
+                raise ModelError(f"model.arch 'hf:{path}': a Hub id needs model.revision (the commit the workflow's "
+                                 "fetch_hub stage pinned); or give a local path")
+            try:
+                p = Path(cached_model_dir(path, revision))
+            except Exception as e:  # HubError: not in this node's cache
+                raise ModelError(str(e)) from None
+        else:
+            p = Path(path)
         if not p.is_dir() or not (p / "config.json").exists():
             raise ModelError(f"model.arch 'hf:{path}': no Hugging Face model directory there (config.json missing); "
                              "only local paths are loaded, nothing is downloaded")

@@ -177,7 +177,7 @@ class Session:
         np.random.seed(spec.seed % 2**32)
         random.seed(spec.seed)
         m = spec.model
-        model = build_model(m.arch, m.vocab_size, m.tie_embeddings, m.options)
+        model = build_model(m.arch, m.vocab_size, m.tie_embeddings, m.options, m.revision)
         if t.seq_len > model.block_size:
             raise SpecError([("training.seq_len", t.seq_len, f"at most the model's block size ({model.block_size})")])
         if self.data.vocab_hint is not None and self.data.vocab_hint > model.vocab_size:

@@ -186,7 +186,7 @@ def preset_config(arch: str, vocab_size: int | None = None, tie_embeddings: bool
 
 
 def build_model(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False,
-                options: dict | None = None) -> nn.Module:
+                options: dict | None = None, revision: str | None = None) -> nn.Module:
     """A preset GPT, an nGPT preset ('ngpt-*', trainer/ngpt.py; `options` are its model.options) or a local
     Hugging Face causal LM ('hf:<path>'). Every model here has forward(idx, targets) -> mean cross-entropy,
     .vocab_size, .block_size, .flops_per_token(T), .num_params()."""
@@ -199,5 +199,5 @@ def build_model(arch: str, vocab_size: int | None = None, tie_embeddings: bool =
     if arch.startswith("hf:"):
         from trainer.hf import HFCausalLM
 
-        return HFCausalLM(arch[3:])
+        return HFCausalLM(arch[3:], revision=revision)
     return GPT(preset_config(arch, vocab_size, tie_embeddings))

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", True, False)
 DTYPES = ("auto", "float32", "bfloat16")
 CAPTURE_WHAT = ("grad", "momentum")
+MAX_VOCAB = 262144  # uint32 shards above 65536 ids (Granite's tokenizer has 100352)
 DEFAULT_ADAMW_PATTERNS = ["embed", "wte", "lm_head", "norm", "bias", "gain"]
 # Sections that cannot change a run's numbers (the same list as study.spec.OPERATIONAL).
 OPERATIONAL = ("checkpoint", "wandb", "runtime", "fingerprint")
@@ -171,6 +173,7 @@ class ModelSpec:
     vocab_size: int | None = None  # presets only: override the preset's vocabulary size
     tie_embeddings: bool = False  # presets only: share the input embedding with the output head
     options: dict = field(default_factory=dict)  # nGPT presets only: {"residual", "gate_alpha"}, resolved
+    revision: str | None = None  # hf:<Hub id> only: the commit fetched (trainer/hub.py), loaded from the cache
 
     @property
     def is_ngpt(self) -> bool:
@@ -287,16 +290,19 @@ class RunSpec:
         run_id = c.get(d, "run_id", "str")
         seed = c.get(d, "seed", "int", lo=0, hi=2**63 - 1)
 
-        m = c.section(d, "model", {"name", "arch", "vocab_size", "tie_embeddings", "options"})
+        m = c.section(d, "model", {"name", "arch", "vocab_size", "tie_embeddings", "options", "revision"})
         arch = c.get(m, "model.arch", "str") if m else None
         if arch is not None and arch not in MODEL_PRESETS and not (arch.startswith("hf:") and len(arch) > 3):
-            c.bad("model.arch", arch, f"one of {list(MODEL_PRESETS)} or 'hf:<local path>'")
+            c.bad("model.arch", arch, f"one of {list(MODEL_PRESETS)}, 'hf:<local path>' or 'hf:<Hub id>'")
         model = ModelSpec(
             name=(c.get(m, "model.name", "str") if m else None) or "",
             arch=arch or "",
-            vocab_size=c.get(m, "model.vocab_size", "int", None, lo=1, hi=65536) if m else None,
+            vocab_size=c.get(m, "model.vocab_size", "int", None, lo=1, hi=MAX_VOCAB) if m else None,
             tie_embeddings=c.get(m, "model.tie_embeddings", "bool", False) if m else False,
+            revision=c.get(m, "model.revision", "str", None) if m else None,
         )
+        if model.revision is not None and not (model.is_hf and re.fullmatch(r"[0-9a-f]{40}", model.revision)):
+            c.bad("model.revision", model.revision, "a 40-hex commit, for hf:<Hub id> models only")
         model.options = _model_options(c, m, model) if m else {}
         if model.is_hf and (m.get("vocab_size") is not None or m.get("tie_embeddings")):
             c.bad("model.vocab_size/tie_embeddings", {k: m.get(k) for k in ("vocab_size", "tie_embeddings")},
@@ -438,6 +444,8 @@ class RunSpec:
     def to_dict(self) -> dict:
         """The resolved spec: the input with every default written out (JSON-ready)."""
         m = {"name": self.model.name, "arch": self.model.arch}
+        if self.model.revision is not None:
+            m["revision"] = self.model.revision
         if not self.model.is_hf:
             m["vocab_size"] = self.model.vocab_size
             m["tie_embeddings"] = self.model.tie_embeddings

@@ -612,3 +612,31 @@ def verify_manifest(manifest_path: str | os.PathLike) -> dict:
         raise DataError(f"{manifest_path}: the shards' content checksum is {got[:16]}..., not the manifest's "
                         f"{m['content_checksum'][:16]}...: the shards changed; re-run the data preparation")
     return m
+
+
+def tokenizer_file_identity(setting) -> dict:
+    """What a tokenizer setting reads from disk, by content: {file: sha256} (json: its file; hf: the model
+    directory's tokenizer files; tiktoken: a local .tiktoken file). bpe:N and registered tiktoken names
+    read nothing of the user's (a bpe is trained by the stage itself; a tiktoken name's file is checked by
+    its sha256 when loaded)."""
+    cfg = parse_tokenizer(setting)
+    if cfg.kind == "bpe" or (cfg.kind == "tiktoken" and cfg.name):
+        return {}
+    p = Path(cfg.path)
+    if cfg.kind == "hf":
+        files = [p / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    else:
+        files = [p]
+    return {str(f): (_sha256_file(f) if f.is_file() else "missing") for f in files}
+
+
+def stage_settings(cfg: PrepConfig) -> str:
+    """Every setting that shapes the stage's shards, as one canonical string (the rule's tracked param, so a
+    changed tokenizer, tokenizer file, val_fraction, seed, ... re-runs the stage; issue 28). Inputs enter by
+    their patterns here and by their files' mtimes as the rule's inputs; workers and progress shape nothing."""
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "workers", "progress", "extra")}
+    tok = cfg.tokenizer if isinstance(cfg.tokenizer, str) else parse_tokenizer(cfg.tokenizer).label()
+    params["tokenizer"] = tok
+    params["tokenizer_files"] = tokenizer_file_identity(cfg.tokenizer)
+    params["textprep_version"] = TEXTPREP_VERSION
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
