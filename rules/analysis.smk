@@ -22,6 +22,7 @@ rule design:
         csv=report(R("design.csv"), category="design check", caption="../report/design.rst"),
         md=R("design.md"),
         json=R("design.json"),
+        html=report(R("design.html"), category="design check", caption="../report/design.rst"),
     log:
         L("design.log"),
     params:

@@ -333,6 +333,27 @@ class Session:
 
 
 # --------------------------------------------------------------------------- the run
+class _LineStream:
+    """tqdm's redraws as lines of their own, for a log file (not a terminal): `tail`, `less` and
+    `muon-ablations status` then read "... 340/1000 [01:02<02:00, 5.40step/s, ...]" lines, not one line
+    of carriage returns."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 class _Log:
     def __init__(self, is_main: bool):
         self.is_main = is_main
@@ -525,8 +546,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         from tqdm import tqdm
 
         tty = sys.stderr.isatty()
-        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr, desc=spec.run_id[-40:], unit="step",
-                    dynamic_ncols=True, mininterval=0.5 if tty else 30.0, disable=False)
+        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr if tty else _LineStream(sys.stderr),
+                    desc=spec.run_id[-40:], unit="step", dynamic_ncols=tty, ncols=None if tty else 100,
+                    ascii=None if tty else True, mininterval=0.5 if tty else 30.0, disable=False)
         log.pbar = pbar
     try:
         if start == 0:
