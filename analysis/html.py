@@ -17,6 +17,9 @@ table.ma th{background:#eef}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .PASS{color:#060;font-weight:bold}.FAIL{color:#a00;font-weight:bold}.INSUFFICIENT{color:#a60;font-weight:bold}
 </style>"""
+# The report app centres its content pane vertically, which cuts off the top of a page taller than the
+# window: the landing page asks for it to start at the top (only while the landing page is shown).
+LANDING_STYLE = "<style>div.h-screen.overflow-auto{align-items:flex-start !important}</style>"
 
 # the runs table's columns on the landing page (all columns are in the phase's own runs table)
 RUN_COLUMNS = ["role", "model", "arm", "variant", "seed", "status", "final_val_loss", "best_val_loss",
@@ -36,7 +39,9 @@ def _cell(v) -> str:
         text = str(v)
         cls = f' class="{text}"' if text in ("PASS", "FAIL", "INSUFFICIENT") else ""
         return f"<td{cls}>{e(text)}</td>"
-    text = str(v) if isinstance(v, str) and len(str(v)) <= 12 else f"{f:.6g}"
+    text = str(v).strip()
+    if not text.lstrip("-").isdigit():  # an integer stays as written; other numbers to 6 significant digits
+        text = f"{f:.6g}"
     return f'<td class="num">{e(text)}</td>'
 
 
@@ -100,7 +105,7 @@ def landing_html(title: str, summary: str, phases: list[dict], design_csv: str |
 
     phases: [{"phase", "question", "gates" (gates.json as a dict), "runs_csv" (path), "selection" (dict or None)}]
     """
-    out = [f'<div id="study-landing">{STYLE}<h2>{e(title)}</h2>']
+    out = [f'<div id="study-landing">{STYLE}{LANDING_STYLE}<h2>{e(title)}</h2>']
     if tiny:
         out.append("<p><em>The CPU twin: tiny models on the stdlib corpus. It exercises the pipeline; its "
                    "numbers answer no research question.</em></p>")

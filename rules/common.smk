@@ -181,7 +181,9 @@ def train_env(wildcards, threads):
 
 def phase_target_inputs(phase):
     def inputs(wildcards):
-        return [f"{RESULTS}/reports/{phase}.md"] + run_records(PLAN.phases_through(phase))
+        # the .html is the report job's landing page for `snakemake --report` (asked for, so it is rebuilt)
+        return [f"{RESULTS}/reports/{phase}.md", f"{RESULTS}/reports/{phase}.html"] + run_records(
+            PLAN.phases_through(phase))
 
     return inputs
 
