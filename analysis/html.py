@@ -19,7 +19,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 </style>"""
 # The report app centres its content pane vertically, which cuts off the top of a page taller than the
 # window: the landing page asks for it to start at the top (only while the landing page is shown).
-LANDING_STYLE = "<style>div.h-screen.overflow-auto{align-items:flex-start !important}</style>"
+# Its text column is narrow (a rule graph beside it): the landing page's tables get more room.
+LANDING_STYLE = ("<style>div.h-screen.overflow-auto{align-items:flex-start !important}"
+                 "div.prose.max-w-lg{max-width:64rem !important}table.ma td{min-width:4em}</style>")
 
 # the runs table's columns on the landing page (all columns are in the phase's own runs table)
 RUN_COLUMNS = ["role", "model", "arm", "variant", "seed", "status", "final_val_loss", "best_val_loss",
