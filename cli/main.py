@@ -62,13 +62,12 @@ def run(args) -> int:
             views = [open_study(args.root, n, args.tiny) for n in names]
         else:
             views = [open_study(args.root, args.study, args.tiny)]
-        for v in views:
-            v.phases(args.phase) if args.phase and not args.all_studies else None
-        phases = args.phase
+        if args.phase and not args.all_studies:
+            views[0].phases(args.phase)  # an unknown phase is refused with the study's phases
         rows = []
-        for v in views:
-            ph = [p for p in (phases or []) if p in v.plan.phases] if phases else None
-            if phases and not ph:
+        for v in views:  # across studies, a phase filter keeps the studies that have such a phase
+            ph = [p for p in args.phase if p in v.plan.phases] if args.phase else None
+            if args.phase and not ph:
                 continue
             rows += commands.runs_data([v], ph, args.arm, args.status, args.model)
         _emit(rows, commands.runs_text(rows, len(views) > 1), args.json)
