@@ -7,7 +7,7 @@ import statistics
 import time
 
 from cli.records import log_tail, read_json, run_state
-from cli.study_view import CliError, StudyView
+from cli.study_view import StudyView
 from cli.tables import bar, duration, flatten, fmt, table
 
 STATUSES = ("done", "diverged", "stale", "running", "interrupted", "failed", "missing")

@@ -34,6 +34,7 @@ from trainer import determinism
 from trainer import distributed as dist_mod
 from trainer.model import build_model
 from trainer.ngpt import sphere_projection
+from trainer.progress import LineStream
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
 from trainer.runlock import RunLock
 from trainer.spec import RunSpec, SpecError
@@ -333,27 +334,6 @@ class Session:
 
 
 # --------------------------------------------------------------------------- the run
-class _LineStream:
-    """tqdm's redraws as lines of their own, for a log file (not a terminal): `tail`, `less` and
-    `muon-ablations status` then read "... 340/1000 [01:02<02:00, 5.40step/s, ...]" lines, not one line
-    of carriage returns."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        text = text.replace("\r", "").rstrip()
-        if text:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
 class _Log:
     def __init__(self, is_main: bool):
         self.is_main = is_main
@@ -546,7 +526,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         from tqdm import tqdm
 
         tty = sys.stderr.isatty()
-        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr if tty else _LineStream(sys.stderr),
+        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr if tty else LineStream(sys.stderr),
                     desc=spec.run_id[-40:], unit="step", dynamic_ncols=tty, ncols=None if tty else 100,
                     ascii=None if tty else True, mininterval=0.5 if tty else 30.0, disable=False)
         log.pbar = pbar
