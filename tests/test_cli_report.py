@@ -151,6 +151,17 @@ def test_unknown_names_are_refused_with_what_is_allowed(wf):
     assert r.returncode == 2 and "nosuch" in r.stderr and "orthonoise" in r.stderr
 
 
+def test_the_cli_writes_nothing(wf):
+    """Read-only (safe beside a running Snakemake): no file under the workflow changes, none appears."""
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in wf.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    for args in (["runs"], ["status"], ["show", RUNS[0]], ["diff", RUNS[0], RUNS[3]], ["runs", "--all-studies"]):
+        cli(wf, *args)
+    assert snapshot() == before
+
+
 def test_entry_point_is_declared():
     import tomllib
 
