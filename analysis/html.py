@@ -17,10 +17,10 @@ table.ma th{background:#eef}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .PASS{color:#060;font-weight:bold}.FAIL{color:#a00;font-weight:bold}.INSUFFICIENT{color:#a60;font-weight:bold}
 </style>"""
-# The report app centres its content pane vertically, which cuts off the top of a page taller than the
+# The report app centres its content pane, which cuts off the top (and left) of a page larger than the
 # window: the landing page asks for it to start at the top (only while the landing page is shown).
 # Its text column is narrow (a rule graph beside it): the landing page's tables get more room.
-LANDING_STYLE = ("<style>div.h-screen.overflow-auto{align-items:flex-start !important}"
+LANDING_STYLE = ("<style>div.h-screen.overflow-auto{align-items:flex-start !important;justify-content:flex-start !important}"
                  "div.prose.max-w-lg{max-width:64rem !important}table.ma td{min-width:4em}</style>")
 
 # the runs table's columns on the landing page (all columns are in the phase's own runs table)
