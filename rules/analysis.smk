@@ -19,9 +19,10 @@ rule design:
     # the Holm family, the power at the gate's threshold with the configured seeds (noise: the study's
     # prior sd), the seeds for 80% power, and the GPU-hours and cost either way.
     output:
-        csv=report(R("design.csv"), category="design check", caption="../report/design.rst"),
+        csv=report(R("design.csv"), category="design check", subcategory="CSV files", caption="../report/design.rst"),
         md=R("design.md"),
         json=R("design.json"),
+        html=report(R("design.html"), category="design check", subcategory="tables", caption="../report/design.rst"),
     log:
         L("design.log"),
     params:
@@ -62,7 +63,7 @@ rule aggregate:
     input:
         metrics=lambda w: [PLAN.metrics(pr.run) for pr in phase_runs(w.phase)],
     output:
-        runs=R("{phase}/runs.csv"),
+        runs=report(R("{phase}/runs.csv"), category="{phase}", subcategory="CSV files", caption="../report/runs.rst"),
         curves=R("{phase}/curves.csv"),
     log:
         L("{phase}/aggregate.log"),
@@ -80,7 +81,8 @@ rule significance:
         runs=R("{phase}/runs.csv"),
         design=R("{phase}/design.json"),
     output:
-        table=report(R("{phase}/significance.csv"), category="{phase}", caption="../report/significance.rst"),
+        table=report(R("{phase}/significance.csv"), category="{phase}", subcategory="CSV files",
+                     caption="../report/significance.rst"),
     log:
         L("{phase}/significance.log"),
     params:
@@ -106,7 +108,7 @@ rule gates:
     output:
         json=R("{phase}/gates.json"),
         md=R("{phase}/gates.md"),
-        csv=report(R("{phase}/gates.csv"), category="{phase}", caption="../report/gates.rst"),
+        csv=report(R("{phase}/gates.csv"), category="{phase}", subcategory="CSV files", caption="../report/gates.rst"),
     log:
         L("{phase}/gates.log"),
     params:
@@ -125,10 +127,10 @@ rule plots:
         runs=R("{phase}/runs.csv"),
         curves=R("{phase}/curves.csv"),
     output:
-        val_loss=report(R("{phase}/plots/val_loss.png"), category="{phase}", caption="../report/val_loss.rst"),
-        early=report(R("{phase}/plots/early.png"), category="{phase}", caption="../report/early.rst"),
-        forest=report(R("{phase}/plots/forest.png"), category="{phase}", caption="../report/forest.rst"),
-        eff_rank=report(R("{phase}/plots/eff_rank.png"), category="{phase}", caption="../report/eff_rank.rst"),
+        val_loss=report(R("{phase}/plots/val_loss.png"), category="{phase}", subcategory="plots", caption="../report/val_loss.rst"),
+        early=report(R("{phase}/plots/early.png"), category="{phase}", subcategory="plots", caption="../report/early.rst"),
+        forest=report(R("{phase}/plots/forest.png"), category="{phase}", subcategory="plots", caption="../report/forest.rst"),
+        eff_rank=report(R("{phase}/plots/eff_rank.png"), category="{phase}", subcategory="plots", caption="../report/eff_rank.rst"),
     log:
         L("{phase}/plots.log"),
     params:
@@ -191,7 +193,7 @@ rule pareto_plot:
     input:
         runs=R("{phase}/runs.csv"),
     output:
-        png=report(R("{phase}/plots/pareto.png"), category="{phase}", caption="../report/pareto.rst"),
+        png=report(R("{phase}/plots/pareto.png"), category="{phase}", subcategory="plots", caption="../report/pareto.rst"),
         md=R("{phase}/pareto.md"),
     log:
         L("{phase}/pareto.log"),

@@ -64,7 +64,16 @@ def selection(phase):
     if sel.get("arm") is None:
         raise WorkflowError(f"{phase} stops here: nothing of {source} could be selected "
                             f"({sel.get('reason', 'no reason recorded')}).")
+    if workflow.is_main_process and phase not in SELECTIONS_ANNOUNCED:
+        # Snakemake's "N of M steps" total grows here (a checkpoint adds the phase's jobs): say why.
+        SELECTIONS_ANNOUNCED.add(phase)
+        n = len(PLAN.phase_runs(phase, sel))
+        logger.info(f"{phase}: takes {source}'s selection ({sel['arm']} {sel['variant']}); its {n} runs join the "
+                    f"jobs, so Snakemake's step total grows (`muon-ablations status` counts them from the start)")
     return sel
+
+
+SELECTIONS_ANNOUNCED = set()
 
 
 def phase_runs(phase):
@@ -242,7 +251,9 @@ def train_env(wildcards, threads):
 
 def phase_target_inputs(phase):
     def inputs(wildcards):
-        return [f"{RESULTS}/reports/{phase}.md"] + run_records(PLAN.phases_through(phase))
+        # the .html is the report job's landing page for `snakemake --report` (asked for, so it is rebuilt)
+        return [f"{RESULTS}/reports/{phase}.md", f"{RESULTS}/reports/{phase}.html"] + run_records(
+            PLAN.phases_through(phase))
 
     return inputs
 
@@ -323,3 +334,18 @@ def capture_runs(phase):
     """The metrics.json of the runs whose captures a phase measures (written after their captures)."""
     return [PLAN.metrics(pr.run) for pr in phase_runs(phase) if STUDY["arms"][pr.run.arm].get("capture")]
 
+
+def spec_file(wildcards):
+    """The run's spec as a file beside its log, handed to the trainer as `--spec-json @FILE` (study/spec_file.py):
+    written where the job is built or runs, never in a dry run."""
+    from study.spec_file import write_spec_file
+
+    path = L(f"train/{PLAN.run_from_wildcards(wildcards).key}.spec.json")
+    return path if workflow.dryrun else write_spec_file(path, PLAN.spec(PLAN.run_from_wildcards(wildcards)))
+
+
+def report_landing_phase():
+    """The phase whose landing page `snakemake TARGET --report report.html` opens with: the last phase
+    among the targets (the study's last for `all` or no target)."""
+    asked = [t for t in requested_targets() if t in PLAN.phases]
+    return max(asked, key=PLAN.phases.index) if asked else PLAN.phases[-1]

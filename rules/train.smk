@@ -12,7 +12,7 @@ rule train:
         L("train/{model}/{arm}/{variant}/seed{seed}.log"),
     params:
         fingerprint=lambda w: PLAN.fingerprint(PLAN.run_from_wildcards(w)),
-        spec=lambda w: UntrackedArgument(json.dumps(PLAN.spec(PLAN.run_from_wildcards(w)))),
+        spec=lambda w: UntrackedArgument(f"@{spec_file(w)}"),
         launch=lambda w: UntrackedArgument(
             launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job())
         ),

@@ -60,6 +60,8 @@ def test_forced_phase3_runs_the_selected_arm(wf):
     assert result.returncode == 0, result.stderr[-3000:]
     selection = json.loads((wf / TWIN / "phase3" / "selection.json").read_text())
     assert selection["forced"] is True and selection["arm"] == "orthonoise"
+    # Snakemake's step total grows when the selection adds phase 3's runs: the workflow says why
+    assert f"phase3: takes phase2's selection ({selection['arm']} {selection['variant']}); its " in result.stderr
     arm_dir = wf / TWIN / "runs" / "tiny-large" / selection["arm"] / selection["variant"]
     assert len(list(arm_dir.rglob("metrics.json"))) == 2
     assert len(list((wf / TWIN / "runs" / "tiny-scratch").rglob("metrics.json"))) == 4  # pair x 2 seeds

@@ -2,6 +2,7 @@
 
     python workflow/scripts/train.py --spec SPEC.json --out-dir DIR --checkpoint-dir DIR [--set KEY=VALUE ...]
     python workflow/scripts/train.py --spec-json '{"run_id": ...}' --out-dir DIR --checkpoint-dir DIR
+    python workflow/scripts/train.py --spec-json @SPEC.json --out-dir DIR ...   # what the train rule passes
     torchrun --standalone --nproc-per-node N workflow/scripts/train.py --spec ... (same flags)
     python workflow/scripts/train.py --build-stdlib-corpus DIR
     python workflow/scripts/train.py --print-example-spec > spec.json
@@ -27,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="Train one run of the Muon ablation study.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--spec", help="run spec file (JSON, or YAML by extension); see docs/DESIGN.md")
-    src.add_argument("--spec-json", help="the run spec itself, as one JSON string (what the train rule passes)")
+    src.add_argument("--spec-json", help="the run spec itself, as one JSON string, or @FILE: the JSON in FILE (what the train rule "
+                     "passes: the spec file beside the run's log)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set training.steps=20 (VALUE parsed as JSON if it parses)")
     p.add_argument("--out-dir", help="the run's output directory (spec.json, history.csv, metrics.json)")
@@ -69,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.spec and not args.spec_json and not args.overrides:
             raise SpecError([("--spec", None, "a spec file, --spec-json, or --set KEY=VALUE flags for every field")])
-        if args.spec_json:
+        if args.spec_json and args.spec_json.startswith("@"):
+            raw = load_spec_file(args.spec_json[1:])
+        elif args.spec_json:
             try:
                 raw = json.loads(args.spec_json)
             except json.JSONDecodeError as e:

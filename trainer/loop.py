@@ -34,6 +34,7 @@ from trainer import determinism
 from trainer import distributed as dist_mod
 from trainer.model import build_model
 from trainer.ngpt import sphere_projection
+from trainer.progress import LineStream
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
 from trainer.runlock import RunLock
 from trainer.spec import RunSpec, SpecError
@@ -525,8 +526,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         from tqdm import tqdm
 
         tty = sys.stderr.isatty()
-        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr, desc=spec.run_id[-40:], unit="step",
-                    dynamic_ncols=True, mininterval=0.5 if tty else 30.0, disable=False)
+        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr if tty else LineStream(sys.stderr),
+                    desc=spec.run_id[-40:], unit="step", dynamic_ncols=tty, ncols=None if tty else 100,
+                    ascii=None if tty else True, mininterval=0.5 if tty else 30.0, disable=False)
         log.pbar = pbar
     try:
         if start == 0:

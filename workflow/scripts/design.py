@@ -12,7 +12,8 @@ params:  phases ({phase: {seeds, baseline, configs: [{model, arm, variant, role}
 output:  csv (design.csv: one row per phase x statistical gate, analysis.design.COLUMNS),
          md (design.md: the table and one line per underpowered gate with the seeds that fix it),
          json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}}; the
-         gates and significance scripts read its noise sd)
+         gates and significance scripts read its noise sd); optional html (design.html: the table as a page
+         for `snakemake --report`, with the underpowered gates' lines)
 Underpowered gates are logged as warnings.
 """
 import json
@@ -47,4 +48,10 @@ with logged(sm, "design") as log:
     all_noise = {ph: {"sd": noise.get(ph, (prior, "prior"))[0], "source": noise.get(ph, (prior, "prior"))[1]}
                  for ph in order}
     write_json({"rows": rows, "warnings": warn, "noise": all_noise}, sm.output.json)
+    if "html" in sm.output.keys():
+        from analysis.html import csv_table_html, e, page
+
+        notes = "".join(f"<li>{e(w)}</li>" for w in warn)
+        atomic_write_text(sm.output.html, page("Design check", csv_table_html(sm.output.csv, table_id="table")
+                                               + (f"<ul>{notes}</ul>" if notes else "")))
     log.info("design check: %d rows, %d underpowered", len(rows), len(warn))

@@ -4,7 +4,8 @@ input:   sections (section.md per phase, in phase order); optional design_md (de
 params:  title (escaped here), phases, latest (default results/ABLATION_RESULTS.md);
          optional tiny (bool: say in the first lines that this is the CPU twin), summary (or description: the
          study's text, escaped here)
-output:  md
+output:  md; optional html (the landing page of `snakemake --report`: needs the inputs gates, runs (per
+         phase, in phase order), design_csv, optional selections, and params questions ({phase: text}))
 """
 from pathlib import Path
 
@@ -22,3 +23,17 @@ with logged(sm, "report") as log:
     write_report(as_list(sm.input.sections), str(sm.output.md), latest, str(p.title), as_list(p.phases),
                  tiny=bool(getattr(p, "tiny", False)), description=str(text), design_md=design_md)
     log.info("wrote %s and %s", sm.output.md, latest)
+    if "html" in sm.output.keys():
+        import json
+
+        from analysis.html import landing_html
+        from analysis.io import atomic_write_text
+
+        phases = as_list(p.phases)
+        selections = {Path(f).parent.name: json.loads(Path(f).read_text()) for f in as_list(sm.input.selections)}
+        entries = [{"phase": ph, "question": str(dict(p.questions)[ph]), "runs_csv": runs,
+                    "gates": json.loads(Path(gates).read_text()), "selection": selections.get(ph)}
+                   for ph, gates, runs in zip(phases, as_list(sm.input.gates), as_list(sm.input.runs))]
+        atomic_write_text(sm.output.html, landing_html(str(p.title), str(text), entries, sm.input.design_csv,
+                                                       tiny=bool(getattr(p, "tiny", False))))
+        log.info("wrote %s", sm.output.html)

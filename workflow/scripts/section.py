@@ -6,7 +6,8 @@ input:   runs, significance, gates (gates.json), plots (list of PNGs: val_loss, 
          optional selection (selection.json of this phase), optional design (design.json of the design check)
 params:  phase, question, arms (arm -> settings as used), usd_per_gpu_hour, baseline;
          optional power (0.8), alpha_level (0.05), tiny (bool: the CPU twin; default False)
-output:  md (section.md)
+output:  md (section.md); optional runs_html, significance_html, gates_html (the tables as HTML pages for
+         `snakemake --report`, which shows HTML inline)
 """
 import json
 import os
@@ -45,3 +46,10 @@ with logged(sm, "section") as log:
             text = text.rstrip() + "\n\n" + fh.read().strip() + "\n"
     atomic_write_text(out, text)
     log.info("wrote %s", out)
+    if "runs_html" in sm.output.keys():
+        from analysis.html import csv_page, gates_page
+
+        phase = str(p.phase)
+        atomic_write_text(sm.output.runs_html, csv_page(sm.input.runs, f"{phase}: runs", table_id="table"))
+        atomic_write_text(sm.output.significance_html, csv_page(sm.input.significance, f"{phase}: significance"))
+        atomic_write_text(sm.output.gates_html, gates_page(_load("gates") or {}, phase))
