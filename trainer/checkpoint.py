@@ -302,6 +302,7 @@ class PreemptionFlag:
 
     def __init__(self):
         self.signum: int | None = None
+        self.finished = False  # the run's records are complete: a signal now ends the process with 0
         self._old: dict[int, Any] = {}
 
     @property
@@ -309,6 +310,8 @@ class PreemptionFlag:
         return self.signum is not None
 
     def _handler(self, signum, frame):
+        if self.finished:  # nothing left to save: exit 0, so that no one deletes the complete run
+            raise SystemExit(0)
         if self.signum is None:
             self.signum = signum
         elif signum == signal.SIGINT and self.signum == signal.SIGINT:

@@ -391,9 +391,13 @@ def _add_events(ckpt_dir: Path, info, log, reset: bool = False, **new) -> dict:
         return ev
 
 
-def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) -> int:
+def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, hold_signals: bool = False) -> int:
     """Train; write spec.json, history.csv and metrics.json (last) into out_dir. Returns the exit code:
-    0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved)."""
+    0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved).
+
+    hold_signals (the command line, which exits right after): once the records are complete the signal
+    handlers stay, and a SIGTERM/SIGINT/SIGUSR1 until the process ends exits 0 instead of -15. With the
+    default handlers back, a signal in that window killed a complete run, and Snakemake deleted it."""
     flag = ckpt.PreemptionFlag().install()
     info = None
     try:
@@ -405,7 +409,8 @@ def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) 
         with RunLock(ckpt_dir) if info.is_main else contextlib.nullcontext():  # one writer per run
             return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
     finally:
-        flag.restore()
+        if not (hold_signals and flag.finished):
+            flag.restore()
         if info is not None:
             dist_mod.cleanup(info)
 
@@ -629,6 +634,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         if not spec.checkpoint.keep:
             ckpt.remove(ckpt_dir)
     dist_mod.barrier(info)
+    flag.finished = True  # from here a signal cannot lose anything (run(hold_signals=True))
     log(f"done: status {status}, final val loss {final}, best {metrics['best_val_loss']}, "
         f"{metrics['tokens_per_s'] or 0:,.0f} tokens/s, {wall:.1f} s -> {out / 'metrics.json'}")
     return 0
