@@ -197,9 +197,25 @@ def _globals_in(path: Path) -> list[str]:
     return sorted(names)
 
 
+def _crc_failure(p: Path) -> str:
+    """'' when every member of a torch zip checkpoint matches its CRC-32 (or the file is no zip: then
+    torch.load judges it), else which member does not."""
+    if not zipfile.is_zipfile(p):
+        return ""
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a readable zip ({e})"
+    return f"the CRC-32 of {bad} does not match its bytes (a changed bit)" if bad else ""
+
+
 def read(p: Path, map_location="cpu") -> dict:
     """One checkpoint file, loaded with weights_only=True. Raises CheckpointUnsafeError for a file that
     holds anything but plain data (nothing of it runs); any other exception means unreadable."""
+    bad_member = _crc_failure(p)
+    if bad_member:  # torch.load does not check the CRCs: a flipped bit would be resumed silently
+        raise ValueError(f"damaged: {bad_member}")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
