@@ -391,6 +391,44 @@ def _add_events(ckpt_dir: Path, info, log, reset: bool = False, **new) -> dict:
         return ev
 
 
+def _attach_rank_state(state: dict, ckpt_dir: Path, info, key: str, log, fallbacks: list) -> dict | None:
+    """The resumed state with this rank's own optimizer state (DeMo's residuals; collective). When the rank
+    files of latest.pt cannot be used, the consistent pair before it (previous.pt and its rank files) is
+    tried, latest.pt is set aside as latest.pt.bad, and the fallback is recorded like an unreadable file's."""
+    used = fallbacks[-1]["fallback"] if fallbacks else ckpt.CKPT_NAME
+    attached, why = ckpt.attach_rank_state(state, ckpt_dir, info, key, log, used)
+    if attached is not None or why == "world size" or used != ckpt.CKPT_NAME:
+        if attached is None and why != "world size":
+            log(f"warning: {why}: starting fresh")
+            for ev in fallbacks:
+                ev["fallback"] = "fresh start"
+            fallbacks.append({"file": ckpt.CKPT_NAME if used == ckpt.CKPT_NAME else used, "size": None,
+                              "error": why[:300], "fallback": "fresh start"})
+        return attached
+    ev = {"file": ckpt.CKPT_NAME, "size": None, "error": why[:300]}
+    prev_path = ckpt.previous_of(ckpt_dir)
+    try:
+        prev = ckpt.read(prev_path) if prev_path.exists() else None
+    except ckpt.CheckpointUnsafeError:
+        raise
+    except Exception:
+        prev = None
+    missing = torch.tensor([0.0 if prev is not None and prev.get("resume_key") == key else 1.0], device=info.device)
+    dist_mod.all_reduce_max_(missing, info)
+    attached = None
+    if missing.item() == 0:
+        attached, _ = ckpt.attach_rank_state(prev, ckpt_dir, info, key, log, ckpt.PREVIOUS_NAME)
+    ev["fallback"] = ckpt.PREVIOUS_NAME if attached is not None else "fresh start"
+    log(f"warning: checkpoint {ckpt.path_of(ckpt_dir)}: {why}: falling back to {ev['fallback']}")
+    if info.is_main:  # never rotated into previous.pt by the next save
+        try:
+            os.replace(ckpt.path_of(ckpt_dir), ckpt.path_of(ckpt_dir).with_name(ckpt.CKPT_NAME + ckpt.BAD_SUFFIX))
+        except OSError:
+            pass
+    fallbacks.append(ev)
+    return attached
+
+
 def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, hold_signals: bool = False) -> int:
     """Train; write spec.json, history.csv and metrics.json (last) into out_dir. Returns the exit code:
     0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved).
@@ -457,7 +495,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
             f"falling back to {ev['fallback']}")
     rank_local = getattr(sess.opt, "has_rank_local_state", False)  # optim.DeMo: per-rank residuals
     if state is not None and rank_local and state.get("resume_key") == key:
-        state = ckpt.attach_rank_state(state, ckpt_dir, info, key, log)
+        state = _attach_rank_state(state, ckpt_dir, info, key, log, fallbacks)
     if state is not None:
         if state.get("resume_key") != key:
             log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
@@ -508,7 +546,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                 "rng": ckpt.rng_state(info.device), "history": history, "evals": evals, "ref_loss": ref_loss,
                 "wall_time_s": wall_before + (time.time() - t_process), "timed_tokens": timed_tokens,
                 "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
-                "torch": torch.__version__, "data_checksum": sess.data.checksum})
+                "torch": torch.__version__, "data_checksum": sess.data.checksum,
+                # the rank files this checkpoint goes with (a resume refuses any other)
+                **({"rank_files": ckpt.rank_checksums(ckpt_dir, step, info.world_size)} if rank_local else {})})
             log(f"checkpoint at step {step} ({reason}): {p}")
             if rank_local:
                 ckpt.prune_ranks(ckpt_dir, keep_steps=(step, previous_step[0]))
