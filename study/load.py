@@ -138,8 +138,15 @@ def as_bool(key: str, value) -> bool:
     raise StudyFileError(f"config {key}: {value!r} is not allowed (true or false)")
 
 
-def load_study(snakemake_config: dict, root: str | Path) -> tuple[dict, bool, Path]:
-    """(the study's config with the twin and the user's overrides applied, tiny?, the study file)."""
+def load_study(snakemake_config: dict, root: str | Path, overlays=()) -> tuple[dict, bool, Path]:
+    """(the study's config with the twin and the user's overrides applied, tiny?, the study file).
+
+    overlays: the --configfile files Snakemake already merged into snakemake_config. Snakemake reads them
+    with a loader that keeps the last of duplicate keys and expands any alias; they are read again here,
+    strictly, so that a duplicate key or an alias bomb in one is an error naming the file, before the
+    merged values are used."""
+    for overlay in overlays:
+        read_yaml(overlay)
     name = snakemake_config.get("study", "orthonoise")
     if not isinstance(name, str) or not name:
         raise StudyFileError(f"config study: {name!r} is not allowed (a study name: "

@@ -101,3 +101,26 @@ def test_a_yaml_alias_bomb_is_refused_naming_the_file(tmp_path):
     with pytest.raises(StudyFileError) as err:
         load_study({"study": str(path)}, REPO)
     assert str(path) in str(err.value) and "aliases" in str(err.value)
+
+
+def test_the_bounds_planning_checks_are_the_code_s_own():
+    """trainer/spec.py's block sizes are the models' own, and optim/arguments.py's ranges are the classes':
+    at each bound the class accepts, one past it the class refuses (what planning refuses instead)."""
+    import torch
+
+    import optim
+    from optim.arguments import OPTIMIZER_ARGUMENTS
+    from study.checks import kind_problem
+    from trainer.model import PRESETS
+    from trainer.ngpt import NGPT_PRESETS
+    from trainer.spec import PRESET_BLOCK_SIZE
+
+    assert PRESET_BLOCK_SIZE == {k: v.block_size for k, v in {**PRESETS, **NGPT_PRESETS}.items()}
+    params = [torch.nn.Parameter(torch.zeros(4, 4))]
+    for cls, key, ok, bad in (("Muon", "ns_steps", 100, 101), ("DeMo", "ns_steps", 100, 101),
+                              ("DeMo", "chunk", 1024, 1025), ("DeMo", "topk", 1.0, 0.0)):
+        kind = OPTIMIZER_ARGUMENTS[cls][key]
+        assert kind_problem(kind, ok) is None and kind_problem(kind, bad) is not None, (cls, key)
+        optim.OPTIMIZERS[cls](params, **{key: ok})
+        with pytest.raises(ValueError, match=key):
+            optim.OPTIMIZERS[cls](params, **{key: bad})
