@@ -669,6 +669,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     if spec.checkpoint.keep and status == "ok":
         save_checkpoint(steps_completed, "final (checkpoint.keep)")
     if info.is_main:
+        # spec.json again: another invocation's refused job deletes the outputs it would have made (Snakemake
+        # removes them before the job starts), the spec.json this run wrote at its start among them
+        write_json(out / "spec.json", spec_dict)
         write_csv(out / "history.csv", HISTORY_COLUMNS, history)
         write_json(out / "metrics.json", metrics)  # last: its presence means the run is done
         if not spec.checkpoint.keep:
