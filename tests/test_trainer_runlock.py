@@ -145,8 +145,8 @@ def test_a_spec_json_deleted_while_the_run_trains_is_written_again(corpus, tmp_p
     """Issue 28.4: a second Snakemake asked for the same run deletes its outputs before its own trainer is
     refused by the run lock, spec.json (written at the start) among them; the first run must still end with
     all three records."""
-    spec = tiny_spec(corpus, training={"steps": 40}, eval={"every": 0, "at_steps": [40]},
-                     checkpoint={"every": 5, "keep": False})
+    spec = tiny_spec(corpus, training={"steps": 24}, eval={"every": 0, "at_steps": [24]},
+                     checkpoint={"every": 2, "keep": False})
     sp = write_spec(spec, tmp_path / "run.json")
     out, ck = tmp_path / "run" / "out", tmp_path / "run" / "ckpt"
     p = subprocess.Popen(train_cmd(sp, out, ck), env=env(), cwd=tmp_path, stdout=subprocess.PIPE,
