@@ -122,7 +122,7 @@ def test_envs_match_pyproject():
 
 @pytest.mark.parametrize("text, message", [
     # issue 28.8: Snakemake's own reader kept the last of duplicate keys without a word
-    ("models:\n  tiny: {steps: 40}\nmodels:\n  tiny: {steps: 80}\n", "overlay.yaml: line 3, column 1: duplicate key 'models'"),
+    ("wandb:\n  mode: disabled\nwandb:\n  mode: offline\n", "overlay.yaml: line 3, column 1: duplicate key 'wandb'"),
     # issue 18.5: a seed the trainer refuses used to pass planning and fail in every train job
     ("phases:\n  phase1:\n    seeds: [42, 18446744073709551616]\n",
      "run spec seed = 18446744073709551616 (from phases.*.seeds): the trainer allows an integer >= 0 and <="),
