@@ -12,7 +12,7 @@ Only plain data is stored: tensors, numbers, strings, None and dict/list/tuple (
 anything else, naming where it is), and files are read with `torch.load(weights_only=True)`, so a
 checkpoint cannot run code when it is loaded. A file that holds anything else (a crafted pickle) is
 refused with `CheckpointUnsafeError` and nothing of it is executed. A file that cannot be read at all
-(truncated, zero bytes, garbage) is set aside as `latest.pt.bad` and the run falls back to
+(truncated, zero bytes, garbage, a member whose CRC-32 does not match: torch.load does not check) is set aside as `latest.pt.bad` and the run falls back to
 `previous.pt`; `load` returns what it did, and the loop writes it into the run's records.
 
 A checkpoint is resumed only when its resume key (the result-affecting spec, the study fingerprint
