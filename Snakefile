@@ -30,7 +30,7 @@ from study.spec import text_data_dir
 
 # Every config error is reported here, in one line per problem, before any job is built or submitted.
 try:
-    STUDY, TINY, STUDY_FILE = load_study(config, workflow.basedir)
+    STUDY, TINY, STUDY_FILE = load_study(config, workflow.basedir, overlays=workflow.overwrite_configfiles)
     STUDY_NAME = STUDY["study"]["name"]
     # The CPU twin has a directory of its own: it never overwrites the real study's tables.
     RESULTS = f"results/{STUDY_NAME}{'-tiny' if TINY else ''}"

@@ -75,11 +75,15 @@ def load_metrics(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"metrics file missing: {p}")
+    redo = (f"the trainer writes it whole, last, so something else cut or changed it: delete {p.parent} "
+            f"(or just that file) and rerun to train the run again")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: empty (0 bytes), not a run record; {redo}")
     with open(p, encoding="utf-8") as fh:
         try:
             m = json.load(fh)  # Python's json reads NaN/Infinity as floats
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: not valid JSON ({e}); {redo}") from None
     if not isinstance(m, dict):
         raise ValueError(f"{p}: metrics.json must hold an object, got {type(m).__name__}")
     return m

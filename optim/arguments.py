@@ -7,7 +7,8 @@ that test. `seed` is absent on purpose: the run's seed sets it.
 
 A kind is one of:
   "positive" (finite > 0), "nonnegative" (finite >= 0), "fraction" (finite in [0, 1]),
-  "momentum" (finite in [0, 1)), "int>=0", "int>=1", "bool", "betas" (two momenta),
+  "momentum" (finite in [0, 1)), "topk" (finite in (0, 1]), "int>=0", "int>=1", "int1..100", "int1..1024"
+  (integers in those ranges, as the classes check), "bool", "betas" (two momenta),
   a tuple of allowed values, or None (any JSON value: the class itself checks it).
 """
 
@@ -21,7 +22,7 @@ MUON = {
     "update": ("euclidean", "geodesic", "geodesic_scaled"),
     "adjust_lr_fn": (None, "original", "match_rms_adamw"),
     "orthogonalizer": ("newton_schulz", "polar_express", "svd"),
-    "ns_steps": "int>=1",
+    "ns_steps": "int1..100",
     "ns_precision": ("bf16", "fp32"),
     "eps": "positive",
     "rank_every": "int>=0",
@@ -48,12 +49,12 @@ OPTIMIZER_ARGUMENTS = {
     "NorMuon": {**MUON, "beta2": "momentum"},
     # compressed data-parallel (optim/demo.py): DCT top-k of each rank's momentum, exchanged by all_gather
     "DeMo": {
-        "lr": "nonnegative", "compression_decay": "momentum", "chunk": "int>=1", "topk": "fraction",
+        "lr": "nonnegative", "compression_decay": "momentum", "chunk": "int1..1024", "topk": "topk",
         "sign": "bool", "value_dtype": ("float32", "bfloat16"), "orthogonalize": ("none", "pre", "post"),
         "pre_update": ("sign", "rescale", "raw"), "weight_decay": "nonnegative",
         "lr_scaled_delta": "bool", "mean_over_senders": "bool",
         "adjust_lr_fn": (None, "original", "match_rms_adamw"),
-        "orthogonalizer": ("newton_schulz", "polar_express", "svd"), "ns_steps": "int>=1",
+        "orthogonalizer": ("newton_schulz", "polar_express", "svd"), "ns_steps": "int1..100",
         "ns_precision": ("bf16", "fp32"), "eps": "positive",
     },
 }

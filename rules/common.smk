@@ -231,9 +231,13 @@ def slurm_extra(res):
 
 
 def run_records(phases):
-    """Every run record of these phases: the phase targets ask for them, so a deleted or missing record
-    is trained again (Snakemake would otherwise keep a report whose inputs are gone)."""
-    return sorted({PLAN.metrics(pr.run) for p in phases for pr in phase_runs(p)})
+    """Every run record of these phases (each run's metrics.json, history.csv and spec.json) and each phase's
+    tables (runs.csv, curves.csv): the phase targets ask for them, so a deleted or missing one is made again.
+    Snakemake rebuilds a missing file only when some job that must run needs it; a file that only an
+    up-to-date report read (a history.csv, a runs.csv) would otherwise stay missing for good."""
+    runs = {pr.run for p in phases for pr in phase_runs(p)}
+    records = {f"{PLAN.run_dir(run)}/{name}" for run in runs for name in ("metrics.json", "history.csv", "spec.json")}
+    return sorted(records | {R(f"{p}/{name}") for p in phases for name in ("runs.csv", "curves.csv")})
 
 
 def script_env(wildcards, threads):

@@ -24,7 +24,7 @@ from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
 from study.spec import eval_at_steps, load_file_module, text_data_dir
 
 SELECTED = "selected"
-PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
+PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+\Z")  # \Z: $ would pass a trailing newline
 # Names a phase cannot take: the workflow's rules and targets, and the directories beside the phases'.
 RESERVED_PHASES = ("all", "design", "design_phase", "train", "aggregate", "significance", "gates", "plots",
                    "select", "section", "report", "stdlib_corpus", "prepare_text", "distro_measure",
@@ -74,6 +74,9 @@ def kind_problem(kind, value) -> str | None:
         "momentum": (num and 0 <= value < 1, "a number in [0, 1)"),
         "int>=0": (integer and value >= 0, "an integer >= 0"),
         "int>=1": (integer and value >= 1, "an integer >= 1"),
+        "int1..100": (integer and 1 <= value <= 100, "an integer in [1, 100]"),
+        "int1..1024": (integer and 1 <= value <= 1024, "an integer in [1, 1024]"),
+        "topk": (num and 0 < value <= 1, "a fraction in (0, 1]"),
         "bool": (isinstance(value, bool), "true or false"),
         "betas": (isinstance(value, list) and len(value) == 2 and all(
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value),
@@ -302,10 +305,16 @@ class _Checks:
         return False
 
     # -- phases ------------------------------------------------------------------------------------
-    def evaluated_steps(self, model: str) -> set[int]:
-        m, t = self.c["models"][model], self.c["training_defaults"]
-        every = t.get("eval_every", 50)
-        return set(eval_at_steps(self.c, model)) | set(range(every, m["steps"] + 1, every)) | {m["steps"]}
+    def is_evaluated(self, model: str, step: int) -> bool:
+        """Whether the model's runs evaluate `step` (arithmetic, not a set of every step: steps may be huge)."""
+        m, every = self.c["models"][model], self.c["training_defaults"].get("eval_every", 50)
+        return (step in eval_at_steps(self.c, model) or step == m["steps"]
+                or (every > 0 and 0 < step <= m["steps"] and step % every == 0))
+
+    def evaluated_steps_text(self, model: str) -> str:
+        m, every = self.c["models"][model], self.c["training_defaults"].get("eval_every", 50)
+        listed = sorted(set(eval_at_steps(self.c, model)) | {m["steps"]})
+        return ", ".join(map(str, listed)) + (f" and every multiple of {every}" if every > 0 else "")
 
     def check_phases(self) -> None:
         names = list(self.c["phases"])
@@ -433,10 +442,10 @@ class _Checks:
                              f"{', '.join(sorted(arms))})")
             for key, step in self.gate_kinds.step_references(resolved):
                 model = p["model"]
-                if model in self.c["models"] and step not in self.evaluated_steps(model):
+                if model in self.c["models"] and not self.is_evaluated(model, step):
                     self.bad(f"{gwhere}.{key}: step {step} is not evaluated by {model} (its "
                              f"{self.c['models'][model]['steps']} steps; evaluated: "
-                             f"{', '.join(map(str, sorted(self.evaluated_steps(model))))})")
+                             f"{self.evaluated_steps_text(model)})")
             model = resolved.get("model")
             if model is not None and model not in (p["model"], p.get("scratch", {}).get("model")):
                 self.bad(f"{gwhere}.model: {model!r} is not a model of {where}")

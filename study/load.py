@@ -41,6 +41,32 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+MAX_VALUES = 1_000_000  # a study is some hundred values; far more only comes of aliases nested in aliases
+
+
+def expanded_size(node) -> int:
+    """How many values the YAML node graph holds once every alias is expanded (computed per node once, so a
+    graph that expands to 10**10 values is measured in microseconds, not walked)."""
+    huge = 10 * MAX_VALUES  # also the size of a cycle (an alias inside its own anchor): endless
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()  # nodes whose children are being sized
+    stack = [(node, False)] if node is not None else []
+    while stack:
+        n, children_done = stack.pop()
+        if id(n) in sizes:
+            continue
+        kids = [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode) else \
+            list(n.value) if isinstance(n, yaml.SequenceNode) else []
+        if children_done or not kids:
+            open_ids.discard(id(n))
+            sizes[id(n)] = min(1 + sum(sizes.get(id(k), huge) for k in kids), huge)
+        elif id(n) not in open_ids:
+            open_ids.add(id(n))
+            stack.append((n, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes and id(k) not in open_ids)
+    return sizes.get(id(node), 0) if node is not None else 0
+
+
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping from `path`, or StudyFileError naming the file and what is wrong with it."""
     path = Path(path)
@@ -51,7 +77,17 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise StudyFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        loader = _StrictLoader(text)
+        try:
+            node = loader.get_single_node()
+            size = expanded_size(node)
+            if size > MAX_VALUES:
+                at_least = "at least " if size >= 10 * MAX_VALUES else ""
+                raise StudyFileError(f"{path}: its aliases (*name) expand to {at_least}{size:,} values, more than "
+                                     f"the {MAX_VALUES:,} a study may hold (an alias bomb?); write the values out")
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -112,8 +148,15 @@ def as_bool(key: str, value) -> bool:
     raise StudyFileError(f"config {key}: {value!r} is not allowed (true or false)")
 
 
-def load_study(snakemake_config: dict, root: str | Path) -> tuple[dict, bool, Path]:
-    """(the study's config with the twin and the user's overrides applied, tiny?, the study file)."""
+def load_study(snakemake_config: dict, root: str | Path, overlays=()) -> tuple[dict, bool, Path]:
+    """(the study's config with the twin and the user's overrides applied, tiny?, the study file).
+
+    overlays: the --configfile files Snakemake already merged into snakemake_config. Snakemake reads them
+    with a loader that keeps the last of duplicate keys and expands any alias; they are read again here,
+    strictly, so that a duplicate key or an alias bomb in one is an error naming the file, before the
+    merged values are used."""
+    for overlay in overlays:
+        read_yaml(overlay)
     name = snakemake_config.get("study", "orthonoise")
     if not isinstance(name, str) or not name:
         raise StudyFileError(f"config study: {name!r} is not allowed (a study name: "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.checks import PlanError, check, run_entries, variant_table
+from study.run_specs import run_spec_problems
 from study.spec import build_spec, load_code_versions, run_settings
 
 SELECTED = "selected"
@@ -95,6 +96,10 @@ class Plan:
         self.results = results.rstrip("/")
         self.variants = variant_table(config)  # label -> (param, value)
         self._specs: dict[Run, dict] = {}
+        # every run's spec as the trainer reads it, before any job (a refused spec would fail every job)
+        problems = run_spec_problems(self, self.all_runs())
+        if problems:
+            raise PlanError("invalid study (the trainer would refuse these run specs):\n  - " + "\n  - ".join(problems))
 
     # -- paths ----------------------------------------------------------------------------------
     def run_dir(self, run: Run) -> str:

@@ -186,3 +186,17 @@ def test_comm_ngpt_and_event_columns(tmp_path):
     assert back.iloc[2]["bytes_sent_per_step"] == 162000.5 and back.iloc[2]["n_record_errors"] == 2
     assert math.isnan(back.iloc[0]["weight_norm_dev_mean"])
     assert list(cb.columns) == list(curves.columns)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"status": "ok", "final_val', b"\xff\xfe"], ids=["empty", "cut", "binary"])
+def test_a_damaged_metrics_file_is_one_line_naming_it(tmp_path, content):
+    """Issue 28.5: a 0-byte metrics.json failed the aggregate with a traceback that named no file."""
+    from analysis.aggregate import load_metrics
+
+    p = tmp_path / "run" / "metrics.json"
+    p.parent.mkdir()
+    p.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_metrics(p)
+    assert str(p) in str(err.value) and "rerun to train the run again" in str(err.value)
+    assert err.value.__cause__ is None and (err.value.__context__ is None or err.value.__suppress_context__)

@@ -208,3 +208,19 @@ def test_a_shard_changed_under_a_checkpoint_is_refused(corpus, tmp_path):
     assert r2.returncode == 2, r2.stderr
     assert "the data changed since checkpoint" in r2.stderr and "resuming from" not in r2.stderr
     assert not (out / "metrics.json").exists()
+
+
+def test_a_flipped_bit_in_latest_falls_back_to_previous(tmp_path):
+    """Issue 28.2: torch.load ignores the zip CRCs, so one flipped bit in a tensor resumed silently."""
+    ckpt.save(tmp_path, {"step": 4, "w": torch.zeros(50_000)})
+    ckpt.save(tmp_path, {"step": 8, "w": torch.zeros(50_000)})
+    p = tmp_path / "latest.pt"
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0x10  # inside the tensor's 200 kB, far from any header
+    p.write_bytes(bytes(raw))
+    assert torch.load(p, weights_only=True)["w"].abs().sum() > 0  # what torch alone would resume
+    state, events = ckpt.load(tmp_path)
+    assert state["step"] == 4 and torch.equal(state["w"], torch.zeros(50_000))
+    [ev] = events
+    assert ev["file"] == "latest.pt" and ev["fallback"] == "previous.pt" and "CRC-32" in ev["error"]
+    assert (tmp_path / "latest.pt.bad").exists()

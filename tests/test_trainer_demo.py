@@ -105,3 +105,34 @@ def test_resume_with_other_world_size_starts_fresh_and_grad_clip_is_refused(corp
     bad = demo_spec(corpus, training={"steps": 6, "grad_clip": 1.0}, eval={"every": 6, "at_steps": [6]})
     r, _, _ = run_train(bad, tmp_path, "clip")
     assert r.returncode == 2 and "training.grad_clip = 1.0" in r.stderr and "'DeMo'" in r.stderr
+
+
+def _tamper_residual(p: Path) -> None:
+    """The same step and resume key, another residual: a rank file of another attempt at this step."""
+    s = torch.load(p, weights_only=True)
+    for st in s["optimizer"]["muon"]["state"].values():
+        st["delta"].mul_(0.5)
+    torch.save(s, p)
+
+
+def test_a_bad_rank_file_falls_back_to_the_previous_pair_and_says_so(corpus, tmp_path):
+    """Issues 18.6 and 28.10: latest.pt records the sha256 of each rank file it goes with; a rank file that is
+    not that one (another attempt's file of the same step), or is missing, is never resumed: the run falls
+    back to previous.pt and its rank files, and checkpoint_fallbacks says so. The rerun from there ends as the
+    uninterrupted run did."""
+    spec = demo_spec(corpus, training={"steps": 8, "micro_batch": 2, "warmup_steps": 0},
+                     eval={"every": 0, "at_steps": [8]}, checkpoint={"every": 4, "keep": True})
+    r1, out, ck = run_train(spec, tmp_path, "run", nproc=2)
+    assert r1.returncode == 0, r1.stderr
+    ref = history(out)
+    for n, fault in enumerate((_tamper_residual, Path.unlink), start=1):
+        fault(ck / "rank1.step8.pt")
+        r2, out2, _ = run_train(spec, tmp_path, "run", nproc=2)
+        assert r2.returncode == 0, r2.stderr
+        assert "falling back to previous.pt" in r2.stderr and "rank1.step8.pt" in r2.stderr
+        assert f"resuming from {ck / 'previous.pt'} at step 4" in r2.stderr
+        evs = metrics(out2)["checkpoint_fallbacks"]
+        assert len(evs) == n and evs[-1]["fallback"] == "previous.pt" and evs[-1]["resumed_at_step"] == 4
+        assert "rank1.step8.pt" in evs[-1]["error"]
+        assert history(out2) == ref
+    assert set(torch.load(ck / "latest.pt", weights_only=True)["rank_files"]) == {"1"}

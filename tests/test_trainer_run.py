@@ -265,3 +265,38 @@ def test_missing_wandb_disables_only_when_the_spec_did_not_ask(corpus, tmp_path,
     with pytest.raises(TrackingError, match="wandb.mode is 'offline' but the wandb package is not installed"):
         run(RunSpec.from_dict(spec), tmp_path / "o2", tmp_path / "c2")
     assert not (tmp_path / "o2").exists()
+
+
+# The real entry point, with the process-group cleanup (the last thing a run does, after metrics.json)
+# held open until the test's signal arrives: the window in which a SIGTERM used to exit -15.
+_SIGNAL_AFTER_RECORDS = """
+import runpy, sys, time
+from trainer import distributed
+def held_cleanup(info, _orig=distributed.cleanup):
+    print("records complete", flush=True)
+    time.sleep(120)
+    _orig(info)
+distributed.cleanup = held_cleanup
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_signal_after_the_records_are_complete_exits_zero(corpus, tmp_path):
+    """Issue 28.1: Snakemake deletes the outputs of a job that exits non-zero, so a SIGTERM after metrics.json
+    must not turn a complete run into a failed one."""
+    spec = tiny_spec(corpus, training={"steps": 4}, eval={"every": 0, "at_steps": [4]})
+    sp = write_spec(spec, tmp_path / "late.json")
+    out, ck = tmp_path / "late" / "out", tmp_path / "late" / "ckpt"
+    cmd = train_cmd(sp, out, ck)
+    p = subprocess.Popen([cmd[0], "-c", _SIGNAL_AFTER_RECORDS, *cmd[1:]], env=env(), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "records complete"
+        assert (out / "metrics.json").exists()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert metrics(out)["status"] == "ok" and not ck.exists()

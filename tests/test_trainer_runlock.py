@@ -3,6 +3,7 @@ SIGINT saves a checkpoint like SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -138,3 +139,26 @@ def test_sigkill_of_torchrun_ends_its_worker_and_the_rerun_resumes(corpus, tmp_p
     if not cuda_usable():
         assert comparable(metrics(out)) == comparable(metrics(ref_out))
         assert history(out) == history(ref_out)
+
+
+def test_a_spec_json_deleted_while_the_run_trains_is_written_again(corpus, tmp_path):
+    """Issue 28.4: a second Snakemake asked for the same run deletes its outputs before its own trainer is
+    refused by the run lock, spec.json (written at the start) among them; the first run must still end with
+    all three records."""
+    spec = tiny_spec(corpus, training={"steps": 24}, eval={"every": 0, "at_steps": [24]},
+                     checkpoint={"every": 2, "keep": False})
+    sp = write_spec(spec, tmp_path / "run.json")
+    out, ck = tmp_path / "run" / "out", tmp_path / "run" / "ckpt"
+    p = subprocess.Popen(train_cmd(sp, out, ck), env=env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (ck / "latest.pt").exists():  # training has begun, spec.json is written
+            assert p.poll() is None and time.time() - t0 < 300
+            time.sleep(0.01)
+        (out / "spec.json").unlink()
+        _, err = p.communicate(timeout=300)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert json.loads((out / "spec.json").read_text()) == metrics(out)["spec"]

@@ -140,3 +140,19 @@ def test_envs_match_pyproject():
     rules = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
     for env_file in (REPO / "envs").glob("*.yaml"):
         assert f"../envs/{env_file.name}" in rules, f"{env_file.name} is used by no rule"
+
+
+@pytest.mark.parametrize("text, message", [
+    # issue 28.8: Snakemake's own reader kept the last of duplicate keys without a word
+    ("wandb:\n  mode: disabled\nwandb:\n  mode: offline\n", "overlay.yaml: line 3, column 1: duplicate key 'wandb'"),
+    # issue 18.5: a seed the trainer refuses used to pass planning and fail in every train job
+    ("phases:\n  phase1:\n    seeds: [42, 18446744073709551616]\n",
+     "run spec seed = 18446744073709551616 (from phases.*.seeds): the trainer allows an integer >= 0 and <="),
+], ids=["duplicate key", "seed 2**64"])
+def test_a_bad_configfile_overlay_is_refused_by_the_dry_run_naming_it(wf, tmp_path, text, message):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(text)
+    result = snakemake(wf, "phase1", "-n", "--config", "tiny=true", "--configfile", str(overlay))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and message in out, out[-2000:]
+    assert "train" not in job_counts(out)

@@ -137,3 +137,17 @@ def test_the_twin_never_touches_the_real_study(done):
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
     assert "results/orthonoise/phase1/runs.csv" in out and TWIN + "/" not in out
+
+
+def test_deleted_records_and_tables_are_made_again(done):
+    """Issue 28.5: a deleted history.csv or spec.json of a run, or a phase's runs.csv, was never rebuilt (only
+    metrics.json was asked for; an up-to-date report kept the rest out of the DAG)."""
+    histories = sorted((done / TWIN / "runs").rglob("history.csv"))
+    gone = {histories[0], histories[1].with_name("spec.json"), done / TWIN / "phase1" / "runs.csv"}
+    for p in gone:
+        p.unlink()
+    dry = snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    runs = {p.parent.relative_to(done / TWIN / "runs").as_posix() for p in histories[:2]}
+    assert stale_runs(dry.stdout) == runs
+    assert job_counts(dry.stdout)["aggregate"] == 1

@@ -12,7 +12,7 @@ Only plain data is stored: tensors, numbers, strings, None and dict/list/tuple (
 anything else, naming where it is), and files are read with `torch.load(weights_only=True)`, so a
 checkpoint cannot run code when it is loaded. A file that holds anything else (a crafted pickle) is
 refused with `CheckpointUnsafeError` and nothing of it is executed. A file that cannot be read at all
-(truncated, zero bytes, garbage) is set aside as `latest.pt.bad` and the run falls back to
+(truncated, zero bytes, garbage, a member whose CRC-32 does not match: torch.load does not check) is set aside as `latest.pt.bad` and the run falls back to
 `previous.pt`; `load` returns what it did, and the loop writes it into the run's records.
 
 A checkpoint is resumed only when its resume key (the result-affecting spec, the study fingerprint
@@ -197,9 +197,25 @@ def _globals_in(path: Path) -> list[str]:
     return sorted(names)
 
 
+def _crc_failure(p: Path) -> str:
+    """'' when every member of a torch zip checkpoint matches its CRC-32 (or the file is no zip: then
+    torch.load judges it), else which member does not."""
+    if not zipfile.is_zipfile(p):
+        return ""
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a readable zip ({e})"
+    return f"the CRC-32 of {bad} does not match its bytes (a changed bit)" if bad else ""
+
+
 def read(p: Path, map_location="cpu") -> dict:
     """One checkpoint file, loaded with weights_only=True. Raises CheckpointUnsafeError for a file that
     holds anything but plain data (nothing of it runs); any other exception means unreadable."""
+    bad_member = _crc_failure(p)
+    if bad_member:  # torch.load does not check the CRCs: a flipped bit would be resumed silently
+        raise ValueError(f"damaged: {bad_member}")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -302,6 +318,7 @@ class PreemptionFlag:
 
     def __init__(self):
         self.signum: int | None = None
+        self.finished = False  # the run's records are complete: a signal now ends the process with 0
         self._old: dict[int, Any] = {}
 
     @property
@@ -309,6 +326,8 @@ class PreemptionFlag:
         return self.signum is not None
 
     def _handler(self, signum, frame):
+        if self.finished:  # nothing left to save: exit 0, so that no one deletes the complete run
+            raise SystemExit(0)
         if self.signum is None:
             self.signum = signum
         elif signum == signal.SIGINT and self.signum == signal.SIGINT:
@@ -365,10 +384,31 @@ def prune_ranks(ckpt_dir: str | os.PathLike, keep_steps=()) -> None:
             f.unlink(missing_ok=True)
 
 
-def attach_rank_state(state: dict, ckpt_dir, info, key: str, log) -> dict | None:
-    """Put this rank's own optimizer state into `state` (collective: every rank calls it). Returns None
-    on every rank, after saying why, when some rank cannot restore its state (missing file, other world
-    size): then the run starts fresh rather than resume with a wrong residual."""
+def file_sha256(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def rank_checksums(ckpt_dir: str | os.PathLike, step: int, world_size: int) -> dict[str, str]:
+    """{rank: sha256} of the rank files of `step` (rank 0 calls it after the ranks saved them): latest.pt
+    records them, so that a resume takes only the rank files it was saved with."""
+    return {str(r): file_sha256(rank_path(ckpt_dir, r, step)) for r in range(1, world_size)}
+
+
+def attach_rank_state(state: dict, ckpt_dir, info, key: str, log, name: str = CKPT_NAME) -> tuple[dict | None, str]:
+    """Put this rank's own optimizer state into `state` (read from `name`; collective: every rank calls it).
+    Returns (state, "") when every rank restored its state; else (None, why) on every rank: why is
+    "world size" when the checkpoint was written by another number of ranks (nothing to fall back to), else
+    (on rank 0) which rank files are missing, unreadable, of another step or not the ones `name` was saved
+    with (its recorded sha256); then the caller falls back to previous.pt or starts fresh rather than resume
+    with a wrong residual."""
+    import sys
+
     from trainer import distributed as dist_mod
 
     why = ""
@@ -376,20 +416,36 @@ def attach_rank_state(state: dict, ckpt_dir, info, key: str, log) -> dict | None
         why = f"it was written by {state.get('world_size')} ranks, this run has {info.world_size}"
     elif not info.is_main:
         p = rank_path(ckpt_dir, info.rank, state["step"])
+        want = (state.get("rank_files") or {}).get(str(info.rank))  # absent in checkpoints before the binding
+        mine = None
         try:
-            mine = read(p, "cpu") if p.exists() else None  # weights only, as latest.pt
+            if not p.exists():
+                why = f"{p.name} is missing"
+            elif want is not None and file_sha256(p) != want:
+                why = f"{p.name} is not the file {name} was saved with (its sha256 differs from the recorded {want[:16]}...)"
+            else:
+                mine = read(p, "cpu")  # weights only, as latest.pt
         except CheckpointUnsafeError:
             raise
-        except Exception:
-            mine = None
-        if mine is None or mine.get("resume_key") != key or mine.get("step") != state["step"]:
-            why = f"rank {info.rank} has no readable state of step {state['step']} ({p.name})"
+        except Exception as e:
+            why = f"{p.name} cannot be read ({type(e).__name__}: {str(e)[:200]})"
+        if not why and (mine.get("resume_key") != key or mine.get("step") != state["step"]):
+            why = f"{p.name} holds step {mine.get('step')} of resume key {mine.get('resume_key')}, not step {state['step']} of {key}"
+        if why:
+            print(f"[train rank {info.rank}] warning: {why}", file=sys.stderr, flush=True)
         else:
             state = dict(state, optimizer=mine["optimizer"])
-    bad = torch.tensor([0.0 if not why else 1.0], device=info.device)
+    bad = torch.zeros(info.world_size, device=info.device)
+    bad[info.rank] = 1.0 if why else 0.0
     dist_mod.all_reduce_max_(bad, info)
-    if bad.item() > 0:
-        log(f"checkpoint {path_of(ckpt_dir)} holds rank-local optimizer state that cannot be restored on every "
-            f"rank{(': ' + why) if why else ''}: not resuming; starting fresh")
-        return None
-    return state
+    if bad.sum().item() == 0:
+        return state, ""
+    if state.get("world_size") != info.world_size:
+        log(f"checkpoint {Path(ckpt_dir) / name} holds rank-local optimizer state that cannot be restored on every "
+            f"rank: {why}: not resuming; starting fresh")
+        return None, "world size"
+    ranks = [r for r in range(info.world_size) if bad[r].item() > 0]
+    why = (f"the rank-local optimizer state of step {state['step']} ("
+           f"{', '.join(rank_path(ckpt_dir, r, state['step']).name for r in ranks)}) is missing, unreadable or not "
+           f"the file {name} was saved with")
+    return None, why

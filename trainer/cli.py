@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hold_signals: bool = False) -> int:
+    """hold_signals: the process exits after main returns (workflow/scripts/train.py); see trainer.loop.run."""
     from trainer.runlock import die_with_parent, started_by_torchrun
 
     if started_by_torchrun():  # first, so that the window in which torchrun can die unnoticed is short
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                               "both directories are required to train")])
         from trainer.loop import run
 
-        return run(spec, args.out_dir, args.checkpoint_dir)
+        return run(spec, args.out_dir, args.checkpoint_dir, hold_signals=hold_signals)
     except (SpecError, DataError, ModelError, TrackingError, DeviceError, FileNotFoundError, RunLockError,
             CheckpointUnsafeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -105,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(hold_signals=True))

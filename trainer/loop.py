@@ -392,9 +392,51 @@ def _add_events(ckpt_dir: Path, info, log, reset: bool = False, **new) -> dict:
         return ev
 
 
-def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) -> int:
+def _attach_rank_state(state: dict, ckpt_dir: Path, info, key: str, log, fallbacks: list) -> dict | None:
+    """The resumed state with this rank's own optimizer state (DeMo's residuals; collective). When the rank
+    files of latest.pt cannot be used, the consistent pair before it (previous.pt and its rank files) is
+    tried, latest.pt is set aside as latest.pt.bad, and the fallback is recorded like an unreadable file's."""
+    used = fallbacks[-1]["fallback"] if fallbacks else ckpt.CKPT_NAME
+    attached, why = ckpt.attach_rank_state(state, ckpt_dir, info, key, log, used)
+    if attached is not None or why == "world size" or used != ckpt.CKPT_NAME:
+        if attached is None and why != "world size":
+            log(f"warning: {why}: starting fresh")
+            for ev in fallbacks:
+                ev["fallback"] = "fresh start"
+            fallbacks.append({"file": ckpt.CKPT_NAME if used == ckpt.CKPT_NAME else used, "size": None,
+                              "error": why[:300], "fallback": "fresh start"})
+        return attached
+    ev = {"file": ckpt.CKPT_NAME, "size": None, "error": why[:300]}
+    prev_path = ckpt.previous_of(ckpt_dir)
+    try:
+        prev = ckpt.read(prev_path) if prev_path.exists() else None
+    except ckpt.CheckpointUnsafeError:
+        raise
+    except Exception:
+        prev = None
+    missing = torch.tensor([0.0 if prev is not None and prev.get("resume_key") == key else 1.0], device=info.device)
+    dist_mod.all_reduce_max_(missing, info)
+    attached = None
+    if missing.item() == 0:
+        attached, _ = ckpt.attach_rank_state(prev, ckpt_dir, info, key, log, ckpt.PREVIOUS_NAME)
+    ev["fallback"] = ckpt.PREVIOUS_NAME if attached is not None else "fresh start"
+    log(f"warning: checkpoint {ckpt.path_of(ckpt_dir)}: {why}: falling back to {ev['fallback']}")
+    if info.is_main:  # never rotated into previous.pt by the next save
+        try:
+            os.replace(ckpt.path_of(ckpt_dir), ckpt.path_of(ckpt_dir).with_name(ckpt.CKPT_NAME + ckpt.BAD_SUFFIX))
+        except OSError:
+            pass
+    fallbacks.append(ev)
+    return attached
+
+
+def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, hold_signals: bool = False) -> int:
     """Train; write spec.json, history.csv and metrics.json (last) into out_dir. Returns the exit code:
-    0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved)."""
+    0 for ok and diverged, PREEMPTED_EXIT_CODE after a preemption signal (checkpoint saved).
+
+    hold_signals (the command line, which exits right after): once the records are complete the signal
+    handlers stay, and a SIGTERM/SIGINT/SIGUSR1 until the process ends exits 0 instead of -15. With the
+    default handlers back, a signal in that window killed a complete run, and Snakemake deleted it."""
     flag = ckpt.PreemptionFlag().install()
     info = None
     try:
@@ -406,7 +448,8 @@ def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) 
         with RunLock(ckpt_dir) if info.is_main else contextlib.nullcontext():  # one writer per run
             return _run(spec, Path(out_dir), Path(ckpt_dir), info, flag)
     finally:
-        flag.restore()
+        if not (hold_signals and flag.finished):
+            flag.restore()
         if info is not None:
             dist_mod.cleanup(info)
 
@@ -453,7 +496,7 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
             f"falling back to {ev['fallback']}")
     rank_local = getattr(sess.opt, "has_rank_local_state", False)  # optim.DeMo: per-rank residuals
     if state is not None and rank_local and state.get("resume_key") == key:
-        state = ckpt.attach_rank_state(state, ckpt_dir, info, key, log)
+        state = _attach_rank_state(state, ckpt_dir, info, key, log, fallbacks)
     if state is not None:
         if state.get("resume_key") != key:
             log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
@@ -504,7 +547,9 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
                 "rng": ckpt.rng_state(info.device), "history": history, "evals": evals, "ref_loss": ref_loss,
                 "wall_time_s": wall_before + (time.time() - t_process), "timed_tokens": timed_tokens,
                 "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
-                "torch": torch.__version__, "data_checksum": sess.data.checksum})
+                "torch": torch.__version__, "data_checksum": sess.data.checksum,
+                # the rank files this checkpoint goes with (a resume refuses any other)
+                **({"rank_files": ckpt.rank_checksums(ckpt_dir, step, info.world_size)} if rank_local else {})})
             log(f"checkpoint at step {step} ({reason}): {p}")
             if rank_local:
                 ckpt.prune_ranks(ckpt_dir, keep_steps=(step, previous_step[0]))
@@ -626,11 +671,15 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     if spec.checkpoint.keep and status == "ok":
         save_checkpoint(steps_completed, "final (checkpoint.keep)")
     if info.is_main:
+        # spec.json again: another invocation's refused job deletes the outputs it would have made (Snakemake
+        # removes them before the job starts), the spec.json this run wrote at its start among them
+        write_json(out / "spec.json", spec_dict)
         write_csv(out / "history.csv", HISTORY_COLUMNS, history)
         write_json(out / "metrics.json", metrics)  # last: its presence means the run is done
         if not spec.checkpoint.keep:
             ckpt.remove(ckpt_dir)
     dist_mod.barrier(info)
+    flag.finished = True  # from here a signal cannot lose anything (run(hold_signals=True))
     log(f"done: status {status}, final val loss {final}, best {metrics['best_val_loss']}, "
         f"{metrics['tokens_per_s'] or 0:,.0f} tokens/s, {wall:.1f} s -> {out / 'metrics.json'}")
     return 0

@@ -30,6 +30,18 @@ DTYPES = ("auto", "float32", "bfloat16")
 CAPTURE_WHAT = ("grad", "momentum")
 MAX_VOCAB = 262144  # uint32 shards above 65536 ids (Granite's tokenizer has 100352)
 DEFAULT_ADAMW_PATTERNS = ["embed", "wte", "lm_head", "norm", "bias", "gain"]
+# The longest sequence of each preset (trainer/model.py and trainer/ngpt.py block_size; a test keeps them equal).
+PRESET_BLOCK_SIZE = {"tiny": 1024, "gpt-124m": 4096, "gpt-350m": 4096, "gpt-1b": 4096, "ngpt-tiny": 1024,
+                     "ngpt-124m": 4096, "ngpt-350m": 4096}
+# Size bounds, so that a typo cannot ask for terabytes: the history keeps a row per step in memory; a step's
+# batch (global_batch x seq_len tokens) and the validation windows' indices (eval.batches x global_batch,
+# 8 bytes each) are allocated at once.
+MAX_STEPS = 10_000_000
+MAX_GLOBAL_BATCH = 1 << 20
+MAX_TOKENS_PER_STEP = 1 << 32
+MAX_VAL_WINDOWS = 1 << 20
+# Classes that exchange their own compressed gradients: no rank holds the global gradient to clip.
+SELF_SYNCED_CLASSES = ("DeMo",)
 # Sections that cannot change a run's numbers (the same list as study.spec.OPERATIONAL).
 OPERATIONAL = ("checkpoint", "wandb", "runtime", "fingerprint")
 
@@ -288,6 +300,8 @@ class RunSpec:
             if k not in top:
                 c.bad(k, d[k], f"an unknown key; allowed keys: {sorted(top)}")
         run_id = c.get(d, "run_id", "str")
+        if run_id is not None and (not run_id.isprintable() or run_id != run_id.strip()):
+            c.bad("run_id", run_id, "printable characters without spaces at either end (it names directories)")
         seed = c.get(d, "seed", "int", lo=0, hi=2**63 - 1)
 
         m = c.section(d, "model", {"name", "arch", "vocab_size", "tie_embeddings", "options", "revision"})
@@ -344,9 +358,9 @@ class RunSpec:
         t = c.section(d, "training", {"steps", "global_batch", "micro_batch", "seq_len", "warmup_steps",
                                       "cooldown_frac", "grad_clip", "divergence_factor", "projection_every"})
         training = TrainingSpec(
-            steps=c.get(t, "training.steps", "int", lo=1) if t else None,
-            global_batch=c.get(t, "training.global_batch", "int", lo=1) if t else None,
-            micro_batch=c.get(t, "training.micro_batch", "int", lo=1) if t else None,
+            steps=c.get(t, "training.steps", "int", lo=1, hi=MAX_STEPS) if t else None,
+            global_batch=c.get(t, "training.global_batch", "int", lo=1, hi=MAX_GLOBAL_BATCH) if t else None,
+            micro_batch=c.get(t, "training.micro_batch", "int", lo=1, hi=MAX_GLOBAL_BATCH) if t else None,
             seq_len=c.get(t, "training.seq_len", "int", lo=2, hi=1 << 20) if t else None,
             warmup_steps=c.get(t, "training.warmup_steps", "int", 0, lo=0) if t else 0,
             cooldown_frac=c.get(t, "training.cooldown_frac", "float", 0.0, lo=0.0, hi=1.0) if t else 0.0,
@@ -361,14 +375,27 @@ class RunSpec:
         gb, mb = training.global_batch, training.micro_batch
         if gb is not None and mb is not None and gb % mb != 0:
             c.bad("training.micro_batch", mb, f"a divisor of training.global_batch ({gb})")
+        sl = training.seq_len
+        if sl is not None and model.arch in PRESET_BLOCK_SIZE and sl > PRESET_BLOCK_SIZE[model.arch]:
+            c.bad("training.seq_len", sl, f"at most {PRESET_BLOCK_SIZE[model.arch]} (the block size of model.arch "
+                                          f"{model.arch!r})")
+        elif sl is not None and gb is not None and gb * sl > MAX_TOKENS_PER_STEP:
+            c.bad("training.global_batch", gb, f"at most {MAX_TOKENS_PER_STEP} tokens per step with training.seq_len "
+                                               f"{sl} (global_batch <= {MAX_TOKENS_PER_STEP // sl})")
+        if ocls in SELF_SYNCED_CLASSES and training.grad_clip:
+            c.bad("training.grad_clip", training.grad_clip, f"0 with optimizer.class {ocls!r}: it exchanges compressed "
+                                                            "gradients, so no rank ever holds the global gradient to clip")
 
         e = c.section(d, "eval", {"every", "batches", "at_steps", "target_losses"})
         ev = EvalSpec(
             every=c.get(e, "eval.every", "int", lo=0) if e else None,
-            batches=c.get(e, "eval.batches", "int", lo=1) if e else None,
+            batches=c.get(e, "eval.batches", "int", lo=1, hi=MAX_VAL_WINDOWS) if e else None,
             at_steps=c.get(e, "eval.at_steps", "list[int]", [], lo=1) if e else [],
             target_losses=c.get(e, "eval.target_losses", "list[float]", [], lo=0.0, lo_open=True) if e else [],
         )
+        if ev.batches is not None and gb is not None and ev.batches * gb > MAX_VAL_WINDOWS:
+            c.bad("eval.batches", ev.batches, f"at most {MAX_VAL_WINDOWS} validation windows (eval.batches x "
+                                              f"training.global_batch {gb}: eval.batches <= {max(1, MAX_VAL_WINDOWS // gb)})")
         if ev.at_steps and training.steps is not None:
             over = [s for s in ev.at_steps if s > training.steps]
             if over:

@@ -16,4 +16,4 @@ except ImportError:  # not installed: use the repository checkout
 from trainer.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(hold_signals=True))  # a signal after the records are complete exits 0
