@@ -32,7 +32,8 @@ STUDY_KEY = {
 
 
 def _placeholder_text_data(config: dict) -> dict:
-    """For data.kind text the prepared shards exist only after the data stage: a bin section of the right shape."""
+    """For data.kind text or hub the shards exist only after the data stage or the download: a bin section
+    of the right shape."""
     d = text_data_dir(config)
     return {"kind": "bin", "train": f"{d}/train_*.bin", "val": f"{d}/val_*.bin"}
 
@@ -50,7 +51,7 @@ def _source(key: str, run) -> str:
 def run_spec_problems(plan, runs) -> list[str]:
     """One line per distinct problem the trainer finds in the specs of `runs` ([] when none)."""
     trainer_spec = load_file_module(Path(plan.root), "trainer/spec.py")
-    text = _placeholder_text_data(plan.config) if plan.config["data"]["kind"] == "text" else None
+    text = _placeholder_text_data(plan.config) if plan.config["data"]["kind"] in ("text", "hub") else None
     seen: dict[tuple, list] = {}
     for run in runs:
         spec = build_spec(plan.config, run, plan.versions, plan.root, text, plan.tokenizer_vocab)
