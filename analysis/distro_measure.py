@@ -72,11 +72,25 @@ def load_captures(paths: Sequence[str | Path], what: Sequence[str] = REAL, max_p
         keys = sorted(k for k in d if k.split("/", 1)[0] in what and d[k].ndim >= 2)
         if max_per_file and len(keys) > max_per_file:  # evenly spaced, deterministic
             keys = [keys[int(i)] for i in np.linspace(0, len(keys) - 1, max_per_file)]
+        run = run_label(path, paths)
         for k in keys:
             src, name = k.split("/", 1)
             x = d[k].double()
-            out.append({"source": src, "tensor": name, "step": step, "x": x.reshape(x.shape[0], -1)})
+            out.append({"source": src, "tensor": f"{run}:{name}" if run else name, "step": step,
+                        "x": x.reshape(x.shape[0], -1)})
     return out
+
+
+def run_label(path: str | Path, paths: Sequence[str | Path]) -> str:
+    """What tells this capture file's run from the others' (runs/.../<seed dir>/captures/step<N>.pt):
+    the part of its run directory that differs between the files, '' when all files come from one run.
+    Without it two seeds' matrices would share (tensor, step) and be counted as one."""
+    runs = sorted({str(Path(p).resolve().parent.parent) for p in paths})
+    if len(runs) <= 1:
+        return ""
+    parts = [Path(r).parts for r in runs]
+    first = next((i for i in range(min(map(len, parts))) if len({q[i] for q in parts}) > 1), 0)
+    return "/".join(Path(str(Path(path).resolve().parent.parent)).parts[first:])
 
 
 def synthetic_like(shapes: Iterable[tuple[int, int]], seed: int = 0, ranks: Sequence[int] = RANKS) -> list[dict]:

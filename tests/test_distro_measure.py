@@ -113,7 +113,8 @@ def _assert_matches_reference(new: tuple, ref: tuple) -> None:
       operations, only stacked: rtol 1e-9 (float64 rounding is ~1e-15; the margin covers summation order).
     - metrics of orth(x) (pre rows): the orthogonalizer runs in float32, stacked (baddbmm) here and per
       matrix (addmm) there, so the inputs differ by float32 rounding (~1e-6), which can move a top-k pick at
-      a near-tie: atol 1e-4.
+      a near-tie: atol 1e-4; a sign agreement counts elements, and an element within float32 rounding of 0
+      can flip its sign (seen on an H200: 1 of 8192): atol 1e-3 there.
     - condition numbers: singular values are backward stable to ~eps * sigma_max in both, so sigma_min is
       only meaningful above that floor; compared where the reference's sigma_min / sigma_max > 1e-10 (rtol
       1e-5 >= eps / 1e-10), sigma_min / sigma_max to atol 1e-12, dead fractions (threshold 1e-6) exactly.
@@ -127,7 +128,9 @@ def _assert_matches_reference(new: tuple, ref: tuple) -> None:
     x_rows = ~pre & ~cond
     np.testing.assert_allclose(v[x_rows & (tr.table != "condition").to_numpy()],
                                vr[x_rows & (tr.table != "condition").to_numpy()], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(v[pre], vr[pre], atol=1e-4)
+    sign = (tr.metric == "sign_agree").to_numpy()
+    np.testing.assert_allclose(v[pre & ~sign], vr[pre & ~sign], atol=1e-4)
+    np.testing.assert_allclose(v[pre & sign], vr[pre & sign], atol=1e-3)
     smin = tr[tr.metric == "smin_rel_recon"]
     np.testing.assert_allclose(t.value[smin.index], smin.value, atol=1e-12)
     dead = tr.metric == "dead_frac_recon"
@@ -176,3 +179,17 @@ def test_gpu_measure_equals_the_float64_reference(one_thread):
     items = _mixed_items()
     ref = M.measure_reference(items, topk=(0.05, 0.25), cond_topk=(0.05, 0.25))
     _assert_matches_reference(M.measure(items, topk=(0.05, 0.25), cond_topk=(0.05, 0.25), device="cuda"), ref)
+
+
+def test_two_runs_matrices_stay_apart(tmp_path):
+    """Two seeds capture the same tensor at the same step: each is its own matrix in the tables."""
+    paths = []
+    for seed in (42, 123):
+        d = {"grad/h.fc.weight": torch.randn(64, 128, generator=torch.Generator().manual_seed(seed))}
+        p = tmp_path / "runs" / "m" / "muon" / "default" / f"seed{seed}" / "captures" / "step5.pt"
+        p.parent.mkdir(parents=True)
+        torch.save(d, p)
+        paths.append(p)
+    items = M.load_captures(paths)
+    assert sorted(it["tensor"] for it in items) == ["seed123:h.fc.weight", "seed42:h.fc.weight"]
+    assert M.load_captures(paths[:1])[0]["tensor"] == "h.fc.weight"  # one run: the name alone

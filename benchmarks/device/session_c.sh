@@ -21,8 +21,10 @@ SMK="python3 -m snakemake --scheduler greedy --keep-going --retries 1 --cores 16
 pipeline() {  # both studies at once: the GPU is shared by up to 8 runs (declared GPU memory: 4 x 30 GB nGPT, 4 x 12 GB GPT)
   cd "$W" || exit 1
   t0=$(date +%s)
-  python3 -m snakemake --cores 4 --config study=distro --configfile docs/examples/distro_measure.yaml \
-    results/data/kernel-docs-bpe8192/manifest.json > logs_data.txt 2>&1  # the shared data stage, once
+  # the shared data stage, once (the target first: --configfile would read it as a second configfile, which
+  # is what the 2026-12-02 session did; both studies then ran the deterministic data stage at once)
+  python3 -m snakemake results/data/kernel-docs-bpe8192/manifest.json --cores 4 --config study=distro \
+    --configfile docs/examples/distro_measure.yaml > logs_data.txt 2>&1
   echo "data stage rc=$? at $(( $(date +%s) - t0 )) s" >> pipeline.txt
   ( $SMK measure --config study=distro --configfile docs/examples/distro_measure.yaml \
       --resources gpu_mem_mb=48000 > smk_distro.txt 2>&1
