@@ -32,6 +32,8 @@ beside ours, and sentences, computed from the numbers, on where real gradients d
 from __future__ import annotations
 
 import math
+import os
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -70,11 +72,25 @@ def load_captures(paths: Sequence[str | Path], what: Sequence[str] = REAL, max_p
         keys = sorted(k for k in d if k.split("/", 1)[0] in what and d[k].ndim >= 2)
         if max_per_file and len(keys) > max_per_file:  # evenly spaced, deterministic
             keys = [keys[int(i)] for i in np.linspace(0, len(keys) - 1, max_per_file)]
+        run = run_label(path, paths)
         for k in keys:
             src, name = k.split("/", 1)
             x = d[k].double()
-            out.append({"source": src, "tensor": name, "step": step, "x": x.reshape(x.shape[0], -1)})
+            out.append({"source": src, "tensor": f"{run}:{name}" if run else name, "step": step,
+                        "x": x.reshape(x.shape[0], -1)})
     return out
+
+
+def run_label(path: str | Path, paths: Sequence[str | Path]) -> str:
+    """What tells this capture file's run from the others' (runs/.../<seed dir>/captures/step<N>.pt):
+    the part of its run directory that differs between the files, '' when all files come from one run.
+    Without it two seeds' matrices would share (tensor, step) and be counted as one."""
+    runs = sorted({str(Path(p).resolve().parent.parent) for p in paths})
+    if len(runs) <= 1:
+        return ""
+    parts = [Path(r).parts for r in runs]
+    first = next((i for i in range(min(map(len, parts))) if len({q[i] for q in parts}) > 1), 0)
+    return "/".join(Path(str(Path(path).resolve().parent.parent)).parts[first:])
 
 
 def synthetic_like(shapes: Iterable[tuple[int, int]], seed: int = 0, ranks: Sequence[int] = RANKS) -> list[dict]:
@@ -121,9 +137,197 @@ def spectrum_stats(s: torch.Tensor) -> dict:
             "top1_energy": float(sq[0] / sq.sum()), "smin_rel": float(s[-1] / s[0])}
 
 
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None): the GPU when there is one, else the CPU; else the device named."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def svdvals_batched(x: torch.Tensor, workers: int = 0) -> torch.Tensor:
+    """Singular values (descending) of a stack (B, m, n), in float64.
+
+    A non-square stack is first reduced to its triangular QR factor (B, k, k), k = min(m, n), whose
+    singular values are those of x (Householder QR is backward stable, unlike forming the Gram matrix).
+    On a GPU the stack goes to torch.linalg.svdvals in one call (cuSOLVER). On the CPU, LAPACK's own
+    threads are slow for matrices of this size (8 SVDs of 768 x 768 took 52 s with 2 threads and 2.8 s
+    with 1 on the 2-core machine), so each matrix gets one thread and `workers` threads (0: all cores)
+    take the matrices in parallel (torch releases the GIL inside LAPACK).
+    """
+    x = x.double()
+    m, n = x.shape[-2:]
+    if x.device.type != "cpu":
+        r = x if m == n else torch.linalg.qr(x if m > n else x.mT, mode="r")[1]
+        return torch.linalg.svdvals(r)
+
+    def one(a: torch.Tensor) -> torch.Tensor:
+        r = a if m == n else torch.linalg.qr(a if m > n else a.mT, mode="r")[1]
+        return torch.linalg.svdvals(r)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or os.cpu_count() or 1
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max(1, min(workers, x.shape[0]))) as ex:
+            return torch.stack(list(ex.map(one, x.unbind(0))))
+    finally:
+        torch.set_num_threads(old)
+
+
+def _layout_chunks(x: torch.Tensor, L) -> torch.Tensor:
+    """(B, rows, cols) -> (B * n_chunks, a, b): every matrix chunked as D.to_chunks chunks one."""
+    bsz = x.shape[0]
+    x = x.reshape(bsz, L.rows // L.a, L.a, L.cols // L.b, L.b)
+    return x.permute(0, 1, 3, 2, 4).reshape(-1, L.a, L.b)
+
+
+def _unchunk(c: torch.Tensor, L, bsz: int) -> torch.Tensor:
+    x = c.reshape(bsz, L.rows // L.a, L.cols // L.b, L.a, L.b).permute(0, 1, 3, 2, 4)
+    return x.reshape(bsz, L.rows, L.cols)
+
+
+def compress_decode_batched(x: torch.Tensor, chunk: int, topk_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoded x^, top-k energy fraction per matrix) for a stack (B, m, n): D.compress_decode and
+    D.topk_energy_fraction of each matrix, in x's dtype (float64 here)."""
+    bsz, m, n = x.shape
+    L = D.make_layout((m, n), chunk, topk_frac)
+    coef = D.dct_chunks(_layout_chunks(x, L))  # (B * n_chunks, a * b)
+    idx, vals = D.topk(coef, L.k)
+    energy = (vals.square().reshape(bsz, -1).sum(-1) / coef.square().reshape(bsz, -1).sum(-1))
+    dense = D.scatter(idx, vals, L.chunk_numel)
+    return _unchunk(D.idct_chunks(dense, L.a, L.b), L, bsz), energy
+
+
+def _compare_batched(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """_compare for each pair of matrices of two stacks (B, m, n): dict of (B,) tensors."""
+    na, nb = a.norm(dim=(-2, -1)), b.norm(dim=(-2, -1))
+    ok = (na > 0) & (nb > 0)
+    sa, sb = na.clamp(min=1e-300)[:, None, None], nb.clamp(min=1e-300)[:, None, None]
+    nan = torch.full_like(na, float("nan"))
+    out = {"rel_err": (a / sa - b / sb).norm(dim=(-2, -1)), "rel_err_raw": (a - b).norm(dim=(-2, -1)) / nb,
+           "sign_agree": (torch.sign(a) == torch.sign(b)).double().mean(dim=(-2, -1)),
+           "cosine": (a * b).sum(dim=(-2, -1)) / (na * nb)}
+    return {k: torch.where(ok, v, nan) for k, v in out.items()}
+
+
+def _batches(items: list[dict], max_bytes: float) -> list[list[int]]:
+    """Indices of items grouped by shape, in batches of at most max_bytes of float64 input each."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        by_shape.setdefault(tuple(it["x"].shape), []).append(i)
+    out = []
+    for (m, n), idx in by_shape.items():
+        per = max(1, int(max_bytes // (8 * m * n)))
+        out.extend(idx[j:j + per] for j in range(0, len(idx), per))
+    return out
+
+
 def measure(items: list[dict], topk: Sequence[float] = TOPK, cond_topk: Sequence[float] = COND_TOPK, chunk: int = 64,
+            orthogonalizer: str = "polar_express", ns_steps: int = 5, device: str | torch.device | None = "auto",
+            workers: int = 0, max_batch_bytes: float = 2.0e8, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tables, spectra) for every item (see the module docstring), the same rows in the same order as
+    measure_reference, computed over same-shape stacks: on the GPU when there is one (device 'auto'),
+    else on the CPU with `workers` threads for the SVDs (0: all cores). Everything on x is float64; the
+    orthogonalizer runs in float32 as in the reference (full float32: TF32 is switched off)."""
+    dev = pick_device(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference's float32 is IEEE float32
+    fs = sorted(set(topk) | set(cond_topk))
+    res: dict[int, dict] = {}
+    t0 = time.perf_counter()
+    try:
+        for batch in _batches(items, max_batch_bytes):
+            x = torch.stack([items[i]["x"] for i in batch]).to(dev, torch.float64)
+            o = orthogonalize(x.float(), orthogonalizer, ns_steps, "fp32").double()
+            s = svdvals_batched(x, workers)
+            per = {"s": s, "f": {}}
+            for f in fs:
+                xh, ex = compress_decode_batched(x, chunk, f)
+                r = {}
+                if f in topk:
+                    oh, eo = compress_decode_batched(o, chunk, f)
+                    r["none/input"] = _compare_batched(xh, x)
+                    r["pre/self"] = _compare_batched(oh, o)
+                    r["pre/input"] = _compare_batched(oh, x)
+                    r["energy"] = (ex, eo)
+                if f in cond_topk:
+                    r["s_recon"] = svdvals_batched(xh, workers)
+                per["f"][f] = r
+            per = _to_cpu(per)
+            for j, i in enumerate(batch):
+                res[i] = _pick(per, j)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    if log is not None:
+        log.info("measured %d matrices on %s in %.1f s", len(items), dev, time.perf_counter() - t0)
+    return _rows(items, res, topk, cond_topk)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _pick(obj, j: int):
+    """Matrix j of a batch's results."""
+    if isinstance(obj, torch.Tensor):
+        return obj[j]
+    if isinstance(obj, dict):
+        return {k: _pick(v, j) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_pick(v, j) for v in obj)
+    return obj
+
+
+def _rows(items, res, topk, cond_topk) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows measure_reference writes, in its order, from the per-matrix results."""
+    rows, spectra = [], []
+    for i, it in enumerate(items):
+        m, n = it["x"].shape
+        base = {"source": it["source"], "tensor": it["tensor"], "step": it["step"], "rows": m, "cols": n}
+
+        def add(table, metric, value, topk=float("nan"), orth="", target=""):
+            rows.append({**base, "table": table, "topk": topk, "orth": orth, "target": target, "metric": metric,
+                         "value": float(value)})
+
+        r = res[i]
+        s = r["s"]
+        for k, v in spectrum_stats(s).items():
+            add("spectrum", k, v)
+        cs = _cond_stats(s)
+        for f in sorted(set(topk) | set(cond_topk)):
+            rf = r["f"][f]
+            if f in topk:
+                for key in ("none/input", "pre/self", "pre/input"):
+                    orth, target = key.split("/")
+                    for metric in ("rel_err", "rel_err_raw", "sign_agree", "cosine"):
+                        add("quality", metric, rf[key][metric], f, orth, target)
+                ex, eo = rf["energy"]
+                add("energy", "energy", ex, f, "none")
+                add("energy", "energy", eo, f, "pre")
+            if f in cond_topk:
+                cr = _cond_stats(rf["s_recon"])
+                add("condition", "cond", cs["cond"], f)
+                add("condition", "cond_recon", cr["cond"], f)
+                add("condition", "smin_rel_recon", cr["smin_rel"], f)
+                add("condition", "dead_frac_recon", cr["dead_frac"], f)
+        rel = (s / s[0]).tolist() if s[0] > 0 else [float("nan")] * s.numel()
+        for k, v in enumerate(rel):
+            spectra.append({**base, "i": k, "i_frac": (k + 0.5) / len(rel), "sigma_rel": v})
+    return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(spectra)
+
+
+def measure_reference(items: list[dict], topk: Sequence[float] = TOPK, cond_topk: Sequence[float] = COND_TOPK, chunk: int = 64,
             orthogonalizer: str = "polar_express", ns_steps: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tables, spectra) for every item (see the module docstring)."""
+    """(tables, spectra), one matrix at a time in float64 on the CPU: the original implementation, kept as
+    the reference `measure` is tested against (tests/test_distro_measure.py)."""
     rows, spectra = [], []
     for it in items:
         x = it["x"]
@@ -352,7 +556,9 @@ def gaussian_topk_energy(q: float) -> float:
 def run(capture_paths: Sequence[str], tables_csv: str, spectra_csv: str, md: str, topk: Sequence[float] = TOPK,
         cond_topk: Sequence[float] = COND_TOPK, chunk: int = 64, orthogonalizer: str = "polar_express",
         seed: int = 0, what: Sequence[str] = REAL, max_per_file: int = 0, ranks: Sequence[int] = RANKS,
-        title: str = "Seed 004 on real gradients") -> pd.DataFrame:
+        title: str = "Seed 004 on real gradients", device: str = "auto", workers: int = 0, log=None) -> pd.DataFrame:
+    """Load the captures, add the synthetic matrices, measure (`device`: 'auto' = the GPU when there is
+    one; `workers`: CPU threads for the SVDs, 0 = all cores) and write the tables and the section."""
     from analysis.io import atomic_write_text, write_csv
 
     for f in list(topk) + list(cond_topk):
@@ -360,7 +566,9 @@ def run(capture_paths: Sequence[str], tables_csv: str, spectra_csv: str, md: str
             raise ValueError(f"topk={f!r} is not allowed; use fractions in (0, 1]")
     real = load_captures(capture_paths, what, max_per_file)
     items = real + synthetic_like([tuple(it["x"].shape) for it in real], seed, ranks)
-    tables, spectra = measure(items, topk, cond_topk, chunk, orthogonalizer)
+    if log is not None:
+        log.info("%d captured matrices loaded, %d in all with the synthetic ones", len(real), len(items))
+    tables, spectra = measure(items, topk, cond_topk, chunk, orthogonalizer, device=device, workers=workers, log=log)
     write_csv(tables, tables_csv)
     write_csv(spectra, spectra_csv)
     atomic_write_text(md, section_markdown(tables, title))

@@ -182,6 +182,8 @@ rule distro_measure:
         cond_topk=lambda w: PLAN.phase(w.phase)["measure"].get("cond_topk", [0.05, 0.1, 0.25]),
         chunk=lambda w: PLAN.phase(w.phase)["measure"].get("chunk", 64),
         max_per_file=lambda w: PLAN.phase(w.phase)["measure"].get("max_per_file"),
+    # The GPU when there is one (batched SVDs); else every core, one SVD per thread.
+    threads: workflow.cores
     conda:
         "../envs/train.yaml"
     script:

@@ -18,14 +18,17 @@
         max_per_file  at most this many matrices per capture file and kind, evenly spaced (0: all; default 0)
         ranks         ranks of the low-rank synthetic matrices (default [1, 4, 16, 64])
         title         the section's heading
+        device        'auto' (default: the GPU when there is one, else the CPU) | 'cpu' | 'cuda'
+    threads: CPU threads for the SVDs and matrix products on the CPU (the rule asks for all cores)
     output:
         tables    long CSV: table, source, tensor, step, rows, cols, topk, orth, target, metric, value
         spectra   CSV: source, tensor, step, rows, cols, i, i_frac, sigma_rel (sigma_i / sigma_1)
         md        the Markdown section (tables with the seed's numbers beside ours, computed findings)
     log: one file
 
-CPU cost: about a second per captured 64 x 256 matrix (tiny model); SVDs of GPT-124M's 768 x 3072
-matrices take seconds each: use max_per_file there.
+Cost: the matrices are measured in same-shape stacks, on the GPU when there is one (GPT-124M's 96
+captured matrices of the real study plus 16 synthetic ones: see docs/examples/distro_measure/), else on
+all the job's cores (the SVDs one matrix per thread: LAPACK's own threading is far slower at these sizes).
 """
 from pathlib import Path
 
@@ -50,9 +53,14 @@ with logged(sm, "distro_measure") as log:
     if not captures:
         raise ValueError("distro_measure: no capture files (give input.captures or params.captures)")
     log.info("%d capture files from %s", len(captures), where)
+    import torch
+
+    threads = int(getattr(sm, "threads", 1) or 1)
+    torch.set_num_threads(threads)
     tables = run(captures, str(sm.output.tables), str(sm.output.spectra), str(sm.output.md),
                  topk=[float(x) for x in get("topk", TOPK)], cond_topk=[float(x) for x in get("cond_topk", COND_TOPK)],
                  chunk=int(get("chunk", 64)), orthogonalizer=str(get("orthogonalizer", "polar_express")),
                  seed=int(get("seed", 0)), what=list(get("what", REAL)), max_per_file=int(get("max_per_file", 0)),
-                 ranks=[int(r) for r in get("ranks", RANKS)], title=str(get("title", "Seed 004 on real gradients")))
+                 ranks=[int(r) for r in get("ranks", RANKS)], title=str(get("title", "Seed 004 on real gradients")),
+                 device=str(get("device", "auto")), workers=threads, log=log)
     log.info("wrote %s (%d rows), %s, %s", sm.output.tables, len(tables), sm.output.spectra, sm.output.md)
