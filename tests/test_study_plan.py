@@ -17,6 +17,22 @@ def study(name="orthonoise", tiny=False, **overrides):
     return cfg
 
 
+def copy_code(dst):
+    """The declarations a plan reads (optim/, trainer/, analysis/, config/), copied to dst to be edited."""
+    import shutil
+
+    for part in ("optim", "trainer", "analysis", "config"):
+        shutil.copytree(REPO / part, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def bump(versions, name: str, opening: str = "") -> None:
+    """Add one to NAME's behaviour version in optim/versions.py (opening: "(" for a FEATURE_VERSIONS tuple)."""
+    import re
+
+    versions.write_text(re.sub(rf'"{name}": {re.escape(opening)}(\d+)',
+                               lambda m: f'"{name}": {opening}{int(m[1]) + 1}', versions.read_text()))
+
+
 @pytest.fixture
 def full():
     return study()
@@ -88,10 +104,8 @@ def test_the_move_keeps_every_fingerprint(full, tiny, tmp_path):
     config/studies/ changed none of them. (Issue 15 then bumped the four classes' behaviour versions to 2,
     which re-runs them on purpose; the check uses the versions of that commit.)"""
     import re
-    import shutil
 
-    for part in ("optim", "trainer", "analysis", "config"):
-        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(tmp_path)
     versions = tmp_path / "optim" / "versions.py"
     versions.write_text(re.sub(r'"(Muon|MuonOrthoNoise|MuonIsotropic|MuonNOLAH)": \d+', r'"\1": 1', versions.read_text()))
     first_layout = {
@@ -160,18 +174,11 @@ def test_fingerprint_ignores_operational_settings_only(tiny):
 
 
 def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
-    import shutil
-
-    for part in ("optim", "trainer", "analysis", "config"):
-        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(tmp_path)
     before = Plan(tiny, code_root=tmp_path)
     iso, muon = before.make_run("tiny", "isotropic", "alpha0.001", 42), before.make_run("tiny", "muon", "alpha0", 42)
     fp_iso, fp_muon = before.fingerprint(iso), before.fingerprint(muon)
-    versions = tmp_path / "optim" / "versions.py"
-    import re
-
-    versions.write_text(re.sub(r'"MuonIsotropic": (\d+)', lambda m: f'"MuonIsotropic": {int(m[1]) + 1}',
-                               versions.read_text()))
+    bump(tmp_path / "optim" / "versions.py", "MuonIsotropic")
     after = Plan(tiny, code_root=tmp_path)
     assert after.fingerprint(iso) != fp_iso
     assert after.fingerprint(muon) == fp_muon
@@ -180,18 +187,12 @@ def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
 def test_a_feature_version_re_runs_only_the_runs_that_use_the_feature(tmp_path):
     """Polar Express's epsilon changed (issue 20): the nGPT runs that orthogonalize with it go stale, the
     Newton-Schulz runs of the same class keep their fingerprints."""
-    import re
-    import shutil
-
     cfg = study("ngpt", tiny=True)
-    for part in ("optim", "trainer", "analysis", "config"):
-        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(tmp_path)
     before = Plan(cfg, code_root=tmp_path)
     polar, plain = before.make_run("ngpt-tiny", "muon-polar", "lr0.01", 1), before.make_run("ngpt-tiny", "muon", "lr0.01", 42)
     fp_polar, fp_plain = before.fingerprint(polar), before.fingerprint(plain)
-    versions = tmp_path / "optim" / "versions.py"
-    versions.write_text(re.sub(r'"polar_express": \((\d+)', lambda m: f'"polar_express": ({int(m[1]) + 1}',
-                               versions.read_text()))
+    bump(tmp_path / "optim" / "versions.py", "polar_express", "(")
     after = Plan(cfg, code_root=tmp_path)
     assert after.fingerprint(polar) != fp_polar
     assert after.fingerprint(plain) == fp_plain
