@@ -4,6 +4,12 @@ One process (plain `python`, or torchrun with one process) needs no process grou
 when the device is CUDA and gloo on CPU. Device `auto` is CUDA when torch can use it, else CPU: a
 node that sets CUDA_VISIBLE_DEVICES without a working CUDA (a fake-GPU Slurm node) falls back to
 CPU cleanly.
+
+More processes on a node than it has GPUs is an error, unless TRAINER_RANKS_SHARE_GPU=1 is set: then
+local rank r uses GPU r % n and the group is gloo (NCCL refuses two ranks on one device). That runs a
+data-parallel study on a machine with fewer GPUs than its ranks (two ranks on one H200): it measures
+the optimizer and what each rank sends, not the network. `devices` counts the GPUs the world holds, so
+a run's GPU-hours are not doubled by two ranks on one GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+SHARE_ENV = "TRAINER_RANKS_SHARE_GPU"
 
 
 class DeviceError(RuntimeError):
@@ -27,6 +36,11 @@ class DistInfo:
     local_rank: int
     device: torch.device
     backend: str | None
+    devices: int = 0  # GPUs (or CPU processes) the whole world holds; 0: one per rank
+
+    @property
+    def devices_held(self) -> int:
+        return self.devices or self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -56,33 +70,52 @@ def resolve_device(pref: str) -> str:
     return "cuda" if ok else "cpu"
 
 
+def share_requested() -> bool:
+    v = os.environ.get(SHARE_ENV, "")
+    if v not in ("", "0", "1"):
+        raise DeviceError(f"{SHARE_ENV}={v!r} is not allowed (1: ranks may share a GPU, 0 or unset: they may not)")
+    return v == "1"
+
+
+def placement(local_rank: int, local_world: int, n_devices: int, share: bool) -> tuple[int, int]:
+    """(the CUDA device index of this local rank, how many local ranks share each device at most)."""
+    if local_world <= n_devices:
+        return local_rank, 1
+    if not share:
+        raise DeviceError(f"{local_world} processes on this node but only {n_devices} CUDA device(s) visible "
+                          f"(LOCAL_RANK {local_rank}); set {SHARE_ENV}=1 to run several ranks on one GPU "
+                          "(gloo: measures the optimizer, not the network)")
+    return local_rank % n_devices, -(-local_world // n_devices)
+
+
 def setup(device_pref: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     kind = resolve_device(device_pref)
+    per_device = 1
     if kind == "cuda":
-        n = torch.cuda.device_count()
-        if local_rank >= n:
-            raise DeviceError(f"LOCAL_RANK {local_rank} but only {n} CUDA device(s) visible")
-        device = torch.device("cuda", local_rank)
+        index, per_device = placement(local_rank, local_world, torch.cuda.device_count(), share_requested())
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     backend = None
     if world > 1:
-        backend = "nccl" if kind == "cuda" else "gloo"
+        backend = "nccl" if kind == "cuda" and per_device == 1 else "gloo"
         if not dist.is_initialized():
-            if kind == "cuda":
+            if backend == "nccl":
                 dist.init_process_group(backend=backend, device_id=device)
             else:
                 dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
+                    devices=-(-world // per_device))
 
 
 def barrier(info: DistInfo) -> None:
     if info.is_distributed:
-        if info.device.type == "cuda":
+        if info.backend == "nccl":
             dist.barrier(device_ids=[info.device.index])
         else:
             dist.barrier()

@@ -653,9 +653,11 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
         "steps_completed": steps_completed,
         "tokens_per_s": timed_tokens / timed_time if timed_time > 0 else None,
         "wall_time_s": wall,
-        "gpu_hours": info.world_size * wall / 3600.0 if info.device.type == "cuda" else 0.0,
+        # GPUs held x wall time: two ranks sharing one GPU (TRAINER_RANKS_SHARE_GPU) count it once
+        "gpu_hours": info.devices_held * wall / 3600.0 if info.device.type == "cuda" else 0.0,
         "world_size": info.world_size,
         "device": info.device.type,
+        "backend": info.backend,
         "diagnostics": _summarise([r for r in history if r["step"] > 0]),
         "wandb": tracker.record(),
         "spec": spec_dict,
