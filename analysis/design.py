@@ -186,6 +186,12 @@ def _f(x, spec):
     return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def _power_cell(r: Mapping) -> str:
+    """The power column: bold with '(under floor)' when underpowered; 'n/a' where no power exists (one seed)."""
+    p = _f(r["power"], ".1%") or "n/a"
+    return f"**{p}** (under floor)" if r["underpowered"] else p
+
+
 def design_markdown(rows: Sequence[Mapping], title: str = "Design check") -> str:
     from .io import md_table
     head = [f"### {title}", "",
@@ -196,7 +202,7 @@ def design_markdown(rows: Sequence[Mapping], title: str = "Design check") -> str
                   "power", "seeds for 80%", "runs", "GPU-h", "USD", "GPU-h at 80%", "USD at 80%"],
                  [[r["phase"], r["gate"], r["kind"], f"{r['hypotheses']}/{r['k_family']}", r["seeds"],
                    f"{r['sd']:.2%} ({r['sd_source']})", f"{r['threshold']:.1%}", _f(r["alpha_per_test"], ".2g"),
-                   (("**" + _f(r["power"], ".1%") + "** (under floor)") if r["underpowered"] else _f(r["power"], ".1%")),
+                   _power_cell(r),
                    r["seeds_for_target"] or "", r["runs"], _f(r["gpu_hours"], ".1f"), _f(r["cost_usd"], ".0f"),
                    _f(r["gpu_hours_at_target"], ".1f"), _f(r["cost_usd_at_target"], ".0f")] for r in rows])
     w = warnings_for(rows)

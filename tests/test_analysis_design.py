@@ -47,6 +47,15 @@ def test_phase2_as_configured_is_underpowered_and_says_what_fixes_it():
     assert not ok["underpowered"] and warnings_for([ok]) == []
 
 
+def test_one_seed_has_no_power_and_the_table_says_so():
+    # a phase on one seed (docs/examples/distro_compress's topk): no test, no power; the cell read '****'
+    r = design({"phase2": phase2(seeds=[1])}, prior_sd=0.005)[0]
+    assert r["power"] is None or not math.isfinite(r["power"])
+    assert r["underpowered"]
+    md = design_markdown([r])
+    assert "| **n/a** (under floor) |" in md and "****" not in md
+
+
 def test_family_counts_every_statistical_gate_and_selected_is_one():
     gates = {"beats": {"kind": "beats_baseline", "min_improvement": 0.01, "arms": FAMILY},
              "rank": {"kind": "metric_higher", "arms": ["selected"]},
