@@ -24,7 +24,7 @@ from trainer.records import HISTORY_COLUMNS
 pytestmark = pytest.mark.slow
 
 METRICS_KEYS = {"status", "diverged_step", "final_val_loss", "best_val_loss", "val_loss_at", "steps_to_loss",
-                "steps_completed", "tokens_per_s", "wall_time_s", "gpu_hours", "world_size", "device", "diagnostics",
+                "steps_completed", "tokens_per_s", "wall_time_s", "gpu_hours", "world_size", "device", "backend", "diagnostics",
                 "wandb", "spec", "fingerprint", "package_version", "git_commit", "versions", "record_errors",
                 "checkpoint_fallbacks"}
 DIAG_KEYS = {"eff_rank_mean", "eff_rank_min", "noise_fraction_mean", "eps_mean", "update_rms_mean", "grad_norm_mean"}
@@ -59,7 +59,7 @@ def test_tiny_run_records_and_bitwise_repeatability(corpus, tmp_path):
     assert m["status"] == "ok" and m["diverged_step"] is None and m["steps_completed"] == 30
     if not cuda_usable():
         assert m["device"] == "cpu" and m["gpu_hours"] == 0.0
-    assert m["world_size"] == 1
+    assert m["world_size"] == 1 and m["backend"] is None  # one process: no group
     assert set(m["val_loss_at"]) == {"5", "10", "20", "30"}
     assert m["final_val_loss"] == m["val_loss_at"]["30"] and m["best_val_loss"] <= m["final_val_loss"]
     assert set(m["steps_to_loss"]) == {"4.5", "3.5"} and m["steps_to_loss"]["4.5"] in (5, 10, 20, 30)
@@ -173,7 +173,7 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
     assert "parameters identical on all 2 ranks" in two.stderr
     assert "1 micro-batch(es) of 2 per rank" in two.stderr or "2 micro-batch(es) of 2 per rank" in two.stderr
     m1, m2 = metrics(out1), metrics(out2)
-    assert m2["world_size"] == 2 and m2["status"] == "ok"
+    assert m2["world_size"] == 2 and m2["status"] == "ok" and m2["backend"] == ("nccl" if cuda_usable() else "gloo")
     assert m2["final_val_loss"] == pytest.approx(m1["final_val_loss"], rel=1e-4)
     for k, v in m1["val_loss_at"].items():
         assert m2["val_loss_at"][k] == pytest.approx(v, rel=1e-4)
