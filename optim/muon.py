@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize, resolve_eps
+from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize_stacks, resolve_eps
 from .rank import RankJob, submit_effective_rank
 from .sphere import apply_update, check_options, decay_rate, replaces_update, resolve_weight_decay_scale
 from .versions import ALGORITHM_VERSIONS
@@ -284,8 +284,16 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - beta)
             self._after_momentum(grads, bufs, group)
             updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
-            for bucket in self._buckets(gi, params):
-                self._step_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats)
+            # three phases, so that all of the group's stacks are orthogonalized together (one set of
+            # launches on the GPU: optim/triton_ns.py); per bucket the calls are those of one bucket at a time
+            work = [self._prepare_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats)
+                    for bucket in self._buckets(gi, params)]
+            live = [i for i, (_, U) in enumerate(work) if U is not None]
+            outs = orthogonalize_stacks([work[i][1] for i in live], self.orthogonalizer, self.ns_steps,
+                                        self.ns_precision, self.eps)
+            orth = dict(zip(live, outs))
+            for i, (ctx, _) in enumerate(work):
+                self._finish_bucket(ctx, orth.get(i), stats)
         self._diag = stats.finish()
         return loss
 
@@ -315,7 +323,8 @@ class Muon(torch.optim.Optimizer):
             return dist.get_world_size(), dist.get_rank()
         return 1, 0
 
-    def _step_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats):
+    def _prepare_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats):
+        """The bucket's context (rank check, plan) and its perturbed stack of updates (None: no rows here)."""
         r, c = bucket.shape
         n = len(bucket.params)
         world, rank = self._world()
@@ -338,11 +347,19 @@ class Muon(torch.optim.Optimizer):
                 self._on_effective_ranks(ctx, ranks)
                 stats.ranks.append(ranks[~ranks.isnan()])
         self._plan(ctx)
-        if len(rows):
-            U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
-            U = self._perturb(U, ctx)
-            O = orthogonalize(U, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps)
-        else:
+        if not len(rows):
+            return ctx, None
+        U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
+        return ctx, self._perturb(U, ctx)
+
+    def _finish_bucket(self, ctx: BucketContext, O: Tensor | None, stats) -> None:
+        """Gather the orthogonalized rows (O None: none here), then the update and the statistics."""
+        bucket, group, rows = ctx.bucket, ctx.group, ctx.rows
+        r, c = bucket.shape
+        n = len(bucket.params)
+        world, _ = self._world()
+        per = -(-n // world)
+        if O is None:
             O = torch.zeros((0, r, c), device=bucket.params[0].device, dtype=PRECISIONS[self.ns_precision])
         O = self._gather(O, per, n, world)
         O = self._after_orthogonalize(O, ctx)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import triton_ns
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 # Polar Express, num_iters=5, safety_factor=2e-2, cushion=2 (Amsel, Persson, Musco, Gower 2025),
@@ -148,3 +150,46 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5, prec
     if method == "svd":
         return svd_orthogonalize(G)
     raise ValueError(f"orthogonalizer={method!r} is not allowed; use one of {list(ORTHOGONALIZERS)}")
+
+
+def _coefficients(method: str, steps: int) -> list[tuple[float, float, float]]:
+    if method == "newton_schulz":
+        return [NS_COEFFICIENTS] * steps
+    return [POLAR_EXPRESS_COEFFICIENTS[min(i, len(POLAR_EXPRESS_COEFFICIENTS) - 1)] for i in range(steps)]
+
+
+def orthogonalize_stacks(stacks: list[Tensor], method: str = "newton_schulz", steps: int = 5,
+                         precision: str = "bf16", eps: float | None = None) -> list[Tensor]:
+    """`orthogonalize` of each stack (B_i, m_i, n_i) of a list, returned in the same order and shapes.
+
+    On CUDA with Triton, for the quintic methods in bf16, the stacks run together through the kernels of
+    optim/triton_ns.py (symmetric products; stacks with the same small side share launches). Elsewhere
+    each stack goes through `orthogonalize`, exactly as one call per stack would.
+    """
+    live = [S for S in stacks if S.numel()]
+    if (method not in ("newton_schulz", "polar_express") or precision != "bf16" or not live
+            or any(S.ndim != 3 for S in live) or not triton_ns.available(live[0])):
+        return [orthogonalize(S, method, steps, precision, eps) for S in stacks]
+    eps = resolve_eps(method, eps)
+    wide, tall = [], []
+    for S in live:
+        t = S.size(-2) > S.size(-1)
+        X = torch.empty((S.shape[0], *(S.shape[-2:][::-1] if t else S.shape[-2:])), device=S.device,
+                        dtype=torch.bfloat16)
+        X.copy_(S.mT if t else S)  # the cast and the transpose in one pass, contiguous for the kernels
+        if method == "newton_schulz":  # the same normalisation as newton_schulz / polar_express, in bf16
+            X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+        else:
+            X = X / (X.norm(dim=(-2, -1), keepdim=True) * POLAR_EXPRESS_SAFETY + eps)
+        wide.append(X)
+        tall.append(t)
+    outs = triton_ns.quintic_stacks(wide, _coefficients(method, steps))
+    it = iter(zip(outs, tall))
+    result = []
+    for S in stacks:
+        if not S.numel():
+            result.append(S.to(torch.bfloat16))
+            continue
+        O, t = next(it)
+        result.append(O.mT if t else O)
+    return result
