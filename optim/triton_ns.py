@@ -53,21 +53,18 @@ def available(t: Tensor) -> bool:
 if HAVE_TRITON:
 
     def _configs():
-        out = []
-        for bm in (64, 128):
-            for bk in (32, 64, 128):
-                for stages, warps in ((3, 4), (4, 4), (3, 8), (4, 8)):
-                    if bm == 64 and warps == 8:
-                        continue
-                    out.append(triton.Config({"BLOCK": bm, "BLOCK_K": bk}, num_stages=stages, num_warps=warps))
-        return out
+        # (tile, k-step, pipeline stages, warps): square tiles (the triangular grid needs them); the 128-wide
+        # ones suit m = 768 / 1024 (GPT widths), the 64-wide ones small or odd m
+        shapes = [(128, 64, 3, 8), (128, 64, 4, 8), (128, 64, 4, 4), (128, 128, 3, 8), (128, 32, 4, 8),
+                  (64, 64, 4, 4), (64, 128, 3, 4), (64, 32, 5, 4)]
+        return [triton.Config({"BLOCK": b, "BLOCK_K": k}, num_stages=s, num_warps=w) for b, k, s, w in shapes]
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter (CPU development): one small config
         _CONFIGS = [triton.Config({"BLOCK": 32, "BLOCK_K": 32})]
     else:
         _CONFIGS = _configs()
 
-    @triton.autotune(configs=_CONFIGS, key=["M", "K", "HAS_Y"])
+    @triton.autotune(configs=_CONFIGS, key=["M", "K", "HAS_Y"], cache_results=True)
     @triton.jit
     def _sym_kernel(
         X_ptr, Y_ptr, C_ptr,
