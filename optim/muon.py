@@ -215,6 +215,9 @@ class Muon(torch.optim.Optimizer):
     def _begin_step(self, step: int) -> None:
         """Called once per optimizer step before any parameter is touched."""
 
+    def _end_step(self, step: int, ctxs: list[BucketContext]) -> None:
+        """Called once at the end of every step with every bucket's context (the noise arms draw ahead)."""
+
     def _transform_grads(self, grads: list[Tensor], group: dict) -> list[Tensor]:
         """The gradients the momentum sees (NOLAH gates them). Must not modify p.grad in place."""
         return grads
@@ -266,6 +269,7 @@ class Muon(torch.optim.Optimizer):
         rank_step = self.rank_every > 0 and (step - 1) % self.rank_every == 0
         self._begin_step(step)
         stats = _StepStats(rank_step)
+        ctxs: list[BucketContext] = []
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -294,7 +298,9 @@ class Muon(torch.optim.Optimizer):
             orth = dict(zip(live, outs))
             for i, (ctx, _) in enumerate(work):
                 self._finish_bucket(ctx, orth.get(i), stats)
+            ctxs += [ctx for ctx, _ in work]
         self._diag = stats.finish()
+        self._end_step(step, ctxs)
         return loss
 
     def _buckets(self, gi: int, params: list[Tensor]) -> list[Bucket]:

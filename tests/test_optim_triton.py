@@ -119,3 +119,20 @@ def test_muon_with_the_kernels_follows_torch_muon(monkeypatch):
         m.setenv(triton_ns.ENV_SWITCH, "0")
         _, torch_path = _train(lambda ps: optim.Muon(ps, rank_every=0, **kw), shapes)
     assert err(torch_path, ref_bf16) <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the noise is drawn ahead on a side stream)")
+@pytest.mark.parametrize("cls,kw", [
+    ("MuonOrthoNoise", dict(rank_threshold=None, persist_noise=True)),
+    ("MuonOrthoNoise", dict(rank_threshold=1.0, rank_every=3)),  # triggers flip at step 4: drawn inline there
+    ("MuonOrthoNoise", dict(rank_threshold=None, noise_method="polar")),
+    ("MuonIsotropic", dict(rank_threshold=None, reortho_steps=3)),
+])
+def test_noise_drawn_ahead_is_bitwise_the_noise_drawn_in_the_step(cls, kw, monkeypatch):
+    shapes = [(192, 192), (576, 192), (192, 576), (192, 192)]
+    make = lambda ps: getattr(optim, cls)(ps, lr=0.02, alpha=1e-2, seed=5, **kw)  # noqa: E731
+    _, ahead = _train(make, shapes, steps=8)
+    with monkeypatch.context() as m:
+        m.setenv("OPTIM_NOISE_AHEAD", "0")
+        _, inline = _train(make, shapes, steps=8)
+    assert all(torch.equal(a, b) for a, b in zip(ahead, inline))
