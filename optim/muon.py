@@ -389,8 +389,11 @@ class Muon(torch.optim.Optimizer):
             if wd != 0:
                 torch._foreach_mul_(views, 1 - rate)
             upd = list(O.to(views[0].dtype, copy=True).unbind(0))
-            torch._foreach_mul_(upd, -lr * ratio)
-            torch._foreach_add_(views, upd)
+            if views[0].is_cuda:  # one pass fewer over the update: W + s * O, the product not rounded first
+                torch._foreach_add_(views, upd, alpha=-lr * ratio)
+            else:
+                torch._foreach_mul_(upd, -lr * ratio)
+                torch._foreach_add_(views, upd)
 
         stats.count += n
         stats.noised += len(ctx.noised)

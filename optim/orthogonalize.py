@@ -158,6 +158,9 @@ def _coefficients(method: str, steps: int) -> list[tuple[float, float, float]]:
     return [POLAR_EXPRESS_COEFFICIENTS[min(i, len(POLAR_EXPRESS_COEFFICIENTS) - 1)] for i in range(steps)]
 
 
+_KERNEL_DTYPE = torch.bfloat16  # what the kernels iterate in (a float32 stand-in checks the logic on the interpreter)
+
+
 def orthogonalize_stacks(stacks: list[Tensor], method: str = "newton_schulz", steps: int = 5,
                          precision: str = "bf16", eps: float | None = None) -> list[Tensor]:
     """`orthogonalize` of each stack (B_i, m_i, n_i) of a list, returned in the same order and shapes.
@@ -171,25 +174,15 @@ def orthogonalize_stacks(stacks: list[Tensor], method: str = "newton_schulz", st
             or any(S.ndim != 3 for S in live) or not triton_ns.available(live[0])):
         return [orthogonalize(S, method, steps, precision, eps) for S in stacks]
     eps = resolve_eps(method, eps)
-    wide, tall = [], []
+    xs = []
     for S in live:
-        t = S.size(-2) > S.size(-1)
-        X = torch.empty((S.shape[0], *(S.shape[-2:][::-1] if t else S.shape[-2:])), device=S.device,
-                        dtype=torch.bfloat16)
-        X.copy_(S.mT if t else S)  # the cast and the transpose in one pass, contiguous for the kernels
-        if method == "newton_schulz":  # the same normalisation as newton_schulz / polar_express, in bf16
-            X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-        else:
-            X = X / (X.norm(dim=(-2, -1), keepdim=True) * POLAR_EXPRESS_SAFETY + eps)
-        wide.append(X)
-        tall.append(t)
-    outs = triton_ns.quintic_stacks(wide, _coefficients(method, steps))
-    it = iter(zip(outs, tall))
-    result = []
-    for S in stacks:
-        if not S.numel():
-            result.append(S.to(torch.bfloat16))
-            continue
-        O, t = next(it)
-        result.append(O.mT if t else O)
+        # the normalisation of newton_schulz / polar_express, with the norm taken of S itself (float32) and
+        # one rounding to bf16 (there: the norm of the bf16 copy, and a division in bf16)
+        norm = torch.linalg.vector_norm(S, dim=(-2, -1), keepdim=True,
+                                        dtype=None if S.dtype == torch.float64 else torch.float32).float()
+        scale = 1.0 / (norm.clamp(min=eps) if method == "newton_schulz" else norm * POLAR_EXPRESS_SAFETY + eps)
+        X = torch.empty(S.shape, device=S.device, dtype=_KERNEL_DTYPE)
+        xs.append(torch.mul(S, scale, out=X))
+    outs = iter(triton_ns.quintic_stacks(xs, _coefficients(method, steps)))
+    result = [next(outs) if S.numel() else S.to(torch.bfloat16) for S in stacks]
     return result

@@ -64,11 +64,12 @@ if HAVE_TRITON:
     else:
         _CONFIGS = _configs()
 
-    @triton.autotune(configs=_CONFIGS, key=["M", "K", "HAS_Y"], cache_results=True)
+    # NBQ (the stack's size, bucketed) is in the key: the best tile for a stack of 2 is not that for 72
+    @triton.autotune(configs=_CONFIGS, key=["M", "K", "HAS_Y", "NBQ", "sxk"], cache_results=True)
     @triton.jit
     def _sym_kernel(
         X_ptr, Y_ptr, C_ptr,
-        M, K,
+        M, K, NBQ,
         sxb, sxm, sxk,
         syb, sym, syn,
         scb, scm, scn,
@@ -133,8 +134,9 @@ def sym_mm(X: Tensor, out: Tensor, Y: Tensor | None = None, alpha: float = 1.0, 
     has_y = Y is not None
     Yt = Y if has_y else out
     grid = lambda meta: (Bn * (triton.cdiv(M, meta["BLOCK"]) * (triton.cdiv(M, meta["BLOCK"]) + 1) // 2),)
+    nbq = 1 << max(0, (Bn - 1).bit_length())  # the next power of two
     _sym_kernel[grid](
-        X, Yt, out, M, K,
+        X, Yt, out, M, K, nbq,
         X.stride(0), X.stride(1), X.stride(2),
         Yt.stride(0), Yt.stride(1), Yt.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
@@ -144,12 +146,13 @@ def sym_mm(X: Tensor, out: Tensor, Y: Tensor | None = None, alpha: float = 1.0, 
 
 
 def quintic_stacks(Xs: list[Tensor], coefficients: list[tuple[float, float, float]]) -> list[Tensor]:
-    """Run X <- a X + (b A + c A^2) X, A = X X^T, for each (a, b, c) on each wide, normalised bf16 stack
-    in Xs (each (B_i, m_i, k_i), m_i <= k_i, contiguous). Stacks with the same m share the middle
-    product's launch. Returns new stacks (the inputs are overwritten as scratch)."""
+    """Run X <- a X + (b A + c A^2) X, A = X X^T, for each (a, b, c) on each normalised bf16 stack in Xs
+    (each (B_i, r_i, c_i), contiguous; a tall one is iterated as its transpose, X^T <- a X^T + (b A +
+    c A^2) X^T with A = X^T X, without moving it). Stacks with the same small side share the middle
+    product's launch. Returns new stacks in the inputs' layout (the inputs are overwritten as scratch)."""
     by_m: dict[int, list[int]] = {}
     for idx, X in enumerate(Xs):
-        by_m.setdefault(X.shape[1], []).append(idx)
+        by_m.setdefault(min(X.shape[1:]), []).append(idx)
     Xs = list(Xs)
     for m, members in by_m.items():
         sizes = [Xs[i].shape[0] for i in members]
@@ -159,12 +162,16 @@ def quintic_stacks(Xs: list[Tensor], coefficients: list[tuple[float, float, floa
         Bm = torch.empty_like(A)
         starts = [sum(sizes[:q]) for q in range(len(sizes))]
         scratch = [torch.empty_like(Xs[i]) for i in members]
+        tall = {i: Xs[i].shape[1] > Xs[i].shape[2] for i in members}
         for a, b, c in coefficients:
             for q, i in enumerate(members):
-                sym_mm(Xs[i], A[starts[q] : starts[q] + sizes[q]])
+                sym_mm(Xs[i].mT if tall[i] else Xs[i], A[starts[q] : starts[q] + sizes[q]])
             sym_mm(A, Bm, Y=A, alpha=c, beta=b)  # b A + c A A^T, A symmetric
             for q, i in enumerate(members):
                 Bi = Bm[starts[q] : starts[q] + sizes[q]]
-                torch.baddbmm(Xs[i], Bi, Xs[i], beta=a, out=scratch[q])
+                if tall[i]:  # (a X^T + B X^T)^T = a X + X B  (B symmetric)
+                    torch.baddbmm(Xs[i], Xs[i], Bi, beta=a, out=scratch[q])
+                else:
+                    torch.baddbmm(Xs[i], Bi, Xs[i], beta=a, out=scratch[q])
                 Xs[i], scratch[q] = scratch[q], Xs[i]
     return Xs
