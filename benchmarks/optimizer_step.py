@@ -27,6 +27,12 @@ Writes JSON (--out, default stdout) and prints a table last.
 
     python3 benchmarks/optimizer_step.py --sizes 124m,350m --out $OUT/optimizer_step.json   (~4 min, H100)
     python3 benchmarks/optimizer_step.py --smoke                                            (CPU, seconds)
+    python3 benchmarks/optimizer_step.py --sizes 124m,350m --quick --no-pieces --peers DIR  (issue 24's run)
+
+--peers DIR adds the public kernels (benchmarks/peers.py: Dion's, modded-nanogpt's) as rows of the same run;
+every row gets `torch_muon_over_this` (torch.optim.Muon's time over the row's, same gap), and the
+"Muon (no rank check, torch path)" row runs optim.Muon with OPTIM_TRITON=0. `orthogonalize_all_ms` times
+the orthogonalization alone of the whole model for optim and each peer.
 """
 
 from __future__ import annotations
