@@ -27,6 +27,12 @@ Writes JSON (--out, default stdout) and prints a table last.
 
     python3 benchmarks/optimizer_step.py --sizes 124m,350m --out $OUT/optimizer_step.json   (~4 min, H100)
     python3 benchmarks/optimizer_step.py --smoke                                            (CPU, seconds)
+    python3 benchmarks/optimizer_step.py --sizes 124m,350m --quick --no-pieces --peers DIR  (issue 24's run)
+
+--peers DIR adds the public kernels (benchmarks/peers.py: Dion's, modded-nanogpt's) as rows of the same run;
+every row gets `torch_muon_over_this` (torch.optim.Muon's time over the row's, same gap), and the
+"Muon (no rank check, torch path)" row runs optim.Muon with OPTIM_TRITON=0. `orthogonalize_all_ms` times
+the orthogonalization alone of the whole model for optim and each peer.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optim  # noqa: E402
+from benchmarks import peers  # noqa: E402
+from optim import triton_ns  # noqa: E402
+from optim.orthogonalize import orthogonalize_stacks  # noqa: E402
 import optim.noise  # noqa: E402
 import optim.rank  # noqa: E402
 from optim.nolah import kth_smallest_nonneg  # noqa: E402
@@ -93,13 +102,47 @@ def configs(quick: bool, only: str | None = None):
         ),
         ("NOLAH", lambda ps: optim.MuonNOLAH(ps, **base), RANK_EVERY),
     ]
+    rows.insert(4, ("Muon (no rank check, torch path)", lambda ps: _TorchPath(optim.Muon(ps, **dict(base, rank_every=0))),
+                    None))
+    for label, fn in PEER_ORTHO.items():
+        rows.insert(5, (f"peer: {label}", lambda ps, fn=fn: peers.PeerMuon(ps, fn), None))
     if quick:
-        keep = ("torch.optim.Muon", "Muon", "Muon (no rank check)", "OrthoNoise qr always", "Isotropic always", "NOLAH")
+        keep = ("torch.optim.Muon", "Muon", "Muon (no rank check)", "Muon (no rank check, torch path)",
+                "OrthoNoise qr always", "Isotropic always", "NOLAH") + tuple(f"peer: {k}" for k in PEER_ORTHO)
         rows = [r for r in rows if r[0] in keep]
     if only is not None:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
         rows = [r for r in rows if r[0] in wanted or r[0] == "Muon"] if wanted != ["none"] else []
     return rows
+
+
+PEER_ORTHO: dict = {}  # label -> orthogonalization of a stack (benchmarks/peers.py, --peers DIR)
+
+
+class _TorchPath:
+    """An optim optimizer stepped with the Triton kernels switched off (OPTIM_TRITON=0): the torch path."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def step(self):
+        saved = os.environ.get(triton_ns.ENV_SWITCH)
+        os.environ[triton_ns.ENV_SWITCH] = "0"
+        try:
+            return self.opt.step()
+        finally:
+            if saved is None:
+                del os.environ[triton_ns.ENV_SWITCH]
+            else:
+                os.environ[triton_ns.ENV_SWITCH] = saved
+
+    @property
+    def step_count(self):
+        return self.opt.step_count
+
+    @property
+    def diagnostics(self):
+        return self.opt.diagnostics
 
 
 def sync(device):
@@ -298,6 +341,50 @@ def bench_rank_host(shapes, device, workers_list):
     return out
 
 
+def bench_ortho_all(shapes, device, reps):
+    """The orthogonalization alone of every matrix of the model (bf16, 5 steps), ms per call (CUDA events,
+    median): optim's stacks together (Triton on CUDA) and one stack at a time on the torch path, each peer
+    one stack at a time; and how far optim's Triton result is from the torch path's (relative Frobenius)."""
+    timer = Timer(device)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    stacks = [(torch.randn((shapes.count(s), *s), generator=g) * 1e-3).to(device) for s in sorted(set(shapes))]
+    out = {}
+
+    def torch_path(method):
+        saved = os.environ.get(triton_ns.ENV_SWITCH)
+        os.environ[triton_ns.ENV_SWITCH] = "0"
+        try:
+            return [orthogonalize(S, method, 5, "bf16") for S in stacks]
+        finally:
+            if saved is None:
+                del os.environ[triton_ns.ENV_SWITCH]
+            else:
+                os.environ[triton_ns.ENV_SWITCH] = saved
+
+    fns = {
+        "optim newton_schulz (stacks together)": lambda: orthogonalize_stacks(stacks, "newton_schulz", 5, "bf16"),
+        "optim newton_schulz torch path (per stack)": lambda: torch_path("newton_schulz"),
+        "optim polar_express (stacks together)": lambda: orthogonalize_stacks(stacks, "polar_express", 5, "bf16"),
+        "optim polar_express torch path (per stack)": lambda: torch_path("polar_express"),
+    }
+    for label, fn in PEER_ORTHO.items():
+        fns[f"peer: {label}"] = lambda fn=fn: [fn(S) for S in stacks]
+    for name, fn in fns.items():
+        try:
+            for _ in range(3):
+                fn()
+            sync(device)
+            out[name] = statistics.median(timer.run(fn, reps))
+        except Exception as e:  # a peer that fails here must not cost the rest
+            out[name] = repr(e)
+    for method in ("newton_schulz", "polar_express"):
+        new, ref = orthogonalize_stacks(stacks, method, 5, "bf16"), torch_path(method)
+        out[f"{method}: max rel diff, stacks together vs torch path"] = max(
+            float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(new, ref))
+        out[f"{method}: triton used"] = bool(triton_ns.available(stacks[0]))
+    return out
+
+
 def _erank_from_s(s):
     p = s / s.sum(-1, keepdim=True)
     return torch.exp(-torch.special.xlogy(p, p).sum(-1))
@@ -365,6 +452,9 @@ def main(argv=None):
                     help="comma-separated gaps (ms of device work between optimizer steps); 'auto': 0 and the size's "
                          "forward/backward time (GAP_MS), with gap 0 for the Muon rows only")
     ap.add_argument("--rank-workers", default="1,4,8,15", help="host pool sizes for the rank measurement piece")
+    ap.add_argument("--peers", default=None, help="folder with the public kernels' files (benchmarks/peers.py)")
+    ap.add_argument("--peer-commits", default="", help="recorded in the JSON: where the peer files came from")
+    ap.add_argument("--ortho-reps", type=int, default=20)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a few steps (seconds)")
     ap.add_argument("--out", default="-")
     args = ap.parse_args(argv)
@@ -373,6 +463,8 @@ def main(argv=None):
         args.rank_workers = "1,2"
 
     device = torch.device(args.device)
+    if args.peers:
+        PEER_ORTHO.update(peers.orthogonalizers(peers.load(args.peers)))
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -390,6 +482,11 @@ def main(argv=None):
         "rank_workers_default": optim.rank.default_workers(),
         "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "blas_single_threaded": optim.rank.blas_single_threaded(),
+        "triton": getattr(getattr(triton_ns, "triton", None), "__version__", None),
+        "optim_triton_kernels": triton_ns.available(torch.empty(0, device=device)),
+        "peers": sorted(PEER_ORTHO),
+        "peer_commits": args.peer_commits,
+        "cpu": _cpu_name(),
         "sizes": {},
     }
     for size in sizes:
@@ -407,7 +504,8 @@ def main(argv=None):
             entry["check_vs_torch_muon"] = check_vs_torch(params, grads)
             print(f"[{size}] check vs torch.optim.Muon: {entry['check_vs_torch_muon']}", file=sys.stderr, flush=True)
         if args.gaps == "auto":
-            plan = [(GAP_MS[size], None), (0.0, ("Muon", "Muon (no rank check)", "torch.optim.Muon"))]
+            plan = [(GAP_MS[size], None), (0.0, ("Muon", "Muon (no rank check)", "Muon (no rank check, torch path)",
+                                                 "torch.optim.Muon") + tuple(f"peer: {k}" for k in PEER_ORTHO))]
         else:
             plan = [(float(g), None) for g in args.gaps.split(",")]
         for gap, only_rows in plan:
@@ -439,7 +537,12 @@ def main(argv=None):
             nr_key = "Muon (no rank check)" + (key[key.index(" [gap"):] if " [gap" in key else "")
             if "ms_per_step" in r and "ms_per_step" in opts.get(nr_key, {}):
                 r["x_muon_no_rank"] = r["ms_per_step"] / opts[nr_key]["ms_per_step"]
+            tm_key = "torch.optim.Muon" + (key[key.index(" [gap"):] if " [gap" in key else "")
+            if "ms_per_step" in r and "ms_per_step" in opts.get(tm_key, {}):
+                r["torch_muon_over_this"] = opts[tm_key]["ms_per_step"] / r["ms_per_step"]
         del params, grads
+        entry["orthogonalize_all_ms"] = bench_ortho_all(shapes, device, args.ortho_reps)
+        print(f"[{size}] orthogonalization alone: {entry['orthogonalize_all_ms']}", file=sys.stderr, flush=True)
         if not args.no_pieces:
             only = [w.strip() for w in args.pieces.split(",")] if args.pieces else None
             entry["pieces_ms"] = bench_pieces(shapes, device, args.piece_reps, 1.0, only)
@@ -459,6 +562,16 @@ def main(argv=None):
     print_table(result)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def print_table(result):
     sizes = [s for s in result["sizes"] if result["sizes"][s]["optimizers"]]
     labels = []
@@ -471,8 +584,16 @@ def print_table(result):
         cells = []
         for s in sizes:
             r = result["sizes"][s]["optimizers"].get(lab)
-            cells.append("-" if r is None or "ms_per_step" not in r else f"{r['ms_per_step']:.2f} ({r.get('x_muon', float('nan')):.2f}x)")
+            cells.append("-" if r is None or "ms_per_step" not in r else
+                         f"{r['ms_per_step']:.2f} ({r.get('x_muon', float('nan')):.2f}x; torch.optim.Muon/this "
+                         f"{r.get('torch_muon_over_this', float('nan')):.2f})")
         print(f"| {lab} | " + " | ".join(cells) + " |")
+    for s in result["sizes"]:
+        oa = result["sizes"][s].get("orthogonalize_all_ms")
+        if oa:
+            print(f"\northogonalization of all {result['sizes'][s]['matrices']} matrices at {s}, ms:")
+            for k, v in oa.items():
+                print(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
     for s in result["sizes"]:
         pieces = result["sizes"][s].get("pieces_ms")
         if not pieces:

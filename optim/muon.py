@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize, resolve_eps
+from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize_stacks, resolve_eps
 from .rank import RankJob, submit_effective_rank
 from .sphere import apply_update, check_options, decay_rate, replaces_update, resolve_weight_decay_scale
 from .versions import ALGORITHM_VERSIONS
@@ -215,6 +215,9 @@ class Muon(torch.optim.Optimizer):
     def _begin_step(self, step: int) -> None:
         """Called once per optimizer step before any parameter is touched."""
 
+    def _end_step(self, step: int, ctxs: list[BucketContext]) -> None:
+        """Called once at the end of every step with every bucket's context (the noise arms draw ahead)."""
+
     def _transform_grads(self, grads: list[Tensor], group: dict) -> list[Tensor]:
         """The gradients the momentum sees (NOLAH gates them). Must not modify p.grad in place."""
         return grads
@@ -266,6 +269,7 @@ class Muon(torch.optim.Optimizer):
         rank_step = self.rank_every > 0 and (step - 1) % self.rank_every == 0
         self._begin_step(step)
         stats = _StepStats(rank_step)
+        ctxs: list[BucketContext] = []
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -284,9 +288,19 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - beta)
             self._after_momentum(grads, bufs, group)
             updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
-            for bucket in self._buckets(gi, params):
-                self._step_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats)
+            # three phases, so that all of the group's stacks are orthogonalized together (one set of
+            # launches on the GPU: optim/triton_ns.py); per bucket the calls are those of one bucket at a time
+            work = [self._prepare_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats)
+                    for bucket in self._buckets(gi, params)]
+            live = [i for i, (_, U) in enumerate(work) if U is not None]
+            outs = orthogonalize_stacks([work[i][1] for i in live], self.orthogonalizer, self.ns_steps,
+                                        self.ns_precision, self.eps)
+            orth = dict(zip(live, outs))
+            for i, (ctx, _) in enumerate(work):
+                self._finish_bucket(ctx, orth.get(i), stats)
+            ctxs += [ctx for ctx, _ in work]
         self._diag = stats.finish()
+        self._end_step(step, ctxs)
         return loss
 
     def _buckets(self, gi: int, params: list[Tensor]) -> list[Bucket]:
@@ -315,7 +329,8 @@ class Muon(torch.optim.Optimizer):
             return dist.get_world_size(), dist.get_rank()
         return 1, 0
 
-    def _step_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats):
+    def _prepare_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats):
+        """The bucket's context (rank check, plan) and its perturbed stack of updates (None: no rows here)."""
         r, c = bucket.shape
         n = len(bucket.params)
         world, rank = self._world()
@@ -338,11 +353,19 @@ class Muon(torch.optim.Optimizer):
                 self._on_effective_ranks(ctx, ranks)
                 stats.ranks.append(ranks[~ranks.isnan()])
         self._plan(ctx)
-        if len(rows):
-            U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
-            U = self._perturb(U, ctx)
-            O = orthogonalize(U, self.orthogonalizer, self.ns_steps, self.ns_precision, self.eps)
-        else:
+        if not len(rows):
+            return ctx, None
+        U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
+        return ctx, self._perturb(U, ctx)
+
+    def _finish_bucket(self, ctx: BucketContext, O: Tensor | None, stats) -> None:
+        """Gather the orthogonalized rows (O None: none here), then the update and the statistics."""
+        bucket, group, rows = ctx.bucket, ctx.group, ctx.rows
+        r, c = bucket.shape
+        n = len(bucket.params)
+        world, _ = self._world()
+        per = -(-n // world)
+        if O is None:
             O = torch.zeros((0, r, c), device=bucket.params[0].device, dtype=PRECISIONS[self.ns_precision])
         O = self._gather(O, per, n, world)
         O = self._after_orthogonalize(O, ctx)
@@ -366,8 +389,11 @@ class Muon(torch.optim.Optimizer):
             if wd != 0:
                 torch._foreach_mul_(views, 1 - rate)
             upd = list(O.to(views[0].dtype, copy=True).unbind(0))
-            torch._foreach_mul_(upd, -lr * ratio)
-            torch._foreach_add_(views, upd)
+            if views[0].is_cuda:  # one pass fewer over the update: W + s * O, the product not rounded first
+                torch._foreach_add_(views, upd, alpha=-lr * ratio)
+            else:
+                torch._foreach_mul_(upd, -lr * ratio)
+                torch._foreach_add_(views, upd)
 
         stats.count += n
         stats.noised += len(ctx.noised)

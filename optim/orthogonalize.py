@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import triton_ns
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 # Polar Express, num_iters=5, safety_factor=2e-2, cushion=2 (Amsel, Persson, Musco, Gower 2025),
@@ -148,3 +150,39 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int = 5, prec
     if method == "svd":
         return svd_orthogonalize(G)
     raise ValueError(f"orthogonalizer={method!r} is not allowed; use one of {list(ORTHOGONALIZERS)}")
+
+
+def _coefficients(method: str, steps: int) -> list[tuple[float, float, float]]:
+    if method == "newton_schulz":
+        return [NS_COEFFICIENTS] * steps
+    return [POLAR_EXPRESS_COEFFICIENTS[min(i, len(POLAR_EXPRESS_COEFFICIENTS) - 1)] for i in range(steps)]
+
+
+_KERNEL_DTYPE = torch.bfloat16  # what the kernels iterate in (a float32 stand-in checks the logic on the interpreter)
+
+
+def orthogonalize_stacks(stacks: list[Tensor], method: str = "newton_schulz", steps: int = 5,
+                         precision: str = "bf16", eps: float | None = None) -> list[Tensor]:
+    """`orthogonalize` of each stack (B_i, m_i, n_i) of a list, returned in the same order and shapes.
+
+    On CUDA with Triton, for the quintic methods in bf16, the stacks run together through the kernels of
+    optim/triton_ns.py (symmetric products; stacks with the same small side share launches). Elsewhere
+    each stack goes through `orthogonalize`, exactly as one call per stack would.
+    """
+    live = [S for S in stacks if S.numel()]
+    if (method not in ("newton_schulz", "polar_express") or precision != "bf16" or not live
+            or any(S.ndim != 3 for S in live) or not triton_ns.available(live[0])):
+        return [orthogonalize(S, method, steps, precision, eps) for S in stacks]
+    eps = resolve_eps(method, eps)
+    xs = []
+    for S in live:
+        # the normalisation of newton_schulz / polar_express, with the norm taken of S itself (float32) and
+        # one rounding to bf16 (there: the norm of the bf16 copy, and a division in bf16)
+        norm = torch.linalg.vector_norm(S, dim=(-2, -1), keepdim=True,
+                                        dtype=None if S.dtype == torch.float64 else torch.float32).float()
+        scale = 1.0 / (norm.clamp(min=eps) if method == "newton_schulz" else norm * POLAR_EXPRESS_SAFETY + eps)
+        X = torch.empty(S.shape, device=S.device, dtype=_KERNEL_DTYPE)
+        xs.append(torch.mul(S, scale, out=X))
+    outs = iter(triton_ns.quintic_stacks(xs, _coefficients(method, steps)))
+    result = [next(outs) if S.numel() else S.to(torch.bfloat16) for S in stacks]
+    return result

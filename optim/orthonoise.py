@@ -25,6 +25,8 @@ momentum's gradient-scale values by singular values near 1; that is not done.)
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -32,6 +34,8 @@ from .muon import BucketContext, Muon, _invalid, _is_int, _is_real
 from .noise import NOISE_METHODS, NoiseSource, haar_polar, haar_qr, isotropic
 from .orthogonalize import cubic_newton_schulz
 from .schedules import AlphaSchedule
+
+ENV_AHEAD = "OPTIM_NOISE_AHEAD"  # "0": draw the noise inside the step (on CUDA it is drawn ahead, same values)
 
 
 class _NoisyMuon(Muon):
@@ -73,6 +77,8 @@ class _NoisyMuon(Muon):
         self.persist_noise = persist_noise
         self.noise = NoiseSource(self.seed)
         self._alpha_t = 0.0
+        self._ahead: dict = {}  # (step, shape, parameter indices) -> (noise matrices, event): drawn ahead
+        self._noise_streams: dict = {}
 
     def alpha_at(self, step: int) -> float:
         return self.schedule(step)
@@ -112,22 +118,61 @@ class _NoisyMuon(Muon):
         ctx.noised = [i for i, s in enumerate(ctx.states) if self._noise_on(s)]
         ctx.persist = self.persist_noise and bool(ctx.noised)
 
+    def _mine(self, ctx: BucketContext) -> list[int]:
+        noised = set(ctx.noised)
+        return [i for i in ctx.rows if i in noised]
+
+    def _draw(self, shape, device, step: int, indices: list[int]) -> Tensor:
+        """The noise matrices of (step, parameter indices): the seeded Gaussians made Haar / isotropic."""
+        return self._noise_matrices(self.noise.gaussian(shape, device, step, indices))
+
+    def _end_step(self, step: int, ctxs) -> None:
+        """On CUDA, draw the next step's noise now on a side stream (it does not depend on the gradient),
+        so that it overlaps the forward/backward in between; for the matrices the current triggers
+        select. The same calls on the same inputs as drawing it in the step: the same values. A step
+        whose selection differs (a trigger flipped on a rank step) draws inline what it needs."""
+        self._ahead = {k: v for k, v in self._ahead.items() if k[0] > step}
+        if os.environ.get(ENV_AHEAD, "1") == "0" or self.schedule(step + 1) <= 0:
+            return
+        for ctx in ctxs:
+            dev = ctx.bufs[0].device
+            if dev.type != "cuda":
+                continue
+            mine = [i for i in ctx.rows if self._noise_on(ctx.states[i])]
+            if not mine:
+                continue
+            indices = [ctx.bucket.indices[i] for i in mine]
+            side = self._noise_streams.get(dev)
+            if side is None:
+                side = self._noise_streams[dev] = torch.cuda.Stream(dev)
+            with torch.cuda.stream(side):
+                N = self._draw(ctx.bucket.shape, dev, step + 1, indices)
+                ev = torch.cuda.Event()
+                ev.record(side)
+            self._ahead[(step + 1, ctx.bucket.shape, tuple(indices))] = (N, ev)
+
     def _perturb(self, updates: Tensor, ctx: BucketContext) -> Tensor:
         alpha = ctx.alpha
         if not ctx.noised:
             return updates
-        noised = set(ctx.noised)
-        mine = [i for i in ctx.rows if i in noised]
+        mine = self._mine(ctx)
         if not mine:
             return updates
         start = ctx.rows.start
-        Z = self.noise.gaussian(ctx.bucket.shape, updates.device, ctx.step, [ctx.bucket.indices[i] for i in mine])
+        indices = [ctx.bucket.indices[i] for i in mine]
+        ahead = self._ahead.pop((ctx.step, ctx.bucket.shape, tuple(indices)), None)
+        if ahead is not None:
+            N, ev = ahead
+            torch.cuda.current_stream(N.device).wait_event(ev)
+            N.record_stream(torch.cuda.current_stream(N.device))
+        else:
+            N = self._draw(ctx.bucket.shape, updates.device, ctx.step, indices)
         everyone = len(mine) == len(ctx.rows)
         if everyone:
             eps = alpha * ctx.grad_norms[ctx.rows.start : ctx.rows.stop]
         else:
             eps = alpha * torch.stack([ctx.grad_norms[i] for i in mine])
-        term = self._noise_matrices(Z) * eps[:, None, None]
+        term = N * eps[:, None, None]
         base = updates if everyone else torch.stack([updates[i - start] for i in mine])
         X = self._reorthogonalize(base.float() + term).to(updates.dtype)
         if ctx.persist:

@@ -142,6 +142,10 @@ class HostRankPool:
         self.workers = default_workers() if workers is None else int(workers)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="optim-rank", initializer=_single_blas_thread)
         self._streams: dict = {}
+        # pinned host buffers by shape, each with the job that last used it: pinning hundreds of MB anew on
+        # every rank step (cudaHostAlloc, ~340 MB at GPT-124M) costs more than the whole device side
+        self._pinned: dict = {}
+        self._slots: dict = {}  # id(buffer) -> its slot [buffer, job]
 
     def submit(self, M: Tensor) -> RankJob:
         """Start measuring the stack M (B, m, n): Gram on M's device now, eigenvalues on the host later."""
@@ -154,7 +158,7 @@ class HostRankPool:
             side = self._streams.get(dev)
             if side is None:
                 side = self._streams[dev] = torch.cuda.Stream(dev)
-            host = torch.empty(G.shape, dtype=G.dtype, pin_memory=True)
+            host = self._pinned_buffer(G.shape, G.dtype)
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
                 host.copy_(G, non_blocking=True)
@@ -165,7 +169,24 @@ class HostRankPool:
             host = G.contiguous()
         arr = host.numpy()
         futures = [self._pool.submit(_erank_task, arr, i, ready) for i in range(0, arr.shape[0], CHUNK)]
-        return RankJob(futures, host)
+        job = RankJob(futures, host)
+        if G.is_cuda:
+            self._slots[id(host)][1] = job
+        return job
+
+    def _pinned_buffer(self, shape, dtype) -> Tensor:
+        """A pinned buffer of this shape whose last job has finished reading it (else a new one)."""
+        key = (tuple(shape), dtype)
+        slots = self._pinned.setdefault(key, [])
+        for slot in slots:
+            if slot[1] is None or slot[1].ready():
+                slot[1] = None
+                return slot[0]
+        host = torch.empty(shape, dtype=dtype, pin_memory=True)
+        slot = [host, None]
+        slots.append(slot)
+        self._slots[id(host)] = slot
+        return host
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

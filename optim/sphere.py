@@ -133,7 +133,7 @@ def geodesic_update_(W: Tensor, O: Tensor, lr: float, ratio: float, dim: int, sc
 
 @torch.no_grad()
 def apply_update(opt, bucket, group: dict, O: Tensor, ctx, stats) -> None:
-    """The update and the statistics of one bucket, for Muon._step_bucket when replaces_update(opt).
+    """The update and the statistics of one bucket, for Muon._finish_bucket when replaces_update(opt).
 
     Keeps Muon's statistics (update_sq, count, noised, grad_sq, numel, eps_sum) exactly as its plain path does.
     The arithmetic is float32 (W of the bucket stacked, per axis of its unit vectors for the geodesic).

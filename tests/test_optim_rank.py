@@ -213,3 +213,29 @@ def test_bf16_update_follows_a_float32_run():
 
     assert err(ours) <= err(theirs) and err(ours) < 0.3  # bf16 storage rounds the 2% steps coarsely
     assert math.isfinite(err(theirs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned host buffers)")
+def test_pinned_buffers_are_reused_only_once_read():
+    """On CUDA the Gram stack goes through a pinned host buffer kept per shape: a second measurement
+    reuses it once the first job has finished reading, takes a new one while it is in flight, and the
+    values are those of the CPU path."""
+    from optim.rank import HostRankPool
+
+    pool = HostRankPool(2)
+    g = torch.Generator().manual_seed(3)
+    M1 = torch.randn((4, 24, 40), generator=g)
+    M2 = torch.randn((4, 24, 40), generator=g)
+    j1 = pool.submit(M1.cuda())
+    j2 = pool.submit(M2.cuda())  # j1 may still be in flight: must not share its buffer unless it is done
+    r1, r2 = j1.result(), j2.result()
+    j3 = pool.submit(M1.cuda())  # both done: reuses one of the two buffers
+    r3 = j3.result()
+    assert len(pool._pinned[((4, 24, 24), torch.float64)]) <= 2
+    ref = HostRankPool(1)
+    # the device's float64 Gram may differ from the CPU's in the last bits: float32 results, 1e-6 relative
+    torch.testing.assert_close(r1, ref.submit(M1).result(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(r2, ref.submit(M2).result(), rtol=1e-6, atol=0)
+    assert torch.equal(r3, r1)  # the same device, the same calls: bitwise
+    pool.shutdown()
+    ref.shutdown()
