@@ -22,17 +22,20 @@
 #
 # Knobs (environment):
 #   SLURM_NODES_DIR      state directory (config, logs, spool, pid files, munge)   [/var/lib/muon-slurm-nodes]
-#   SLURM_NODES_CPUS     CPUs each node declares (both share this machine's)        [2]
-#   SLURM_NODES_GPUS     fake GPUs per node (type fake)                              [2]
+#   SLURM_NODES_CPUS     CPUs each node declares (both share this machine's)        [4: two jobs of 2 CPUs
+#                        per node run side by side]
+#   SLURM_NODES_GPUS     fake GPUs per node (type fake)                              [4: two 2-GPU jobs]
 #   SLURM_NODES_TIMEOUT  seconds `up`/`start-node` wait for the nodes              [60]
-#   SLURM_NODES_SLURMD_TIMEOUT  SlurmdTimeout: seconds before a silent node is DOWN [20]
+#   SLURM_NODES_SLURMD_TIMEOUT  SlurmdTimeout: seconds before a silent node is DOWN [10] (Slurm: 300)
+#   SLURM_NODES_CRED_EXPIRE     credential lifetime = delay of a requeued job        [15] (Slurm: 120)
 set -euo pipefail
 
 DIR=${SLURM_NODES_DIR:-/var/lib/muon-slurm-nodes}
-CPUS=${SLURM_NODES_CPUS:-2}
-GPUS=${SLURM_NODES_GPUS:-2}
+CPUS=${SLURM_NODES_CPUS:-4}
+GPUS=${SLURM_NODES_GPUS:-4}
 TIMEOUT=${SLURM_NODES_TIMEOUT:-60}
-SLURMD_TIMEOUT=${SLURM_NODES_SLURMD_TIMEOUT:-20}
+SLURMD_TIMEOUT=${SLURM_NODES_SLURMD_TIMEOUT:-10}
+CRED_EXPIRE=${SLURM_NODES_CRED_EXPIRE:-15}
 PARTITION=ci            # the name profiles/slurm-ci submits to (another cluster, so no clash)
 CLUSTER=muonnodes
 CTLD_PORT=6917          # slurm_local.sh uses 6817/6818
@@ -152,7 +155,8 @@ ClusterName=$CLUSTER
 SlurmctldHost=localhost($NET.1)
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$SOCK
+# cred_expire: also how long a job requeued after a node failure waits (Slurm's default 120 s)
+AuthInfo=socket=$SOCK,cred_expire=$CRED_EXPIRE
 SlurmUser=slurm
 SlurmdUser=root
 SlurmctldPort=$CTLD_PORT
@@ -169,10 +173,18 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+# the nodes declare CPUs=$CPUS whatever slurmd counts (both share this machine's cores)
+SlurmdParameters=config_overrides
 SlurmdTimeout=$SLURMD_TIMEOUT
 MinJobAge=300
 DefMemPerCPU=1000
-KillWait=30
+# Shorter than Slurm's 30 s: how long srun waits for the steps of a dead node before giving up
+KillWait=10
+# A job on a node that dies ends (NODE_FAIL) and Snakemake resubmits it (its retries), as for any other
+# failure. Slurm's default, JobRequeue=1, requeues it under the same job id instead: on a two-node cluster
+# it can only restart on the node that died, and when that node came back the stale kill for the dead
+# incarnation reached the requeued run (measured); real clusters requeue onto other nodes after 120 s.
+JobRequeue=0
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
