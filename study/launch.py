@@ -7,7 +7,11 @@ import shlex
 import shutil
 import sys
 
-RENDEZVOUS_PORT = 29500
+# The c10d rendezvous store's port on a job's first host: one per job (20000 + job id mod 10000, below Linux's
+# ephemeral ports). A fixed port (29500) let two jobs whose first host is the same node share one store:
+# torchrun falls back to a client of whatever store holds the port, so the second job's ranks met in the
+# first job's store and failed when that job ended (found on the two-node CI cluster, docs/slurm.md).
+RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORTS = 20000, 10000
 
 
 def torchrun_executable() -> str:
@@ -29,8 +33,8 @@ def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None,
     the CPU through gloo). Inside a Slurm job the command runs under `srun`, so that torchrun is the
     job step's top process: Slurm sends the step's signals (`scancel --signal=USR1`, `--signal=USR1@T`)
     to that process alone, and torchrun passes them on. Several nodes: srun starts one torchrun per
-    node, and all of them meet through the c10d rendezvous on the first host of the job's node list;
-    the job id names the rendezvous, so that two jobs on the same hosts never meet.
+    node, and all of them meet through the c10d rendezvous on the first host of the job's node list, at a
+    port of the job's own (RENDEZVOUS_PORT_BASE); the job id names the rendezvous.
 
     The job step's shell does not see the allocation: Snakemake's jobstep executor (0.6.1) strips every
     SLURM_* variable but the job id from the rule's environment, so `$SLURM_JOB_NODELIST` and
@@ -51,8 +55,9 @@ def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None,
     # `sh -c 'exec "$0" ... "$@"' TORCHRUN SCRIPT ARGS...`: the rendezvous host is found on the node, and
     # exec leaves torchrun the step's top process (it gets Slurm's signals); the rule appends SCRIPT ARGS.
     head = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
+    port = f"$(({RENDEZVOUS_PORT_BASE} + SLURM_JOB_ID % {RENDEZVOUS_PORTS}))"
     inner = (f'exec "$0" --nnodes {nodes} --nproc-per-node {gpus_per_node} '
-             f'--rdzv-backend c10d --rdzv-endpoint {head}:{RENDEZVOUS_PORT} --rdzv-id "$SLURM_JOB_ID" '
+             f'--rdzv-backend c10d --rdzv-endpoint {head}:{port} --rdzv-id "$SLURM_JOB_ID" '
              f'--signals-to-handle {FORWARDED_SIGNALS} "$@"')
     return (f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 {cpus}--kill-on-bad-exit=1 "
             f"sh -c {shlex.quote(inner)} {torchrun}")

@@ -359,10 +359,11 @@ def test_launcher_single_and_multi_node(tmp_path):
     for tool in ("scontrol", "args"):
         (bin_dir / tool).chmod(0o755)
     step = multi.split(" sh -c ", 1)[1].rsplit(" ", 2)[0]  # the quoted script, without the torchrun argument
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+    # the rendezvous port is the job's own (20000 + id mod 10000): two jobs on one first host never share a store
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "14242"}
     out = subprocess.run(f"sh -c {step} args train.py --spec-json '@a b.json'", shell=True, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert out == ("--nnodes|2|--nproc-per-node|8|--rdzv-backend|c10d|--rdzv-endpoint|gpu07:29500|--rdzv-id|4242|"
+    assert out == ("--nnodes|2|--nproc-per-node|8|--rdzv-backend|c10d|--rdzv-endpoint|gpu07:24242|--rdzv-id|14242|"
                    f"{fwd.replace(' ', '|')}|train.py|--spec-json|@a b.json|")
     assert launcher(1, 1, "/x y/$(touch z)/torchrun").startswith("'/x y/$(touch z)/torchrun' --standalone")
     with pytest.raises(ValueError):
