@@ -144,16 +144,27 @@ def finish(proc, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def one_node(tmp_path_factory):
-    """Both arms on one node with 4 processes, through the local executor: the reference."""
+def one_node_started(tmp_path_factory):
+    """Both arms on one node with 4 processes, through the local executor: the reference. It trains while
+    the two-node jobs wait in Snakemake's status polling."""
     wf = workflow(tmp_path_factory, "one_node", overlay(gpus=4, nodes=1))
-    result = snakemake(wf, target(MUON), target(DEMO), *ARGS, "--cores", "2", timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", target(MUON), target(DEMO), *ARGS, "--cores", "2"],
+                            cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield wf, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def one_node(one_node_started):
+    wf, proc = one_node_started
+    out = finish(proc)
+    assert proc.returncode == 0, out[-5000:]
     return wf
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes(tmp_path_factory, one_node_started):
     """Both arms as two-node Slurm jobs side by side; the DeMo job gets USR1 once it has a checkpoint."""
     wf = workflow(tmp_path_factory, "two_nodes", overlay(gpus=2, nodes=2))
     checkpoint = wf / STUDY / "checkpoints" / DEMO / "latest.pt"
