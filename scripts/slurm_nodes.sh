@@ -10,15 +10,17 @@
 #
 # Each node is a network namespace (`ip netns add`), joined to a host bridge by a veth pair, with its own
 # address (10.213.77.2 and .3; the bridge, where slurmctld listens, is .1), and its slurmd runs in its own
-# UTS namespace (hostname mnode1/mnode2) and mount namespace (an /etc/hosts naming the three addresses is
-# bind-mounted over /etc/hosts there). Job steps inherit all three, so torchrun, c10d and gloo see two
-# hosts with their own names and addresses. The file system is shared, as on a cluster with a shared one.
+# UTS namespace (hostname mnode1/mnode2) and mount namespace, where an /etc/hosts naming the three
+# addresses, an /etc/resolv.conf without name server and this cluster's config directory (over /etc/slurm)
+# are bind-mounted. Job steps inherit all three namespaces, so torchrun, c10d and gloo see two hosts with
+# their own names and addresses. The file system is shared, as on a cluster with a shared one.
 #
 # It coexists with the one-node cluster of scripts/slurm_local.sh: its own state directory, slurm.conf
-# (clients find it through SLURM_CONF; nothing is written to /etc/slurm), ports (6917/6918), munged
-# (its own socket, the same key), cluster name, node names and cgroup directories (slurm_mnodeN).
-# Requires root, iproute2 (`ip`), util-linux (`nsenter`, `unshare`), munge and slurm-wlm
-# (scripts/slurm_local.sh install). See docs/slurm.md, "The two-node cluster".
+# (host-side clients find it through SLURM_CONF; the host's /etc/slurm is not written, only created empty
+# if missing, as a mount point), ports (6917/6918), munged (its own socket, the same key), cluster name,
+# node names and cgroup directories (slurm_mnodeN). Requires root, iproute2 (`ip`), util-linux (`nsenter`,
+# `unshare`), munge and slurm-wlm (scripts/slurm_local.sh install).
+# See docs/slurm.md, "Several nodes: the two-node CI cluster".
 #
 # Knobs (environment):
 #   SLURM_NODES_DIR      state directory (config, logs, spool, pid files, munge)   [/var/lib/muon-slurm-nodes]
