@@ -324,6 +324,7 @@ cmd_down() {
   stop_pid munged munged
   rm -f "$DIR/munge/munged.pid"
   net_down
+  rm -f "$SLURM_CONF"  # clients (and the tests' skip check) then see at once that this cluster is not up
   log "down"
 }
 
