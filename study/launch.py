@@ -39,7 +39,8 @@ def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None,
     The job step's shell does not see the allocation: Snakemake's jobstep executor (0.6.1) strips every
     SLURM_* variable but the job id from the rule's environment, so `$SLURM_JOB_NODELIST` and
     `$SLURM_CPUS_PER_TASK` are empty there (found on the two-node CI cluster, docs/slurm.md). Hence srun gets
-    `--cpus-per-task` from the rule (`cpus_per_node`; without it each task gets 1 CPU), and the first host
+    `--cpus-per-task` from the rule (`cpus_per_node`: explicit, as the step's default CPUs differ between
+    Slurm releases), and the first host
     is looked up inside the step, on each node, where Slurm sets the node list again.
     """
     # Quoted: the checkout (and so the venv's torchrun) may live under a path with spaces or shell syntax.

@@ -343,7 +343,7 @@ def test_launcher_single_and_multi_node(tmp_path):
     assert launcher(4, 1, "torchrun") == f"torchrun --standalone --nproc-per-node 4 {fwd}"
     assert launcher(4, 1, "torchrun", under_slurm=True) == (
         f"srun --nodes 1 --ntasks 1 torchrun --standalone --nproc-per-node 4 {fwd}")
-    # the rule passes its CPUs: the jobstep strips SLURM_CPUS_PER_TASK, so srun would give each task 1 CPU
+    # the rule passes its CPUs: the jobstep strips SLURM_CPUS_PER_TASK, and a step's default CPUs vary by release
     assert launcher(4, 1, "torchrun", under_slurm=True, cpus_per_node=32).startswith(
         "srun --nodes 1 --ntasks 1 --cpus-per-task 32 torchrun --standalone")
     multi = launcher(8, 2, "/x y/torchrun", under_slurm=True, cpus_per_node=64)
