@@ -222,11 +222,25 @@ def gpu_request(wildcards):
     return res["gpus"] * res["nodes"]
 
 
+def set_resource(rule_name, name):
+    """A resource that the profile's set-resources give to the named train/other step, else None. Train jobs
+    across nodes read their GPU model so, since Slurm refuses a typed `--gpus=h100:8` beside an untyped
+    `--gpus-per-node=4` (docs/slurm.md)."""
+    overrides = workflow.resource_settings.overwrite_resources or {}
+    res = overrides.get(rule_name) or {}
+    value = res.get(name) if hasattr(res, "get") else None
+    if hasattr(value, "is_evaluable"):  # a snakemake Resource; from a profile, an unevaluated expression
+        value = value.raw if value.is_evaluable() else value.value
+    return value
+
+
 def slurm_extra(res):
     extra = "--signal=USR1@120"
     if res["nodes"] > 1:
-        # Exactly gpus per node on every node, one task (one torchrun) per node.
-        extra += f" --gpus-per-node={res['gpus']} --ntasks-per-node=1"
+        # Exactly gpus per node on every node, one task (one torchrun) per node (study/launch.py).
+        gpus = set_resource("train", "gpu")  # a profile's `gpu: 0` for a CPU cluster: no GPUs per node either
+        gpus = res["gpus"] if gpus is None or not str(gpus).strip().isdigit() else int(gpus)
+        extra = f"{extra} {slurm_node_args(gpus, set_resource('train', 'gpu_model'))}"
     return extra
 
 

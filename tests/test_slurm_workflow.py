@@ -135,6 +135,6 @@ def test_multi_node_run_asks_slurm_for_gpus_per_node(tmp_path_factory):
     assert result.returncode != 0  # one node cannot hold a two-node job
     call = next(line for line in out.splitlines() if "sbatch" in line and "--nodes=2" in line)
     assert "--gpus=fake:4" in call
-    assert "--gpus-per-node=2 --ntasks-per-node=1" in call
+    assert "--gpus-per-node=fake:2 --ntasks-per-node=1" in call  # typed as --gpus (Slurm refuses a mix)
     assert "--ntasks-per-gpu" not in call
     assert "--signal=USR1@120" in call

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
 
 import pytest
 
@@ -337,21 +338,45 @@ def test_overrides_merge_over_the_study_and_its_twin():
     assert "tiny" not in cfg  # the twin section is consumed
 
 
-def test_launcher_single_and_multi_node():
+def test_launcher_single_and_multi_node(tmp_path):
     fwd = "--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
     assert launcher(4, 1, "torchrun") == f"torchrun --standalone --nproc-per-node 4 {fwd}"
     assert launcher(4, 1, "torchrun", under_slurm=True) == (
         f"srun --nodes 1 --ntasks 1 torchrun --standalone --nproc-per-node 4 {fwd}")
-    multi = launcher(8, 2, "torchrun", under_slurm=True)
-    assert launcher(8, 2, "torchrun") == multi
-    assert multi.startswith("srun --nodes 2 --ntasks 2 --ntasks-per-node 1 ")
-    assert multi.endswith(fwd)
-    assert "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d" in multi
-    assert '--rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)":29500' in multi
-    assert '--rdzv-id "$SLURM_JOB_ID"' in multi
+    # the rule passes its CPUs: the jobstep strips SLURM_CPUS_PER_TASK, and a step's default CPUs vary by release
+    assert launcher(4, 1, "torchrun", under_slurm=True, cpus_per_node=32).startswith(
+        "srun --nodes 1 --ntasks 1 --cpus-per-task 32 torchrun --standalone")
+    multi = launcher(8, 2, "/x y/torchrun", under_slurm=True, cpus_per_node=64)
+    assert launcher(8, 2, "/x y/torchrun", cpus_per_node=64) == multi
+    assert multi.startswith("srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task 64 --kill-on-bad-exit=1 sh -c ")
+    assert multi.endswith(" '/x y/torchrun'")
+    # What each node runs: the step's shell finds the first host itself (the jobstep strips SLURM_JOB_NODELIST
+    # from the rule's shell; Slurm sets it again in the step) and execs torchrun with the rule's arguments.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] && printf "gpu07\\ngpu08\\n"\n')
+    (bin_dir / "args").write_text("#!/bin/sh\nprintf '%s|' \"$@\"\n")  # stands in for torchrun
+    for tool in ("scontrol", "args"):
+        (bin_dir / tool).chmod(0o755)
+    step = multi.split(" sh -c ", 1)[1].rsplit(" ", 2)[0]  # the quoted script, without the torchrun argument
+    # the rendezvous port is the job's own (20000 + id mod 10000): two jobs on one first host never share a store
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "14242"}
+    out = subprocess.run(f"sh -c {step} args train.py --spec-json '@a b.json'", shell=True, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out == ("--nnodes|2|--nproc-per-node|8|--rdzv-backend|c10d|--rdzv-endpoint|gpu07:24242|--rdzv-id|14242|"
+                   f"{fwd.replace(' ', '|')}|train.py|--spec-json|@a b.json|")
     assert launcher(1, 1, "/x y/$(touch z)/torchrun").startswith("'/x y/$(touch z)/torchrun' --standalone")
     with pytest.raises(ValueError):
         launcher(0, 1)
+
+
+def test_slurm_node_args_are_typed_like_the_plugins_gpus():
+    from study.launch import slurm_node_args
+
+    # Slurm refuses `--gpus=h100:16 --gpus-per-node=8` (typed beside untyped); no GPUs asked for, none per node
+    assert slurm_node_args(8, "h100") == "--gpus-per-node=h100:8 --ntasks-per-node=1"
+    assert slurm_node_args(8, None) == "--gpus-per-node=8 --ntasks-per-node=1"
+    assert slurm_node_args(0, "h100") == "--ntasks-per-node=1"
 
 
 def test_optimizer_arguments_match_the_classes():
