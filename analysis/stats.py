@@ -160,12 +160,14 @@ def ratio_test(arm_vals, arm_seeds, base_vals, base_seeds, ratio: float, directi
     mean(base), "greater": H1 mean(arm) > ratio x mean(base). Exact for that hypothesis: paired, the
     seed-matched a - ratio x b against 0 (one-sample t, as scipy ttest_1samp); else Welch's t on a and
     ratio x b (as scipy ttest_ind(equal_var=False)); written out in numpy because the gates run it for
-    every configuration. Zero spread (all differences equal) gives p = 0 when the difference lies in H1,
-    else 1. Returns test, n, p, t, df, and the opposite direction's p as p_other."""
+    every configuration. Zero spread (all differences equal) is no test: p and p_other are NaN and test
+    is "zero spread" (a t-test would say p = 0). Returns test, n, p, t, df, the difference q = mean(a) -
+    ratio x mean(b) and its standard error se (for one-sided bounds), and the opposite direction's p as
+    p_other."""
     a = np.asarray(arm_vals, dtype=float)
     b = np.asarray(base_vals, dtype=float)
     out = {"test": "none", "p": math.nan, "p_other": math.nan, "t": math.nan, "df": math.nan,
-           "n_arm": len(a), "n_base": len(b)}
+           "n_arm": len(a), "n_base": len(b), "q": math.nan, "se": math.nan}
     if len(a) < 2 or len(b) < 2:
         return out
     sign = -1.0 if direction == "less" else 1.0
@@ -179,12 +181,45 @@ def ratio_test(arm_vals, arm_seeds, base_vals, base_seeds, ratio: float, directi
         va, vb = float(a.var(ddof=1)) / len(a), float(rb.var(ddof=1)) / len(b)
         diff, var = float(a.mean() - rb.mean()), va + vb
         df = var ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if var > 0 else math.nan
-    if not var > 0:
-        p = 0.0 if sign * diff > 0 else 1.0
-        return dict(out, p=p, p_other=1.0 - p if sign * diff != 0 else 1.0, df=df)
+    # zero spread, or a spread at rounding level (equal values stored as floats): no test
+    if not var > (1e-12 * max(abs(diff), float(np.abs(a).mean()), 1e-300)) ** 2:
+        return dict(out, test="zero spread", q=diff, se=0.0)
     t = diff / math.sqrt(var)
     # special.stdtr(df, x) is Student's t cdf (scipy.stats.t's own kernel, without its per-call overhead)
-    return dict(out, p=float(special.stdtr(df, -sign * t)), p_other=float(special.stdtr(df, sign * t)), t=t, df=df)
+    return dict(out, p=float(special.stdtr(df, -sign * t)), p_other=float(special.stdtr(df, sign * t)), t=t,
+                df=df, q=diff, se=math.sqrt(var))
+
+
+_EXACT_MAX = 200_000  # splits enumerated exactly by rank_test; beyond, 20000 seeded random permutations
+
+
+def rank_test(arm_vals, base_vals, ratio: float, direction: str) -> dict:
+    """One-sided exact permutation test on ranks (Wilcoxon-Mann-Whitney) of a against ratio x b, for
+    samples that hold a worst outcome (a diverged run: +inf for a loss, -inf for a metric to raise) where
+    no mean exists. H1 ("less"): a tends to lie below ratio x b. Ties (two diverged runs) take mid-ranks;
+    the p-value counts the splits at least as extreme, the observed one included, so it is never 0
+    (at 3 vs 3 it is at least 1/20). Returns test, p, p_other."""
+    a = np.asarray(arm_vals, dtype=float)
+    rb = ratio * np.asarray(base_vals, dtype=float)
+    n1, n2 = len(a), len(rb)
+    out = {"test": "rank (diverged = worst)", "p": math.nan, "p_other": math.nan, "t": math.nan,
+           "df": math.nan, "n_arm": n1, "n_base": n2, "q": math.nan, "se": math.nan}
+    if n1 < 2 or n2 < 2:
+        return out
+    ranks = sps.rankdata(np.concatenate([a, rb]))
+    w = ranks[:n1].sum()
+    if math.comb(n1 + n2, n1) <= _EXACT_MAX:
+        from itertools import combinations
+        idx = np.array(list(combinations(range(n1 + n2), n1)))
+        sums = ranks[idx].sum(axis=1)
+    else:
+        rng = np.random.default_rng(0)
+        perm = np.argsort(rng.random((20_000, n1 + n2)), axis=1)[:, :n1]
+        sums = np.concatenate([ranks[perm].sum(axis=1), [w]])
+    eps = 1e-9
+    lo, hi = float(np.mean(sums <= w + eps)), float(np.mean(sums >= w - eps))
+    p, po = (lo, hi) if direction == "less" else (hi, lo)
+    return dict(out, p=p, p_other=po)
 
 
 def pooled_rel_sd(df: pd.DataFrame, value_col: str, group_cols: list[str]) -> tuple[float, int]:

@@ -164,5 +164,6 @@ def test_study_power_floor_default():
     g = {"g": {"kind": "beats_baseline", "min_improvement": 0.01}}
     lo = evaluate_gates(runs, None, None, g, "muon", "p", noise_sd=0.005, power_floor=0.001)
     hi = evaluate_gates(runs, None, None, g, "muon", "p", noise_sd=0.005)
-    assert lo["gates"][0]["settings"]["power_floor"] == 0.001 and lo["gates"][0]["verdict"] == "FAIL"
+    # issue 19: the floor is the design check's flag; an undecided result stays INSUFFICIENT whatever the power
+    assert lo["gates"][0]["settings"]["power_floor"] == 0.001 and lo["gates"][0]["verdict"] == "INSUFFICIENT"
     assert hi["gates"][0]["verdict"] == "INSUFFICIENT"

@@ -97,20 +97,23 @@ def test_beats_baseline_tests_against_the_threshold_not_zero():
 
 def test_underpowered_is_insufficient_not_fail():
     """Issue 9: 2 seeds and 15 Holm comparisons cannot detect a true 1.5% improvement (sd 0.5%): the gate
-    says INSUFFICIENT; with enough seeds and no effect it says FAIL."""
+    says INSUFFICIENT; with enough seeds and no effect the opposite bound excludes a 1% gain: FAIL
+    (issue 19: FAIL comes from the data, never from the power)."""
     rng = np.random.default_rng(3)
     tables = [base(3.0 * (1 + 0.005 * rng.standard_normal(2)))]
     for i in range(15):
         tables.append(arm(f"a{i}", 3.0 * (1 - 0.015 + 0.005 * rng.standard_normal(2))))
     g = gate({"kind": "beats_baseline", "min_improvement": 0.0}, *tables)
-    assert g["verdict"] == "INSUFFICIENT" and "could not tell" in g["detail"]
+    assert g["verdict"] == "INSUFFICIENT" and "undecided" in g["detail"] and "not shown" in g["detail"]
     assert g["values"]["k_family"] == 15
     assert all(h["power"] < 0.05 for h in g["values"]["hypotheses"])
-    # 12 seeds, no true effect, one arm: the design could see 1% and did not -> FAIL
+    # 12 seeds, no true effect, one arm: the lower bound lies above -1%: the data exclude the claim -> FAIL
     b = 3.0 * (1 + 0.005 * rng.standard_normal(12))
     a = 3.0 * (1 + 0.005 * rng.standard_normal(12))
     g = gate({"kind": "beats_baseline", "min_improvement": 0.01}, base(b), arm("on", a))
-    assert g["verdict"] == "FAIL" and g["values"]["hypotheses"][0]["power"] >= 0.8
+    h = g["values"]["hypotheses"][0]
+    assert g["verdict"] == "FAIL" and "exclude the claim" in h["why"] and h["bound_against_pct"] > -1.0
+    assert f"lower bound {h['bound_against_pct']:+.2f}% > -1.00%" in h["why"]
 
 
 def test_min_n_gives_insufficient_for_every_statistical_kind():
@@ -134,18 +137,23 @@ def test_early_loss_with_one_seed_is_insufficient_and_tests_non_inferiority():
     assert good["verdict"] == "PASS" and "non-inferiority" in good["claim"]
     bad = gate({"kind": "not_worse_than_baseline", "step": 100, "margin": 0.01},
                base(v[:3] - 1, v100=v[:3]), arm("on", v[3:] - 1, v100=v[3:] * 1.05))
-    assert bad["verdict"] == "FAIL" and "the data say no" in bad["detail"]
+    assert bad["verdict"] == "FAIL" and "exclude the claim" in bad["detail"]
 
 
 def test_within_baseline_and_diverged_seed_is_a_failure():
     assert gate({"kind": "within_baseline"}, base(B5), arm("on", B5 * 1.01))["verdict"] == "PASS"
     g = gate({"kind": "within_baseline"}, base(B5), arm("on", B5 * 1.10))
     assert g["verdict"] == "FAIL"
+    # issue 19: a diverged seed is the worst outcome inside a rank test, not a verdict by itself
     g = gate({"kind": "within_baseline"}, base(B5), arm("on", list(B5[:4]) + [None]))
-    assert g["verdict"] == "FAIL" and "failure" in g["detail"]
-    # a diverged arm never 'beats' the baseline, whatever its surviving seeds say
+    h = g["values"]["hypotheses"][0]
+    assert g["verdict"] == "INSUFFICIENT" and h["test"].startswith("rank") and h["n_arm"] == 5
+    # a diverged arm never 'beats' the baseline, whatever its surviving seeds say (shown on ranks: still no)
     g = gate({"kind": "beats_baseline"}, base(B5), arm("on", list(B5[:4] * 0.9) + [None]))
-    assert g["verdict"] == "FAIL"
+    assert g["verdict"] == "INSUFFICIENT" and "a judged run is not ok" in g["detail"]
+    # ... and an arm whose every seed diverged is ranked last: the data say no
+    g = gate({"kind": "within_baseline"}, base(B5), arm("on", [None] * 5))
+    assert g["verdict"] == "FAIL" and g["values"]["hypotheses"][0]["p_against"] == pytest.approx(1 / 252)
 
 
 def test_control_gate_judges_the_selected_arm_in_the_same_family():
@@ -176,9 +184,13 @@ def test_metric_higher_and_arm_better():
     g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 0.98),
              arm("iso", B5))
     assert g["verdict"] == "PASS"
-    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5),
-             arm("iso", [3.0, 3.0, None, 3.0, 3.0]))
-    assert g["verdict"] == "PASS" and "not ok" in g["detail"]  # the control diverged, the arm did not
+    # issue 19 item 3: one diverged run of the 'worse' arm no longer makes the other PASS without a test
+    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 1.098),
+             arm("iso", [3.0, 3.0, None]))
+    assert g["verdict"] == "INSUFFICIENT" and g["values"]["hypotheses"][0]["test"].startswith("rank")
+    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 0.98),
+             arm("iso", list(B5[:4]) + [None]))
+    assert g["verdict"] == "PASS"  # 5 vs 5 on ranks, the diverged control ranked last: p = 1/252
 
 
 def _scratch_curves(steps_to_target):
@@ -225,7 +237,10 @@ def test_unknown_kind_and_setting_are_errors():
         evaluate_gates(pd.DataFrame(), None, None, {"g": {"kind": "no_crashes", "x": 1}}, "muon", "p")
     empty = evaluate_gates(pd.DataFrame(), None, None,
                            {k: {"kind": k, **({"arms": ["on"]} if k == "metric_higher" else {}),
-                                **({"better": "a", "worse": "b"} if k == "arm_better_than_arm" else {})}
+                                **({"better": "a", "worse": "b"} if k == "arm_better_than_arm" else {}),
+                                **({"arms": ["a"], "worse": "b"} if k == "any_better_than_arm" else {}),
+                                **({"arms": ["a"]} if k == "equal_bytes" else {}),
+                                **({"arm": "a", "ref": "b", "start": "x1"} if k == "interaction" else {})}
                             for k in GATE_KINDS}, "muon", "p")
     assert {g["verdict"] for g in empty["gates"]} == {"INSUFFICIENT"}
 
