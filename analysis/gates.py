@@ -223,7 +223,7 @@ def _hyp(label: str, claim: str, *, a=None, sa=None, b=None, sb=None, ratio=1.0,
     if len(a) and len(b):
         ma, mb = float(a.mean()), float(b.mean())
         h.update(mean_arm=ma, mean_base=mb, estimate_pct=100 * (ma / mb - 1) if mb else math.nan)
-        if len(a) >= 2 and len(b) >= 2 and mb and not (a_worst or b_worst):
+        if len(a) >= 2 and len(b) >= 2 and mb and not (a_worst or b_worst) and scale is None:
             t = ratio_test(a, sa, b, sb, 1.0, "less")  # the plain difference, for its two-sided 95% CI
             if is_num(t["df"]) and is_num(t["se"]):
                 half = sps.t.ppf(0.975, t["df"]) * t["se"]

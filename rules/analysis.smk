@@ -116,6 +116,7 @@ rule gates:
         gates=lambda w: PLAN.phase(w.phase)["gates"],
         baseline=lambda w: PLAN.baseline_arm(w.phase),
         power_floor=STUDY.get("design", {}).get("power_floor"),
+        pick=lambda w: later_pick(w.phase),
     conda:
         "../envs/analysis.yaml"
     script:

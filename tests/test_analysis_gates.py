@@ -314,3 +314,90 @@ def test_selected_arm_swept_by_the_phase_is_judged_at_every_value():
     ctx = Ctx(runs.replace({"variant": {"topk0.01": "lr0.03+projection_every3"}}), pd.DataFrame(),
               "muon-ddp", "topk", selection={"arm": "demo-muon-post", "variant": "lr0.03", "param": "muon.lr"})
     assert [k[2] for k in ctx.arm_keys(["selected"])] == ["lr0.03+projection_every3"]
+
+
+def test_selected_is_the_later_selections_pick_never_a_control():
+    """Issue 19 item 2: with the isotropic control truly best, 'selected' was the control itself; now it is
+    what phase 3's selection (its rule over its candidates) takes from this phase."""
+    from analysis.selection import select_arm
+    rng = np.random.default_rng(2)
+    b = 3.0 * (1 + 0.002 * rng.standard_normal(4))
+    t = [base(b), arm("on", b * 0.99 + 0.002 * rng.standard_normal(4), variant="alpha0.01"),
+         arm("on", b * 0.995 + 0.002 * rng.standard_normal(4), variant="alpha0.001"),
+         arm("iso", b * 0.95, variant="alpha0.001")]
+    runs = pd.concat(t, ignore_index=True)
+    gates = {"iso": {"kind": "arm_better_than_arm", "better": "selected", "worse": "iso"}}
+    pick = {"arms": ["on"], "rule": "significant_best"}
+    res = evaluate_gates(runs, None, None, gates, "muon", "p", noise_sd=0.005, pick=pick)
+    h = res["gates"][0]["values"]["hypotheses"][0]
+    sig = significance_table(runs, "muon")
+    sel = select_arm(sig, {"passed": True}, arms=["on"], rule="significant_best")
+    assert h["label"].startswith(f"tiny/on {sel['variant']} vs tiny/iso")
+    assert "the pick of the later phase's selection" in res["gates"][0]["detail"]
+    assert res["gates"][0]["verdict"] == "FAIL"  # the control is better: the data exclude the claim
+
+
+def test_every_declared_kind_has_its_function_and_the_design_counts_it():
+    """Issue 21: a gate kind is one entry in analysis/gate_kinds.py plus its function in analysis/gates.py;
+    the design check reads the entry's hypothesis count (a kind it did not know counted 0 before)."""
+    from analysis.design import _count, design_arms
+    from analysis.gate_kinds import DesignArms, resolve
+    from analysis.gates import kind_function
+    for kind, gk in GATE_KINDS.items():
+        assert callable(kind_function(kind)), kind
+        if gk.statistical:
+            assert gk.mode in ("any", "all") and gk.direction in ("less", "greater")
+    ph = {"baseline": "muon", "configs": [dict(model="m", arm="muon", variant="default", role="baseline")]
+          + [dict(model="m", arm="post", variant=f"topk{k}", role="arm") for k in (1, 5, 10, 25)]
+          + [dict(model="m", arm="demo", variant=f"topk{k}", role="arm") for k in (1, 5, 10, 25)]
+          + [dict(model="m", arm="pre", variant="default", role="arm")], "selected_arms": ["post"]}
+    cnt = lambda s: _count(resolve("g", s)[0], ph)  # noqa: E731
+    assert cnt({"kind": "within_baseline", "arms": ["selected"]}) == 4  # every variant the gate judges
+    assert cnt({"kind": "any_better_than_arm", "arms": ["selected", "pre"], "worse": "demo"}) == 5
+    assert cnt({"kind": "arm_better_than_arm", "better": "selected", "worse": "demo", "matched": True}) == 4
+    assert cnt({"kind": "arm_better_than_arm", "better": "pre", "worse": "demo", "matched": True}) == 0
+    assert cnt({"kind": "interaction", "arm": "post", "ref": "demo", "start": "topk1"}) == 3
+    assert design_arms({**ph, "selected_arms": None}).named(["selected"]) == 1
+    assert isinstance(design_arms(ph), DesignArms)
+
+
+def test_interaction_is_a_difference_of_differences():
+    """nGPT projection: Muon's loss rises less than AdamW's as projection gets lazier (seed-matched)."""
+    rows = []
+    for seed in (1, 2, 3, 4):
+        e = 0.001 * seed
+        for role, a, v, loss in (("baseline", "muon", "lr0.01+projection_every1", 3.0 + e),
+                                 ("arm", "muon", "lr0.01+projection_every3", 3.03 + e),
+                                 ("arm", "adamw", "projection_every1", 3.1 + e),
+                                 ("arm", "adamw", "projection_every3", 3.3 + 2 * e)):
+            rows.append(dict(phase="p", role=role, model="n", arm=a, variant=v, param="", value=np.nan, alpha=0.0,
+                             seed=seed, status="ok", final_val_loss=loss))
+    g = {"i": {"kind": "interaction", "arm": "muon", "ref": "adamw", "start": "projection_every1"}}
+    res = evaluate_gates(pd.DataFrame(rows), None, None, g, "muon", "p")["gates"][0]
+    h = res["values"]["hypotheses"][0]
+    assert res["verdict"] == "PASS" and h["label"].startswith("n projection_every3")
+    assert h["estimate_pct"] == pytest.approx(100 * np.mean([(3.03 + e) / (3.0 + e) - (3.3 + 2 * e) / (3.1 + e)
+                                                            for e in (0.001, 0.002, 0.003, 0.004)]))
+
+
+def test_equal_bytes_reads_the_bytes():
+    t = pd.concat([base(B5), arm("a", B5, variant="topk0.05"), arm("b", B5, variant="topk0.05")], ignore_index=True)
+    t["bytes_sent_per_step"] = np.where(t["arm"] == "b", 1005.0, 1000.0)
+    assert gate({"kind": "equal_bytes", "arms": ["a", "b"]}, t)["verdict"] == "PASS"
+    t["bytes_sent_per_step"] = np.where(t["arm"] == "b", 1100.0, 1000.0)
+    assert gate({"kind": "equal_bytes", "arms": ["a", "b"]}, t)["verdict"] == "FAIL"
+    assert gate({"kind": "equal_bytes", "arms": ["a", "b"]}, t.drop(columns="bytes_sent_per_step"))["verdict"] == \
+        "INSUFFICIENT"
+
+
+def test_reaches_target_sooner_interpolates_steps():
+    """Issue 19 item 6: steps counted on the eval grid gave equal differences and p = 0; interpolated steps
+    differ between seeds, and zero spread is never a PASS."""
+    from analysis.gates import _steps_to
+    g = pd.DataFrame({"step": [0, 50, 100], "val_loss": [4.0, 3.2, 2.8]})
+    assert _steps_to(g, 3.0) == pytest.approx(75.0)
+    assert _steps_to(g, 4.5) == 0.0 and math.isnan(_steps_to(g, 2.0))
+    runs, curves = _scratch_curves({("scratch_baseline", "muon", 1): 1000, ("scratch_baseline", "muon", 2): 1000,
+                                    ("scratch_arm", "on", 1): 600, ("scratch_arm", "on", 2): 600})
+    g = gate({"kind": "reaches_target_sooner"}, runs, curves=curves)
+    assert g["verdict"] == "INSUFFICIENT" and "zero spread" in g["detail"]

@@ -80,3 +80,36 @@ def test_the_vectorized_kernel_is_the_gate(kind):
             assert _real(kind, st, dr, r) == v[r], (scenario, r)
         seen |= set(v)
     assert len(seen) >= 2
+
+
+def test_design_gate_power_is_the_gates_pass_rate():
+    """The design check's P(gate passes | all claims hold) (analysis.design.gate_power) against the real
+    gates on 150 simulated phases: an any-of gate over 3 arms and an all-of gate over 2, one Holm family
+    of 5, 4 seeds, sd 0.5%. Tolerance: 3 binomial se of 150 replicates plus the design's 4000 (<= 0.125)."""
+    from analysis.design import design
+    n, sd, reps = 4, 0.005, 150
+    gates = {"beats": {"kind": "beats_baseline", "min_improvement": 0.01, "arms": ["a0", "a1", "a2"]},
+             "near": {"kind": "not_worse_than_baseline", "margin": 0.01, "arms": ["w0", "w1"]}}
+    cf = [dict(model="m", arm="muon", variant="default", role="baseline")] + \
+         [dict(model="m", arm=a, variant="v", role="arm") for a in ("a0", "a1", "a2", "w0", "w1")]
+    rows = design({"p": {"seeds": list(range(n)), "baseline": "muon", "configs": cf, "gates": gates,
+                         "gpu_hours_per_run": 1.0}}, prior_sd=sd)
+    want = {r["gate"]: r["gate_power"] for r in rows}
+    assert {r["gate"]: r["hypotheses"] for r in rows} == {"beats": 3, "near": 2}
+    rng = np.random.default_rng(21)
+    got = {"beats": 0, "near": 0}
+    for _ in range(reps):
+        tab = _rows("baseline", "muon", "default", 1 + sd * rng.standard_normal(n), "final_val_loss")
+        for a in ("a0", "a1", "a2"):
+            tab += _rows("arm", a, "v", 0.98 * (1 + sd * rng.standard_normal(n)), "final_val_loss")
+        for a in ("w0", "w1"):
+            tab += _rows("arm", a, "v", 1.0 * (1 + sd * rng.standard_normal(n)), "final_val_loss")
+        res = evaluate_gates(pd.DataFrame(tab), None, None, gates, "muon", "p", noise_sd=sd)
+        for g in res["gates"]:
+            got[g["name"]] += g["verdict"] == "PASS"
+    for g in got:
+        p = got[g] / reps
+        assert abs(p - want[g]) <= 0.125, (g, p, want[g])
+    # the per-hypothesis figure is not the gate's: the all-of gate passes less often than one hypothesis
+    near = [r for r in rows if r["gate"] == "near"][0]
+    assert near["gate_power"] < near["power"] + 0.02
