@@ -165,3 +165,39 @@ def rates(kind: str, scenario: str, n: int, sd: float = 0.005, reps: int = 4000,
     dr = draws(kind, st, truth_of(kind, st, scenario), n, sd, reps, seed)
     v = verdicts(kind, st, dr["a"], dr["b"])
     return {x: float((v == x).mean()) for x in ("PASS", "FAIL", "INSUFFICIENT")}
+
+
+TABLE_NS = (2, 3, 11)  # the studies' seed counts (2: OrthoNoise phases 1-2 and scratch pairs, 3: the rest) and
+# the design check's recommendation for OrthoNoise phase 2 (11 seeds)
+TABLE_REPS = 4000
+TABLE_ROWS = (("within_baseline", {}), ("beats_baseline", {}), ("beats_baseline", {"min_improvement": 0.0}),
+              ("not_worse_than_baseline", {}), ("metric_higher", {}), ("arm_better_than_arm", {}),
+              ("any_better_than_arm", {}), ("interaction", {}), ("reaches_target_sooner", {}))
+SD_OF = {"metric_higher": 0.05, "reaches_target_sooner": 0.05}  # the design's prior for non-loss quantities
+
+
+def table_markdown() -> str:
+    """The operating-characteristics table of docs/analysis.md (tests/test_gates_simulation.py checks that
+    the docs hold exactly this): per kind and seed count, PASS and FAIL at the threshold, A/A PASS and
+    FAIL, and PASS one design distance beyond the boundary, one Holm family of 1, seed 0."""
+    from .io import md_table
+    rows = []
+    for kind, over in TABLE_ROWS:
+        st = settings_of(kind, **over)
+        gk = GATE_KINDS[kind]
+        thr = {"within_baseline": "margin", "not_worse_than_baseline": "margin", "beats_baseline": "min_improvement",
+               "arm_better_than_arm": "margin", "any_better_than_arm": "margin", "interaction": "margin",
+               "reaches_target_sooner": "min_speedup"}.get(kind)
+        what = f"{thr} {float(st[thr]):g}" if thr else "threshold 0"
+        sd = SD_OF.get(kind, 0.005)
+        for n in TABLE_NS:
+            r = {sc: rates(kind, sc, n, sd=sd, reps=TABLE_REPS, seed=0, **over) for sc in ("boundary", "aa", "design")}
+            rows.append([kind, what, f"{sd:.1%}", n, f"{r['boundary']['PASS']:.1%}", f"{r['boundary']['FAIL']:.1%}",
+                         f"{r['aa']['PASS']:.1%}", f"{r['aa']['FAIL']:.1%}",
+                         f"{r['design']['PASS']:.1%} (at {gk.distance(st):.0%})"])
+    return md_table(["kind", "setting", "sd per run", "seeds", "PASS at threshold", "FAIL at threshold",
+                     "A/A PASS", "A/A FAIL", "PASS one distance beyond"], rows)
+
+
+if __name__ == "__main__":  # python -m analysis.verdict_sim: the table for docs/analysis.md
+    print(table_markdown())

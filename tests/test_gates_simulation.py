@@ -162,3 +162,12 @@ def test_pick_rate_and_flat_sweep():
     assert flat["flat"] is True and flat["pick_rate"] < 0.5
     steep = bootstrap_core([1.0, 0.99, 0.97, 1.0], 3, 0.005, 1.0, "lowest_mean", 2, seed=1)
     assert steep["flat"] is False and steep["pick_rate"] > 0.9
+
+
+def test_docs_table_is_what_the_simulation_gives():
+    """docs/analysis.md's operating-characteristics table is regenerated, not typed: it must equal
+    analysis.verdict_sim.table_markdown() (seeded, so exactly)."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "analysis.md").read_text(encoding="utf-8")
+    table = text.split("<!-- verdict-sim-table -->\n", 1)[1].split("\n<!-- /verdict-sim-table -->", 1)[0]
+    assert table.strip() == vs.table_markdown().strip()
