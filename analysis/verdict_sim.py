@@ -137,24 +137,19 @@ def rank_p(a: np.ndarray, b: np.ndarray, direction: str) -> tuple[np.ndarray, np
 
     n1 = a.shape[1]
     from . import stats
-    big = math.comb(n1 + b.shape[1], n1) > stats._EXACT_MAX
     ranks = rankdata(np.concatenate([a, b], axis=1), axis=1)
-    w = ranks[:, :n1].sum(axis=1, keepdims=True)
-    if big:  # the same 20000 seeded permutations as stats.rank_test, the observed split counted once more
-        rng = np.random.default_rng(0)
-        idx = np.argsort(rng.random((20_000, ranks.shape[1])), axis=1)[:, :n1]
-    else:
-        idx = np.array(list(combinations(range(ranks.shape[1]), n1)))
+    w = ranks[:, :n1].sum(axis=1)
+    if math.comb(n1 + b.shape[1], n1) > stats._EXACT_MAX:  # stats.rank_test's normal approximation
+        lo, hi = stats.rank_p_normal(w, ranks, n1, b.shape[1])
+        return (lo, hi) if direction == "less" else (hi, lo)
+    idx = np.array(list(combinations(range(ranks.shape[1]), n1)))
     lo, hi = np.empty(len(a)), np.empty(len(a))
     step = max(1, 2_000_000 // (len(idx) * n1))
     for i in range(0, len(a), step):
         sums = ranks[i:i + step][:, idx].sum(axis=2)
-        ww = w[i:i + step]
-        cl, ch = (sums <= ww + 1e-9).sum(axis=1), (sums >= ww - 1e-9).sum(axis=1)
-        m = len(idx)
-        if big:
-            cl, ch, m = cl + 1, ch + 1, m + 1
-        lo[i:i + step], hi[i:i + step] = cl / m, ch / m
+        ww = w[i:i + step, None]
+        lo[i:i + step] = (sums <= ww + 1e-9).mean(axis=1)
+        hi[i:i + step] = (sums >= ww - 1e-9).mean(axis=1)
     return (lo, hi) if direction == "less" else (hi, lo)
 
 

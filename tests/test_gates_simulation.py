@@ -69,14 +69,14 @@ def _real(kind, st, dr, r):
 
 @pytest.mark.parametrize("kind", vs.KINDS)
 def test_the_vectorized_kernel_is_the_gate(kind):
-    """20 replicates per scenario through the real gate: the same verdict, one for one."""
+    """12 replicates per scenario through the real gate: the same verdict, one for one."""
     sd = SD.get(kind, 0.005) * 2  # noisier than the table, so that every verdict occurs
     st = vs.settings_of(kind)
     seen = set()
     for i, scenario in enumerate(("aa", "boundary", "design")):
-        dr = vs.draws(kind, st, vs.truth_of(kind, st, scenario), 3, sd, 20, seed=100 + i)
+        dr = vs.draws(kind, st, vs.truth_of(kind, st, scenario), 3, sd, 12, seed=100 + i)
         v = vs.verdicts(kind, st, dr["a"], dr["b"])
-        for r in range(20):
+        for r in range(12):
             assert _real(kind, st, dr, r) == v[r], (scenario, r)
         seen |= set(v)
     assert len(seen) >= 2
