@@ -210,7 +210,9 @@ def warnings_for(rows: Sequence[Mapping]) -> list[str]:
                     f"USD {r['cost_usd_at_target']:.0f})" if r["seeds_for_target"] and
                     math.isfinite(r["gpu_hours_at_target"]) else "")
             pstr = f"{r['power']:.1%}" if math.isfinite(r["power"]) else "n/a (fewer than 2 seeds)"
-            out.append(f"{r['phase']}: gate {r['gate']} ({r['kind']}) is underpowered: power {pstr} at its "
+            gp = r.get("gate_power")
+            gstr = f" (P(gate passes) {gp:.1%}, simulated)" if isinstance(gp, float) and math.isfinite(gp) else ""
+            out.append(f"{r['phase']}: gate {r['gate']} ({r['kind']}) is underpowered: power {pstr}{gstr} at its "
                        f"threshold {r['threshold']:.1%} with {r['seeds']} seeds, {r['hypotheses']} of "
                        f"{r['k_family']} Holm hypotheses, sd {r['sd']:.2%} ({r['sd_source']}); {fix}{cost}")
     return out
@@ -243,7 +245,7 @@ def _f(x, spec):
     return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def design_markdown(rows: Sequence[Mapping], title: str = "Design check") -> str:
+def design_markdown(rows: Sequence[Mapping], title: str = "Design check", tiny: bool = False) -> str:
     from .io import md_table
     head = [f"### {title}", "",
             "Before any run, per statistical gate: **power per hypothesis** (one hypothesis at its threshold: "
@@ -252,7 +254,13 @@ def design_markdown(rows: Sequence[Mapping], title: str = "Design check") -> str
             "gate as a whole when every claim of the phase holds at its threshold: simulated with the gates' "
             f"tests and Holm over the phase, {SIM_REPS} replicates; a gate of several hypotheses that all must "
             "pass is less likely to pass than one of them, an any-of gate more). A gate below its floor is "
-            "underpowered; the verdict itself never depends on power.", ""]
+            "underpowered; the verdict itself never depends on power. Runs and GPU-hours count every run "
+            "(scratch pairs at their own seeds); GPU-hours are Slurm time limits x GPUs, an upper bound "
+            "(the phases' sections give what the runs measured).", ""]
+    if tiny:
+        head += ["**CPU twin:** the runs, GPU-hours and USD below are the twin's planned runs at its Slurm time "
+                 "limits and the real study's price per GPU-hour; the twin runs on CPU and costs nothing. The "
+                 "power figures are those of the twin's seeds.", ""]
     t = md_table(["phase", "gate", "kind", "hyp. / family", "seeds", "sd", "threshold", "alpha per test",
                   "power per hypothesis", "P(gate passes), simulated", "seeds for 80%", "runs", "GPU-h", "USD", "GPU-h at 80%", "USD at 80%"],
                  [[r["phase"], r["gate"], r["kind"], f"{r['hypotheses']}/{r['k_family']}", r["seeds"],

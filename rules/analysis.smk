@@ -31,6 +31,7 @@ rule design:
         prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
         power_floor=STUDY.get("design", {}).get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+        tiny=TINY,
     conda:
         "../envs/analysis.yaml"
     script:
@@ -53,6 +54,7 @@ rule design_phase:
         prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
         power_floor=STUDY.get("design", {}).get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+        tiny=TINY,
     conda:
         "../envs/analysis.yaml"
     script:
