@@ -239,6 +239,9 @@ def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: fl
         wc = selection.get("winners_curse") or {}
         if wc.get("note"):
             out.append(f"Winner's curse: the selected arm was {wc['note']}.")
+        for flag in selection.get("baseline_flags") or []:
+            out.append(f"**Warning carried on:** the phase this one selected from flagged its baseline ({flag}); "
+                       "a comparison with that baseline here may be against a broken or untuned one.")
         used = set(selection.get("selection_seeds") or [])
         if used and len(runs):
             again = sorted(used & {int(x) for x in runs["seed"]})

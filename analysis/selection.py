@@ -160,6 +160,12 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
             reason += f"; but {what} did not pass (passed={verdict})"
     if force and gate_passed is not True:
         reason += "; the next phase is FORCED by the configuration"
+    # a baseline the earlier phase flagged (baseline_sane FAIL) is carried on: say so wherever the pick goes
+    flags = [f"{g.get('name')}: {g.get('detail')}" for g in (gates or {}).get("gates", [])
+             if g.get("kind") == "baseline_sane" and g.get("verdict") == "FAIL"]
+    if flags:
+        reason += ("; WARNING: the earlier phase flagged its baseline (" + "; ".join(flags) + "): a later phase "
+                   "that carries it on compares with a baseline that may be broken or untuned")
 
     def num(x):
         return float(x) if is_num(x) else None
@@ -178,6 +184,7 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
         "reason": reason,
         "candidates": cands,
         "winners_curse": None if chosen is None else _curse(significance, arms, applied, chosen),
+        "baseline_flags": flags,
         "selection_seeds": sorted({int(s) for s in (seeds_used or [])}),
     }
 

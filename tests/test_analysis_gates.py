@@ -401,3 +401,16 @@ def test_reaches_target_sooner_interpolates_steps():
                                     ("scratch_arm", "on", 1): 600, ("scratch_arm", "on", 2): 600})
     g = gate({"kind": "reaches_target_sooner"}, runs, curves=curves)
     assert g["verdict"] == "INSUFFICIENT" and "zero spread" in g["detail"]
+
+
+def test_a_flagged_baseline_is_carried_on_with_its_warning():
+    """Issue 19 item 9: a confirm phase PASSED 'beats AdamW' against the untuned default that the previous
+    phase's own sanity gate had flagged, and did not repeat the warning."""
+    from analysis.report import caveats
+    sig = _sig([0.0, 0.03, 0.02])
+    gates = {"passed": False, "gates": [{"name": "baseline_trains", "kind": "baseline_sane", "verdict": "FAIL",
+                                         "detail": "m: baseline mean is 27.9% above the best arm"}]}
+    sel = select_arm(sig, gates, force=True)
+    assert sel["baseline_flags"] and "WARNING" in sel["reason"] and "27.9%" in sel["reason"]
+    notes = caveats(pd.DataFrame(), pd.DataFrame(), 0.8, 0.05, sel)
+    assert any("Warning carried on" in x and "27.9%" in x for x in notes)
