@@ -742,12 +742,23 @@ def passed_word(passed) -> str:
     return {True: "PASSED", False: "FAILED"}.get(passed, "INCONCLUSIVE")
 
 
-def gates_markdown(g: dict) -> str:
+DETAIL_MAX = 240  # characters of a gate's detail in the report's section (gates.md / gates.json: all of it)
+
+
+def gates_markdown(g: dict, short: bool = False) -> str:
+    """gates.md's table; `short` (the report's section) cuts each detail cell at DETAIL_MAX characters and
+    points to gates.md for the rest."""
     head = (f"**{g['phase']} gates: {passed_word(g['passed'])}** "
             f"({sum(x['verdict'] == PASS for x in g['gates'])}/{len(g['gates'])} PASS)\n\n")
     order = sorted(g["gates"], key=lambda x: x.get("kind") != "baseline_sane")  # the baseline check first
-    rows = [(x["name"], x.get("kind", ""), f"**{x['verdict']}**", x.get("claim", x.get("threshold", "")),
-             x["observed"], x["detail"]) for x in order]
+
+    def cut(text: str) -> str:
+        text = str(text)
+        if not short or len(text) <= DETAIL_MAX:
+            return text
+        return text[:DETAIL_MAX].rsplit(" ", 1)[0] + " ... (full text in gates.md)"
+    rows = [(x["name"], x.get("kind", ""), f"**{x['verdict']}**", cut(x.get("claim", x.get("threshold", ""))),
+             x["observed"], cut(x["detail"])) for x in order]
     return head + md_table(["gate", "kind", "verdict", "claim tested", "observed", "detail"], rows)
 
 

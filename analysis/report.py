@@ -312,7 +312,7 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
         parts += ["### Design check (before the runs)", ""] + [f"- {x}" for x in dl] + [""]
     if selection:
         parts += ["### Arm selected from an earlier phase", "", selection_markdown(selection)]
-    parts += ["### Gates", "", gates_markdown(gates),
+    parts += ["### Gates", "", gates_markdown(gates, short=True),
               f"### Significance against the baseline ({md_escape(baseline)})", "", significance_markdown(significance)]
     trig, flags = trigger_rates(runs, arms)
     if trig:
