@@ -386,7 +386,7 @@ def k_interaction(c: Ctx, s: dict) -> tuple[list, str]:
                      sd=sd * math.sqrt(2) if is_num(sd) else sd, sd_src=src + " (x sqrt 2: a rise)",
                      cannot_pass=("runs not ok (no rise without them): " + ", ".join(bad)) if bad else None,
                      scale=1.0, estimate_pct=100 * float((ra - rr).mean()) if len(common) else math.nan)
-            h["boundary_pct"] = -100.0 * m
+            h["boundary_pct"] = 0.0 - 100.0 * m + 0.0
             hs.append(h)
     return hs, claim
 

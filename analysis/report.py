@@ -272,8 +272,10 @@ def design_lines(design: Mapping | None, phase: str) -> list[str]:
     out = []
     for r in rows:
         pw_ = r.get("power")
+        gp = r.get("gate_power")
         out.append(f"{md_escape(r['gate'])} ({r['kind']}): {r['hypotheses']} of {r['k_family']} hypotheses, "
-                   f"{r['seeds']} seeds, power {fmt(100 * pw_, 1) + '%' if is_num(pw_) else 'n/a'} at the "
+                   f"{r['seeds']} seeds, power per hypothesis {fmt(100 * pw_, 1) + '%' if is_num(pw_) else 'n/a'}"
+                   + (f" (P(gate passes) {fmt(100 * gp, 1)}%, simulated)" if is_num(gp) else "") + " at the "
                    f"threshold {fmt(100 * r['threshold'], 1)}% (sd {fmt(100 * r['sd'], 2)}%, {r['sd_source']})"
                    + (f"; **underpowered**: {r['seeds_for_target']} seeds would give 80%"
                       if r.get("underpowered") and r.get("seeds_for_target") else

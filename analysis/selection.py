@@ -93,6 +93,11 @@ def winners_curse(chosen: dict, n_candidates: int, confidence: float = 0.95) -> 
     return out
 
 
+def _p_words(p) -> str:
+    t = fmt_p(p)
+    return t if t.startswith("<") else f"= {t}"
+
+
 def _curse(significance, arms, applied: str, chosen: dict) -> dict:
     """The winner's curse from all candidates (bootstrap_selection), with the report's note; the analytic
     figure (winners_curse: the winner's own se) only where the bootstrap cannot run."""
@@ -109,13 +114,14 @@ def _curse(significance, arms, applied: str, chosen: dict) -> dict:
     lbl = f"{chosen['arm']} {chosen.get('variant') or ''}".strip()
     out["note"] = (f"picked as the best of {bs['k']} configurations on the same data: its estimate "
                    + (f"({float(est):+.2f}%) " if is_num(est) else "")
-                   + f"is optimistic by about {opt:.2f} points (parametric bootstrap of the selection over all "
-                   f"{bs['k']} candidates; adjusted "
+                   + (f"is optimistic by about {opt:.2f} points" if opt >= 0.005 else
+                      f"shows no measurable optimism ({opt:+.2f} points)")
+                   + f" (parametric bootstrap of the selection over all {bs['k']} candidates; adjusted "
                    + (f"{float(est) + opt:+.2f}%" if is_num(est) else "n/a") + f"); a re-run on new seeds would "
                    f"pick {lbl} again {bs['pick_rate']:.0%} of the time"
                    + (f"; the sweep is flat within noise (all candidates equal: p = {bs['flat_p']:.2f}), so the "
                       "pick is a choice among equals" if bs["flat"] else
-                      (f"; the candidates differ (p = {fmt_p(bs['flat_p'])})" if is_num(bs["flat_p"]) else ""))
+                      (f"; the candidates differ (p {_p_words(bs['flat_p'])})" if is_num(bs["flat_p"]) else ""))
                    + "; only runs on new seeds confirm it")
     return out
 
