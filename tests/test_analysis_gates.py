@@ -262,7 +262,9 @@ def test_selection_rules_and_keys():
                         "candidates", "winners_curse"}
     assert sel["selection_seeds"] == [1, 2, 3]
     wc = sel["winners_curse"]
-    assert wc["k"] == 3 and wc["expected_optimism_pct"] > 0 and "optimistic" in wc["note"]
+    # issue 19: the curse from all candidates (bootstrap); a 3% winner among 0% and 2% is picked again
+    assert wc["k"] == 3 and wc["method"] == "parametric bootstrap" and "optimis" in wc["note"]
+    assert wc["pick_rate"] > 0.9 and wc["flat"] is False and "pick a1" in wc["note"]
     sel = select_arm(_sig([0.0, 0.0]), {"passed": True})
     assert sel["rule"] == "lowest_mean_fallback" and sel["gate_passed"] is False and "NOT PASSED" in sel["reason"]
     sel = select_arm(_sig([0.0, 0.001]), {"passed": True}, rule="lowest_mean")
