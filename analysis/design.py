@@ -29,10 +29,10 @@ import math
 from typing import Any, Mapping, Sequence
 
 from . import power as pw
-from .gate_kinds import GATE_KINDS, SELECTED, resolve
+from .gate_kinds import GATE_KINDS, DesignArms, resolve
 
 COLUMNS = ["phase", "gate", "kind", "hypotheses", "k_family", "seeds", "sd", "sd_source", "threshold",
-           "alpha_per_test", "power", "power_floor", "underpowered", "seeds_for_target", "runs", "gpu_hours",
+           "alpha_per_test", "power", "gate_power", "power_floor", "underpowered", "seeds_for_target", "runs", "gpu_hours",
            "cost_usd", "runs_at_target", "gpu_hours_at_target", "cost_usd_at_target"]
 
 
@@ -51,50 +51,91 @@ def _main_arms(ph: Mapping) -> list[tuple]:
                    if c.get("role", "arm" if c["arm"] != base else "baseline") == "arm"})
 
 
-def _count(st: dict, ph: Mapping) -> int:
-    kind = st["kind"]
-    arms = _main_arms(ph)
+def design_arms(ph: Mapping) -> DesignArms:
+    """What GateKind.hypotheses reads of a phase: its main and scratch arm configurations and the arms
+    'selected' stands for (`selected_arms` of the phase: every variant of them is judged)."""
+    scratch = sorted({(c["model"], c["arm"], c.get("variant", "default")) for c in ph.get("configs", [])
+                      if c.get("role") == "scratch_arm"})
+    sel = ph.get("selected_arms")
+    return DesignArms(main=tuple(_main_arms(ph)), scratch=tuple(scratch), selected=tuple(sel) if sel else None)
 
-    def named(names):
-        if names is None:
-            return len(arms)
-        return sum(1 if n == SELECTED else sum(1 for a in arms if a[1] == n) for n in names)
-    if kind in ("within_baseline", "not_worse_than_baseline", "metric_higher"):
-        return named(st.get("arms"))
-    if kind == "beats_baseline":
-        n = named(st.get("arms"))
-        if st.get("model"):
-            n = sum(1 for a in arms if a[0] == st["model"] and (st.get("arms") is None or a[1] in st["arms"]))
-        return n
-    if kind == "arm_better_than_arm":
-        return max(named([st["better"]]), 1)
-    if kind == "reaches_target_sooner":
-        return len({(c["model"], c["arm"], c.get("variant")) for c in ph.get("configs", [])
-                    if c.get("role") == "scratch_arm"})
-    return 0
+
+def _count(st: dict, ph: Mapping) -> int:
+    """Hypotheses of a resolved statistical gate: its kind's declaration (gate_kinds.GateKind.hypotheses)."""
+    return int(GATE_KINDS[st["kind"]].hypotheses(st, design_arms(ph)))
 
 
 def _threshold(st: dict) -> float:
-    k = st["kind"]
-    if k in ("within_baseline", "not_worse_than_baseline"):
-        return float(st["margin"])
-    m = {"beats_baseline": "min_improvement", "arm_better_than_arm": "margin",
-         "reaches_target_sooner": "min_speedup"}.get(k)
-    if m and float(st[m]) > 0:
-        return float(st[m])
-    default = {"metric_higher": 0.05, "reaches_target_sooner": 0.1}.get(k, 0.01)
-    return float(st.get("design_effect") or default)
+    """The true difference the power is computed at: its kind's declaration (GateKind.distance), the same
+    figure the gates report as their power at the threshold."""
+    return float(GATE_KINDS[st["kind"]].distance(st))
 
 
-def _gpu_hours(ph: Mapping, n_seeds: int) -> tuple[int, float]:
+def _is_scratch(c: Mapping) -> bool:
+    return str(c.get("role", "")).startswith("scratch")
+
+
+def _gpu_hours(ph: Mapping, n_seeds: int, n_scratch: int | None = None) -> tuple[int, float]:
+    """(runs, GPU-hours) with n_seeds per main configuration and n_scratch (default: the phase's scratch
+    seeds, else n_seeds) per scratch configuration: every run counted once."""
     per = ph.get("gpu_hours_per_run")
     configs = ph.get("configs", [])
-    runs = len(configs) * n_seeds
+    if n_scratch is None:
+        n_scratch = len(ph.get("scratch_seeds") or []) or n_seeds
+    seeds = [n_scratch if _is_scratch(c) else n_seeds for c in configs]
+    runs = int(sum(seeds))
     if per is None:
         return runs, math.nan
     if isinstance(per, Mapping):
-        return runs, float(sum(float(per.get(c["model"], math.nan)) for c in configs) * n_seeds)
+        return runs, float(sum(float(per.get(c["model"], math.nan)) * k for c, k in zip(configs, seeds)))
     return runs, float(per) * runs
+
+
+SIM_REPS = 4000  # replicates of the design's gate-power simulation (binomial se <= 0.8 points)
+
+
+def gate_power(hyps: Sequence[Mapping], *, reps: int = SIM_REPS, seed: int = 0) -> dict[str, float]:
+    """P(each gate passes | every claim of the phase holds at its design distance), by simulation with the
+    gates' own tests: per hypothesis, n seed-matched pairs, the arm at its distance beyond the boundary
+    (sd `sd` per run, as a fraction), one one-sided paired t per hypothesis, Holm over the phase's family
+    (PASS when Holm p < the gate's level), the kind's mode ("any" / "all") over the gate's hypotheses.
+    Hypotheses against the baseline on the same quantity share one baseline draw (their correlation);
+    an arm-vs-arm reference is its own draw. hyps: [{gate, mode, n, distance, sd, level, shared}]."""
+    from scipy import special
+    import numpy as np
+    if not hyps:
+        return {}
+    rng = np.random.default_rng(seed)
+    n_max = max(int(h["n"]) for h in hyps)
+    base = {}
+    p = np.empty((reps, len(hyps)))
+    for j, h in enumerate(hyps):
+        n, sd = int(h["n"]), float(h["sd"])
+        if n < 2 or not sd > 0:
+            p[:, j] = 1.0
+            continue
+        key = h.get("shared")
+        if key is not None:
+            if key not in base:
+                base[key] = rng.standard_normal((reps, n_max))
+            zb = base[key][:, :n]
+        else:
+            zb = rng.standard_normal((reps, n))
+        d = float(h["distance"]) + sd * (rng.standard_normal((reps, n)) - zb)  # the claim's side, positive
+        t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+        p[:, j] = special.stdtr(n - 1, -t)
+    order = np.argsort(p, axis=1)
+    ps = np.take_along_axis(p, order, axis=1)
+    k = p.shape[1]
+    adj_sorted = np.minimum(1.0, np.maximum.accumulate(ps * (k - np.arange(k)), axis=1))
+    adj = np.empty_like(adj_sorted)
+    np.put_along_axis(adj, order, adj_sorted, axis=1)
+    out = {}
+    for g in dict.fromkeys(h["gate"] for h in hyps):
+        idx = [j for j, h in enumerate(hyps) if h["gate"] == g]
+        ok = adj[:, idx] < np.array([float(hyps[j]["level"]) for j in idx])
+        out[g] = float((ok.any(axis=1) if hyps[idx[0]]["mode"] == "any" else ok.all(axis=1)).mean())
+    return out
 
 
 def design(phases: Mapping[str, Mapping], *, prior_sd: float = 0.005, prior_sd_other: float = 0.05,
@@ -118,22 +159,38 @@ def design(phases: Mapping[str, Mapping], *, prior_sd: float = 0.005, prior_sd_o
         sd_loss, src = (noise or {}).get(name, (None, None))
         if sd_loss is None or not (sd_loss > 0):
             sd_loss, src = prior_sd, "prior"
-        runs, gh = _gpu_hours(ph, n)
+        n_scr = len(ph.get("scratch_seeds") or seeds)
+        runs, gh = _gpu_hours(ph, n, n_scr)
         if ph.get("n_runs") is not None:
             runs = int(ph["n_runs"])
+        per_gate, sim = {}, []
         for g, st in gates.items():
+            gk = GATE_KINDS[st["kind"]]
             thr = _threshold(st)
-            loss_based = st["kind"] not in ("metric_higher", "reaches_target_sooner")
-            sd, s_src = (sd_loss, src) if loss_based else (prior_sd_other, "prior (not the loss)")
+            qty = gk.quantity(st)
+            sd, s_src = (sd_loss, src) if qty == "loss" or qty.startswith("val_loss_at_") else \
+                (prior_sd_other, "prior (not the loss)")
+            if st["kind"] == "interaction":
+                sd, s_src = 2 * sd, s_src + " x 2 (a difference of two rises)"
             a = float(st["level"]) / max(k, 1)
-            n_g = len(ph.get("scratch_seeds") or seeds) if st["kind"] == "reaches_target_sooner" else n
+            n_g = n_scr if qty == "steps" else n
+            per_gate[g] = (thr, sd, s_src, a, n_g)
+            shared = None if st["kind"] in ("arm_better_than_arm", "any_better_than_arm", "interaction") else qty
+            sim += [{"gate": g, "mode": gk.mode, "n": n_g, "distance": thr, "sd": sd,
+                     "level": float(st["level"]), "shared": shared}] * counts[g]
+        gp = gate_power([dict(h) for h in sim])
+        for g, st in gates.items():
+            thr, sd, s_src, a, n_g = per_gate[g]
             p = pw.power(thr, sd, n_g, a) if n_g >= 2 and counts[g] else math.nan
             need = pw.seeds_needed(thr, sd, a, power_target) if counts[g] else None
             floor = float(st["power_floor"])
-            r_t, gh_t = _gpu_hours(ph, need) if need else (None, math.nan)
+            if need:
+                r_t, gh_t = _gpu_hours(ph, need, need if GATE_KINDS[st["kind"]].quantity(st) == "steps" else n_scr)
+            else:
+                r_t, gh_t = None, math.nan
             rows.append({"phase": name, "gate": g, "kind": st["kind"], "hypotheses": counts[g], "k_family": k,
                          "seeds": n_g, "sd": sd, "sd_source": s_src, "threshold": thr, "alpha_per_test": a,
-                         "power": p, "power_floor": floor,
+                         "power": p, "gate_power": gp.get(g, math.nan), "power_floor": floor,
                          "underpowered": bool(counts[g]) and not (p >= floor),
                          "seeds_for_target": need, "runs": runs, "gpu_hours": gh,
                          "cost_usd": gh * usd_per_gpu_hour if math.isfinite(gh) else math.nan,
@@ -153,7 +210,9 @@ def warnings_for(rows: Sequence[Mapping]) -> list[str]:
                     f"USD {r['cost_usd_at_target']:.0f})" if r["seeds_for_target"] and
                     math.isfinite(r["gpu_hours_at_target"]) else "")
             pstr = f"{r['power']:.1%}" if math.isfinite(r["power"]) else "n/a (fewer than 2 seeds)"
-            out.append(f"{r['phase']}: gate {r['gate']} ({r['kind']}) is underpowered: power {pstr} at its "
+            gp = r.get("gate_power")
+            gstr = f" (P(gate passes) {gp:.1%}, simulated)" if isinstance(gp, float) and math.isfinite(gp) else ""
+            out.append(f"{r['phase']}: gate {r['gate']} ({r['kind']}) is underpowered: power {pstr}{gstr} at its "
                        f"threshold {r['threshold']:.1%} with {r['seeds']} seeds, {r['hypotheses']} of "
                        f"{r['k_family']} Holm hypotheses, sd {r['sd']:.2%} ({r['sd_source']}); {fix}{cost}")
     return out
@@ -192,17 +251,28 @@ def _power_cell(r: Mapping) -> str:
     return f"**{p}** (under floor)" if r["underpowered"] else p
 
 
-def design_markdown(rows: Sequence[Mapping], title: str = "Design check") -> str:
+def design_markdown(rows: Sequence[Mapping], title: str = "Design check", tiny: bool = False) -> str:
     from .io import md_table
     head = [f"### {title}", "",
-            "Power of each statistical gate at its threshold (one-sided, Holm's worst-case level over the "
-            "phase's hypotheses, paired seeds assumed uncorrelated), before any run; the seeds 80% power "
-            "would need, and what they cost.", ""]
+            "Before any run, per statistical gate: **power per hypothesis** (one hypothesis at its threshold: "
+            "one-sided, Holm's worst-case level alpha / K over the phase's K hypotheses, paired seeds assumed "
+            "uncorrelated; the seeds 80% of it would need, and what they cost) and **P(gate passes)** (the "
+            "gate as a whole when every claim of the phase holds at its threshold: simulated with the gates' "
+            f"tests and Holm over the phase, {SIM_REPS} replicates; a gate of several hypotheses that all must "
+            "pass is less likely to pass than one of them, an any-of gate more). A gate below its floor is "
+            "underpowered; the verdict itself never depends on power. Runs and GPU-hours count every run "
+            "(scratch pairs at their own seeds); GPU-hours are Slurm time limits x GPUs, an upper bound "
+            "(the phases' sections give what the runs measured).", ""]
+    if tiny:
+        head += ["**CPU twin:** the runs, GPU-hours and USD below are the twin's planned runs at its Slurm time "
+                 "limits and the real study's price per GPU-hour; the twin runs on CPU and costs nothing. The "
+                 "power figures are those of the twin's seeds.", ""]
     t = md_table(["phase", "gate", "kind", "hyp. / family", "seeds", "sd", "threshold", "alpha per test",
-                  "power", "seeds for 80%", "runs", "GPU-h", "USD", "GPU-h at 80%", "USD at 80%"],
+                  "power per hypothesis", "P(gate passes), simulated", "seeds for 80%", "runs", "GPU-h", "USD", "GPU-h at 80%", "USD at 80%"],
                  [[r["phase"], r["gate"], r["kind"], f"{r['hypotheses']}/{r['k_family']}", r["seeds"],
                    f"{r['sd']:.2%} ({r['sd_source']})", f"{r['threshold']:.1%}", _f(r["alpha_per_test"], ".2g"),
                    _power_cell(r),
+                   _f(r.get("gate_power"), ".1%") or "n/a",
                    r["seeds_for_target"] or "", r["runs"], _f(r["gpu_hours"], ".1f"), _f(r["cost_usd"], ".0f"),
                    _f(r["gpu_hours_at_target"], ".1f"), _f(r["cost_usd_at_target"], ".0f")] for r in rows])
     w = warnings_for(rows)

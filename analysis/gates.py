@@ -5,25 +5,31 @@ analysis/gate_kinds.py (resolved with defaults by `resolve`). Every gate reports
 "verdict", "claim", "observed", "detail", "settings", "values"}; the phase's "passed" is true when all
 gates PASS, false when any FAILs, otherwise null.
 
-Statistical gates (all but no_crashes, metric_logged, baseline_sane) state their claim as one or more
-one-sided hypotheses on ratios of means (lower loss is better), e.g. beats_baseline with min_improvement m:
+Statistical gates (every kind GATE_KINDS marks statistical) state their claim as one or more one-sided
+hypotheses on ratios of means (lower loss is better), e.g. beats_baseline with min_improvement m:
 H1: mean(arm) < (1 - m) mean(baseline), tested exactly by stats.ratio_test (paired t on a - (1 - m) b when
-the seeds pair, else Welch on a and (1 - m) b). The phase's statistical hypotheses form ONE multiplicity
-family: their p-values are Holm-adjusted together (a control gate is corrected with the comparisons it
-controls). Each hypothesis is then:
-  pass          Holm p < level;
-  fail          the judged arm has a diverged (or never-reaching) seed, or the opposite one-sided test
-                (Holm within the gate) rejects the claim ("the data say no"), or nothing was decided although
-                the design's power at the threshold is >= power_floor;
-  insufficient  fewer than min_n usable seeds on a side, or nothing decided and the power at the threshold
-                is below power_floor (or unknown): "the design could not tell".
-Power at the threshold: a one-sided test at level / K (K = the phase's family size; Holm's worst case)
-with the hypothesis' seeds, at a true difference one threshold away from the boundary (non-inferiority:
-a true difference of 0 against margin m; a threshold m > 0: m; a threshold of 0: design_effect). The sd
-is the design check's (`noise_sd`, a fraction of the loss) for final-loss hypotheses when given, else the
-pooled within-configuration sd of the quantity in this phase; paired runs are assumed uncorrelated.
-A gate over several hypotheses: beats_baseline PASSes when ANY passes (the claim is "some arm"),
-FAILs when every one fails; the others need ALL (any fail -> FAIL).
+the seeds pair, else Welch on a and (1 - m) b). The claim's side, boundary, power distance and how the
+hypotheses combine are the kind's declaration (gate_kinds.GateKind), which the design check reads too.
+The phase's statistical hypotheses form ONE multiplicity family: their p-values are Holm-adjusted together
+(a control gate is corrected with the comparisons it controls), and so are the p-values of the opposite
+side. Each hypothesis is then three-way, from one-sided confidence bounds:
+  pass          Holm p < level: the one-sided bound on the claim's side clears the boundary;
+  fail          Holm p of the opposite side < level: the other one-sided bound lies on the wrong side of
+                the boundary (the data exclude the claim);
+  insufficient  neither, or fewer than min_n seeds on a side, or no test (zero spread between seeds: a
+                t-test would say p = 0).
+At a true effect equal to the threshold (the boundary) both PASS and FAIL happen at most `level` of the
+time (tests/test_gates_simulation.py measures it). The detail shows the bound used, at Holm's level for
+that hypothesis (level / j, j the hypotheses left at its step), and the power at the threshold (the
+design's figure: information, never a verdict).
+A run that is not ok (diverged) is the worst outcome inside the test, never a verdict by itself: with one
+on either side the hypothesis is tested by an exact rank test (stats.rank_test; a diverged loss ranks
+last), and a judged arm with such a run cannot PASS (at best INSUFFICIENT; FAIL when the test says no).
+A gate over several hypotheses: mode "any" (beats_baseline, any_better_than_arm) PASSes when ANY passes,
+FAILs when every one fails; mode "all" needs ALL (any fail -> FAIL).
+'selected': the arm the phase took from an earlier one (its selection); in a phase that selects nothing
+itself, the arm the later phase's selection would take from this phase (the same rule over the same
+candidates: `pick` = that `select:`), never a control outside its candidates.
 """
 from __future__ import annotations
 
@@ -37,9 +43,9 @@ from scipy import stats as sps
 
 from . import power as pw
 from .design import with_floor
-from .gate_kinds import GATE_KINDS, SELECTED, resolve
+from .gate_kinds import GATE_KINDS, SELECTED, function_name, resolve
 from .io import clean, fmt_p, is_num, md_table
-from .stats import baseline_mask, holm, pairing, pooled_rel_sd, ratio_test, usable_mask, with_family
+from .stats import baseline_mask, holm, pairing, pooled_rel_sd, rank_test, ratio_test, usable_mask, with_family
 
 log = logging.getLogger("analysis.gates")
 
@@ -58,7 +64,8 @@ def _run_label(r: Mapping) -> str:
 
 class Ctx:
     def __init__(self, runs: pd.DataFrame, curves: pd.DataFrame | None, baseline: str, phase: str,
-                 selection: Mapping | None = None, noise_sd: float | None = None, metric: str = "final_val_loss"):
+                 selection: Mapping | None = None, noise_sd: float | None = None, metric: str = "final_val_loss",
+                 pick: Mapping | None = None, significance: pd.DataFrame | None = None):
         self.runs = with_family(runs).reset_index(drop=True) if len(runs) else pd.DataFrame(
             columns=["phase", "role", "model", "arm", "variant", "alpha", "seed", "status", metric, "family"])
         self.curves = curves if curves is not None else pd.DataFrame()
@@ -68,6 +75,9 @@ class Ctx:
         self.is_base = baseline_mask(self.runs, baseline) if len(self.runs) else pd.Series(dtype=bool)
         self.main = self.runs[self.runs["family"] == "main"] if len(self.runs) else self.runs
         self.selected_note = ""
+        self.notes: list[str] = []
+        self.pick = dict(pick) if pick else None
+        self.significance = significance
         self._sd_cache: dict = {}
         self._grouped = None
         self._qty: dict = {}
@@ -103,21 +113,28 @@ class Ctx:
                 m &= mine
             self.selected_note = f"'selected' = {arm} {var or ''} (from the earlier phase's selection)".strip()
             return sorted({tuple(x) for x in r.loc[m, KEY].itertuples(index=False)})
-        best = self.best_key()
-        if best is None:
-            return []
-        self.selected_note = (f"'selected' = {_label(*best)}: this phase's arm with the lowest mean "
-                              "final loss (no earlier selection; its estimate is optimistic)")
-        return [best]
+        return self.own_pick()
 
-    def best_key(self) -> tuple | None:
-        r = self.main[~self.is_base.loc[self.main.index]] if len(self.main) else self.main
-        if len(r) == 0:
-            return None
-        v = pd.to_numeric(r[self.metric], errors="coerce").where(usable_mask(r, self.metric))
-        d = r.assign(_v=v, _div=r["status"] != "ok").groupby(KEY, sort=True).agg(m=("_v", "mean"), d=("_div", "sum"))
-        d = d[(d["d"] == 0) & d["m"].notna()]
-        return None if len(d) == 0 else tuple(d["m"].idxmin())
+    def own_pick(self) -> list[tuple]:
+        """No earlier selection: the arm the later phase's `select:` (self.pick: arms, rule) takes from this
+        phase, by analysis.selection.best_arm on this phase's significance table; without a pick, the
+        same rule (significant_best) over every arm, and the note says so."""
+        from .selection import best_arm
+        from .stats import significance_table
+        if self.significance is None or not len(self.significance):
+            self.significance = significance_table(self.runs, self.baseline, metric=self.metric) \
+                if len(self.runs) else pd.DataFrame()
+        arms = (self.pick or {}).get("arms")
+        rule = (self.pick or {}).get("rule") or "significant_best"
+        chosen, applied, _ = best_arm(self.significance, list(arms) if arms else None, rule)
+        if chosen is None:
+            self.selected_note = "'selected': no candidate without a diverged seed, nothing judged"
+            return []
+        key = (chosen["model"], chosen["arm"], str(chosen.get("variant") or "default"))
+        fam = (f"among {', '.join(arms)}" if arms else "among every arm (no later phase names candidates)")
+        self.selected_note = (f"'selected' = {_label(*key)}: the pick of the later phase's selection "
+                              f"({applied}, {fam}); its estimate is optimistic")
+        return [key]
 
     def base_rows(self, model: str, family: str = "main") -> pd.DataFrame:
         return self._groups()[1].get((family, model), self.runs.iloc[0:0])
@@ -189,112 +206,218 @@ class Ctx:
 
 # ------------------------------------------------------------------------------------- hypotheses
 def _hyp(label: str, claim: str, *, a=None, sa=None, b=None, sb=None, ratio=1.0, direction="less",
-         failure: str | None = None, distance=math.nan, sd=math.nan, sd_src="", note="") -> dict:
+         a_worst: int = 0, b_worst: int = 0, cannot_pass: str | None = None, distance=math.nan, sd=math.nan,
+         sd_src="", note="", scale=None, estimate_pct=None) -> dict:
+    """One hypothesis. a, b: the usable values (and seeds) of the judged side and its reference; a_worst /
+    b_worst: runs that are not ok (diverged), the worst outcome, tested by ranks; cannot_pass: why this
+    hypothesis may not PASS (a judged run not ok). `scale` (default mean(b)) turns the tested difference
+    q = mean(a) - ratio x mean(b) into a fraction for the bounds; the boundary is ratio - 1."""
     a = np.asarray(a if a is not None else [], float)
     b = np.asarray(b if b is not None else [], float)
-    h = {"label": label, "claim": claim, "n_arm": len(a), "n_base": len(b), "failure": failure, "note": note,
-         "ratio": ratio, "direction": direction, "distance": distance, "sd": sd, "sd_source": sd_src,
-         "p": math.nan, "p_against": math.nan, "test": "none", "estimate_pct": math.nan,
-         "ci_pct": [math.nan, math.nan], "mean_arm": math.nan, "mean_base": math.nan,
-         "paired": pairing(list(sa or []), list(sb or []))}
+    h = {"label": label, "claim": claim, "n_arm": len(a) + a_worst, "n_base": len(b) + b_worst,
+         "n_worst": a_worst + b_worst, "cannot_pass": cannot_pass, "note": note, "ratio": ratio,
+         "direction": direction, "distance": distance, "sd": sd, "sd_source": sd_src, "p": math.nan,
+         "p_against": math.nan, "test": "none", "estimate_pct": math.nan, "ci_pct": [math.nan, math.nan],
+         "mean_arm": math.nan, "mean_base": math.nan, "boundary_pct": 100.0 * (ratio - 1.0), "q": math.nan,
+         "se": math.nan, "df": math.nan, "scale": math.nan, "paired": pairing(list(sa or []), list(sb or []))}
     if len(a) and len(b):
         ma, mb = float(a.mean()), float(b.mean())
         h.update(mean_arm=ma, mean_base=mb, estimate_pct=100 * (ma / mb - 1) if mb else math.nan)
-        if len(a) >= 2 and len(b) >= 2 and mb:
-            t = ratio_test(a, sa, b, sb, 1.0, "less")  # the plain difference, for its 95% CI
-            if is_num(t["df"]):
-                half = sps.t.ppf(0.975, t["df"]) * (abs((ma - mb) / t["t"]) if is_num(t["t"]) and t["t"] else 0.0)
+        if len(a) >= 2 and len(b) >= 2 and mb and not (a_worst or b_worst) and scale is None:
+            t = ratio_test(a, sa, b, sb, 1.0, "less")  # the plain difference, for its two-sided 95% CI
+            if is_num(t["df"]) and is_num(t["se"]):
+                half = sps.t.ppf(0.975, t["df"]) * t["se"]
                 h["ci_pct"] = [100 * (ma - mb - half) / mb, 100 * (ma - mb + half) / mb]
-    if failure is None and len(a) >= 2 and len(b) >= 2:
-        t = ratio_test(a, sa, b, sb, ratio, direction)
-        h.update(p=t["p"], p_against=t["p_other"], test=t["test"])
+    if estimate_pct is not None:
+        h["estimate_pct"] = estimate_pct
+    if h["n_arm"] >= 2 and h["n_base"] >= 2:
+        if a_worst or b_worst:
+            inf = math.inf if direction == "less" else -math.inf
+            t = rank_test(np.concatenate([a, np.full(a_worst, inf)]), np.concatenate([b, np.full(b_worst, inf)]),
+                          ratio, direction)
+        else:
+            t = ratio_test(a, sa, b, sb, ratio, direction)
+        h.update(p=t["p"], p_against=t["p_other"], test=t["test"], q=t["q"], se=t["se"], df=t["df"],
+                 scale=float(scale) if scale is not None else (float(b.mean()) if len(b) else math.nan))
     return h
 
 
-def _arm_vs_base(c: Ctx, key: tuple, col: str, ratio: float, direction: str, claim: str, distance: float,
-                 family: str = "main", fail_on_diverged: bool = True) -> dict:
-    ar, br = c.rows(key, family), c.base_rows(key[0], family)
-    a, sa, na_bad = c.values(ar, col)
-    b, sb, _ = c.values(br, col)
+def _bound(h: dict, level: float, side: str) -> float:
+    """The one-sided bound (in %, on the scale of the boundary) at `level`: side "claim" is the bound the
+    PASS side reads (upper for a "less" claim), "against" the other one."""
+    if not (is_num(h.get("se")) and h["se"] > 0 and is_num(h.get("scale")) and h["scale"] and is_num(h["df"])):
+        return math.nan
+    upper = (side == "claim") == (h["direction"] == "less")
+    tq = float(sps.t.isf(level, h["df"]))
+    q = h["q"] + (tq if upper else -tq) * h["se"]
+    return 100.0 * q / h["scale"] + h["boundary_pct"]
+
+
+def _not_ok(rows: pd.DataFrame) -> list[str]:
+    return [_run_label(r) + f" ({r['status']})" for r in rows[rows["status"] != "ok"].to_dict("records")]
+
+
+def _side(c: Ctx, rows: pd.DataFrame, col: str) -> tuple[np.ndarray, list, int, list[str]]:
+    """(usable values, seeds, worst outcomes, labels of runs not ok) of one side of a comparison."""
+    v, sd, _ = c.values(rows, col)
+    bad = _not_ok(rows)
+    return v, sd, len(bad), bad
+
+
+def _pair(c: Ctx, label: str, claim: str, arm_rows, ref_rows, col: str, ratio: float, direction: str,
+          distance: float, family: str = "main") -> dict:
+    a, sa, aw, abad = _side(c, arm_rows, col)
+    b, sb, bw, _ = _side(c, ref_rows, col)
     sd, src = c.rel_sd(col, family)
-    fail = None
-    if fail_on_diverged and na_bad:
-        bad = [_run_label(r) + f" ({r['status']})" for r in ar[ar["status"] != "ok"].to_dict("records")]
-        fail = "a run that is not ok is a failure: " + ", ".join(bad)
-    elif len(ar) and len(a) == 0:
-        fail = f"no usable {col} value"
-    return _hyp(_label(*key), claim, a=a, sa=sa, b=b, sb=sb, ratio=ratio, direction=direction, failure=fail,
+    return _hyp(label, claim, a=a, sa=sa, b=b, sb=sb, ratio=ratio, direction=direction, a_worst=aw, b_worst=bw,
+                cannot_pass=("a judged run is not ok: " + ", ".join(abad)) if abad else None,
                 distance=distance, sd=sd, sd_src=src)
 
 
+def _arm_vs_base(c: Ctx, key: tuple, col: str, s: dict, claim: str, family: str = "main") -> dict:
+    gk = GATE_KINDS[s["kind"]]
+    return _pair(c, _label(*key), claim, c.rows(key, family), c.base_rows(key[0], family), col, gk.boundary(s),
+                 gk.direction, gk.distance(s), family)
+
+
 # ----------------------------------------------------------------------------------- statistical kinds
-def k_within_baseline(c: Ctx, s: dict) -> tuple[list, str, str]:
+# Each returns (hypotheses, claim); the mode ("any" / "all") is the kind's declaration.
+def k_within_baseline(c: Ctx, s: dict) -> tuple[list, str]:
     m = float(s["margin"])
     claim = f"mean final loss < baseline x (1 + {m:.1%}) (non-inferiority, margin {m:.1%})"
-    hs = [_arm_vs_base(c, k, c.metric, 1 + m, "less", claim, m) for k in c.arm_keys(s["arms"])]
-    return hs, "all", claim
+    return [_arm_vs_base(c, k, c.metric, s, claim) for k in c.arm_keys(s["arms"])], claim
 
 
-def k_beats_baseline(c: Ctx, s: dict) -> tuple[list, str, str]:
+def k_beats_baseline(c: Ctx, s: dict) -> tuple[list, str]:
     m = float(s["min_improvement"])
-    dist = m if m > 0 else float(s["design_effect"] or 0.01)
     claim = f"mean final loss < baseline x (1 - {m:.1%}) (improvement > {m:.1%})"
     keys = [k for k in c.arm_keys(s["arms"]) if s["model"] is None or k[0] == s["model"]]
-    return [_arm_vs_base(c, k, c.metric, 1 - m, "less", claim, dist) for k in keys], "any", claim
+    return [_arm_vs_base(c, k, c.metric, s, claim) for k in keys], claim
 
 
-def k_not_worse_than_baseline(c: Ctx, s: dict) -> tuple[list, str, str]:
+def k_not_worse_than_baseline(c: Ctx, s: dict) -> tuple[list, str]:
     m = float(s["margin"])
     col = c.metric if s["step"] is None else f"val_loss_at_{int(s['step'])}"
     where = "final loss" if s["step"] is None else f"val loss at step {int(s['step'])}"
     claim = f"mean {where} < baseline x (1 + {m:.1%}) (non-inferiority, margin {m:.1%})"
-    hs = [_arm_vs_base(c, k, col, 1 + m, "less", claim, m) for k in c.arm_keys(s["arms"])]
-    return hs, "all", claim
+    return [_arm_vs_base(c, k, col, s, claim) for k in c.arm_keys(s["arms"])], claim
 
 
-def k_metric_higher(c: Ctx, s: dict) -> tuple[list, str, str]:
-    col = s["metric"]
-    dist = float(s["design_effect"] or 0.05)
-    claim = f"mean {col} > baseline's"
-    return [_arm_vs_base(c, k, col, 1.0, "greater", claim, dist) for k in c.arm_keys(s["arms"])], "all", claim
+def k_metric_higher(c: Ctx, s: dict) -> tuple[list, str]:
+    claim = f"mean {s['metric']} > baseline's"
+    return [_arm_vs_base(c, k, s["metric"], s, claim) for k in c.arm_keys(s["arms"])], claim
 
 
-def k_arm_better_than_arm(c: Ctx, s: dict) -> tuple[list, str, str]:
-    m = float(s["margin"])
-    dist = m if m > 0 else float(s["design_effect"] or 0.01)
-    better, worse = c.arm_keys([s["better"]]), c.arm_keys([s["worse"]])
-    claim = f"{s['better']}'s mean final loss < {s['worse']}'s x (1 - {m:.1%})"
-    pairs = []
-    for bk in better:
+def _arm_pairs(c: Ctx, better_names: list, worse_name: str, matched: bool) -> tuple[list, list]:
+    """(better, worse) configuration pairs of one model: the same variant when there is one (always with
+    `matched`), else every configuration of the worse arm; and the better configurations left unmatched."""
+    worse = c.arm_keys([worse_name])
+    pairs, unmatched = [], []
+    for bk in c.arm_keys(better_names):
         same_model = [w for w in worse if w[0] == bk[0]]
         shared = [w for w in same_model if w[2] == bk[2]]
-        pairs += [(bk, w) for w in (shared or same_model)]
+        if matched and not shared:
+            unmatched.append(bk)
+        pairs += [(bk, w) for w in (shared if (shared or matched) else same_model)]
+    return pairs, unmatched
+
+
+def k_arm_better_than_arm(c: Ctx, s: dict) -> tuple[list, str]:
+    gk = GATE_KINDS[s["kind"]]
+    m = float(s["margin"])
+    claim = (f"{s['better']}'s mean final loss < {s['worse']}'s x (1 - {m:.1%})"
+             + (" at the same variant" if s.get("matched") else ""))
+    pairs, unmatched = _arm_pairs(c, [s["better"]], s["worse"], bool(s.get("matched")))
+    hs = [_pair(c, f"{_label(*bk)} vs {_label(*wk)}", claim, c.rows(bk), c.rows(wk), c.metric, gk.boundary(s),
+                "less", gk.distance(s)) for bk, wk in pairs]
+    if unmatched:
+        c.notes.append(f"not judged (no {s['worse']} run at the same variant): "
+                       + ", ".join(_label(*k) for k in unmatched))
+    return hs, claim
+
+
+def k_any_better_than_arm(c: Ctx, s: dict) -> tuple[list, str]:
+    gk = GATE_KINDS[s["kind"]]
+    m = float(s["margin"])
+    claim = f"at least one of {', '.join(s['arms'])} has a mean final loss < {s['worse']}'s x (1 - {m:.1%})"
+    pairs, _ = _arm_pairs(c, list(s["arms"]), s["worse"], False)
+    return [_pair(c, f"{_label(*bk)} vs {_label(*wk)}", claim, c.rows(bk), c.rows(wk), c.metric, gk.boundary(s),
+                  "less", gk.distance(s)) for bk, wk in pairs], claim
+
+
+def _last_part(variant) -> str:
+    return str(variant).split("+")[-1]
+
+
+def k_interaction(c: Ctx, s: dict) -> tuple[list, str]:
+    """Per seed: rise_arm(v) - rise_ref(v), rise = loss at v / loss at the start setting - 1; one-sample t
+    (seed-matched) of that difference < -margin. The start of an arm may be the phase's baseline."""
+    m, start = float(s["margin"]), str(s["start"])
+    claim = (f"{s['arm']}'s relative loss rise from {start} < {s['ref']}'s - {m:.1%} (difference of "
+             "differences, seed-matched)")
+    gk = GATE_KINDS[s["kind"]]
+    r = c.main
     hs = []
-    for bk, wk in pairs:
-        br, wr = c.rows(bk), c.rows(wk)
-        a, sa, a_bad = c.values(br, c.metric)
-        b, sb, b_bad = c.values(wr, c.metric)
-        sd, src = c.rel_sd(c.metric)
-        lbl = f"{_label(*bk)} vs {_label(*wk)}"
-        fail = note = None
-        if a_bad:
-            fail = f"{_label(*bk)} has {a_bad} run(s) not ok: a failure"
-        h = _hyp(lbl, claim, a=a, sa=sa, b=b, sb=sb, ratio=1 - m, direction="less", failure=fail, distance=dist,
-                 sd=sd, sd_src=src)
-        if not a_bad and b_bad and len(a) >= int(s["min_n"]):
-            h.update(forced_pass=f"{_label(*wk)} has {b_bad} run(s) not ok and {_label(*bk)} none")
-        hs.append(h)
-    return hs, "all", claim
+
+    def configs(arm):
+        out = {}
+        for k, g in r[r["arm"] == arm].groupby(KEY, sort=True):
+            out.setdefault(k[0], {})[_last_part(k[2])] = g
+        return out
+    arm_c, ref_c = configs(s["arm"]), configs(s["ref"])
+    for model in sorted(arm_c):
+        ac, rc = arm_c[model], ref_c.get(model, {})
+        if start not in ac or start not in rc:
+            c.notes.append(f"{model}: {s['arm']} or {s['ref']} has no run at {start}")
+            continue
+        for v in sorted(set(ac) & set(rc) - {start}, key=_natural):
+            per = []
+            bad = []
+            for g in (ac[v], ac[start], rc[v], rc[start]):
+                vals, seeds, _ = c.values(g, c.metric)
+                per.append(dict(zip(seeds, vals)))
+                bad += _not_ok(g)
+            common = sorted(set(per[0]) & set(per[1]) & set(per[2]) & set(per[3]))
+            ra = np.array([per[0][x] / per[1][x] - 1 for x in common])
+            rr = np.array([per[2][x] / per[3][x] - 1 for x in common])
+            sd, src = c.rel_sd(c.metric)
+            h = _hyp(f"{model} {v}: {s['arm']} rise vs {s['ref']} rise", claim, a=ra + m, sa=common, b=rr,
+                     sb=common, ratio=1.0, direction="less", distance=gk.distance(s),
+                     sd=sd * math.sqrt(2) if is_num(sd) else sd, sd_src=src + " (x sqrt 2: a rise)",
+                     cannot_pass=("runs not ok (no rise without them): " + ", ".join(bad)) if bad else None,
+                     scale=1.0, estimate_pct=100 * float((ra - rr).mean()) if len(common) else math.nan)
+            h["boundary_pct"] = 0.0 - 100.0 * m + 0.0
+            hs.append(h)
+    return hs, claim
 
 
-def k_reaches_target_sooner(c: Ctx, s: dict) -> tuple[list, str, str]:
+def _natural(x: str):
+    import re
+    return [float(t) if t.replace(".", "", 1).isdigit() else t for t in re.split(r"(\d+\.?\d*)", x)]
+
+
+def _steps_to(g: pd.DataFrame, target: float) -> float:
+    """The step at which a curve first reaches `target`, interpolated linearly between the evaluation
+    before and the one at which it is reached (NaN: never)."""
+    v, st = g["val_loss"].to_numpy(float), g["step"].to_numpy(float)
+    hit = np.nonzero(v <= target)[0]
+    if not len(hit):
+        return math.nan
+    i = int(hit[0])
+    if i == 0 or v[i - 1] == v[i]:
+        return float(st[i])
+    return float(st[i - 1] + (st[i] - st[i - 1]) * (v[i - 1] - target) / (v[i - 1] - v[i]))
+
+
+def k_reaches_target_sooner(c: Ctx, s: dict) -> tuple[list, str]:
+    gk = GATE_KINDS[s["kind"]]
     m = float(s["min_speedup"])
-    dist = m if m > 0 else float(s["design_effect"] or 0.1)
-    claim = f"scratch arm's steps to the scratch baseline's mean final loss < (1 - {m:.0%}) x the baseline's"
+    claim = (f"scratch arm's steps to the scratch baseline's mean final loss < (1 - {m:.0%}) x the baseline's "
+             "(steps interpolated between evaluations)")
     r = c.runs[c.runs["family"] == "scratch"] if len(c.runs) else c.runs
     cv = c.curves
     if len(r) == 0 or len(cv) == 0 or "val_loss" not in cv:
-        return [], "all", claim
+        return [], claim
     cv = with_family(cv)
     cv = cv[(cv["family"] == "scratch") & cv["val_loss"].notna()].sort_values("step", kind="mergesort")
     curves = {k: g for k, g in cv.groupby(["model", "arm", "variant", "seed"], sort=False)}
@@ -310,40 +433,27 @@ def k_reaches_target_sooner(c: Ctx, s: dict) -> tuple[list, str, str]:
         if not fin:
             continue
         target = float(np.mean([g["val_loss"].iloc[-1] for _, g in fin]))
-
-        def steps(g):
-            hit = g[g["val_loss"] <= target]
-            return float(hit["step"].iloc[0]) if len(hit) else math.nan
         # a baseline seed that never goes below the mean counts at its last evaluated step (in its favour)
-        b = [steps(g) if is_num(steps(g)) else float(g["step"].iloc[-1]) for _, g in fin]
+        b = [_steps_to(g, target) if is_num(_steps_to(g, target)) else float(g["step"].iloc[-1]) for _, g in fin]
         sb = [sd for sd, _ in fin]
         for key, ar in arms.groupby(["arm", "variant"], sort=True):
-            a, sa, bad = [], [], []
+            a, sa, bad, worst = [], [], [], 0
             for x in ar.to_dict("records"):
                 g = curves.get((x["model"], x["arm"], x["variant"], x["seed"]))
-                st = steps(g) if g is not None else math.nan
+                st = _steps_to(g, target) if g is not None else math.nan
                 if x["status"] != "ok" or not is_num(st):
+                    worst += 1  # never reached (or diverged): the worst outcome, ranked last
                     bad.append(_run_label(x) + (f" ({x['status']})" if x["status"] != "ok" else " never reached it"))
                 else:
                     a.append(st)
                     sa.append(x["seed"])
             sd, dof = pooled_rel_sd(pd.DataFrame({"g": ["a"] * len(a) + ["b"] * len(b), "v": a + b}), "v", ["g"])
-            h = _hyp(f"{_label(model, *key)} vs scratch baseline", claim, a=a, sa=sa, b=b, sb=sb, ratio=1 - m,
-                     direction="less", failure=("a failure: " + ", ".join(bad)) if bad else None, distance=dist,
-                     sd=sd, sd_src=f"pooled steps ({dof} df)" if dof else "none",
-                     note=f"target val loss {target:.4f}")
-            hs.append(h)
-    return hs, "all", claim
-
-
-STATISTICAL_KINDS: dict[str, Callable[[Ctx, dict], tuple[list, str, str]]] = {
-    "within_baseline": k_within_baseline,
-    "beats_baseline": k_beats_baseline,
-    "not_worse_than_baseline": k_not_worse_than_baseline,
-    "metric_higher": k_metric_higher,
-    "arm_better_than_arm": k_arm_better_than_arm,
-    "reaches_target_sooner": k_reaches_target_sooner,
-}
+            hs.append(_hyp(f"{_label(model, *key)} vs scratch baseline", claim, a=a, sa=sa, b=b, sb=sb,
+                           ratio=gk.boundary(s), direction="less", a_worst=worst,
+                           cannot_pass=("worst outcome: " + ", ".join(bad)) if bad else None,
+                           distance=gk.distance(s), sd=sd, sd_src=f"pooled steps ({dof} df)" if dof else "none",
+                           note=f"target val loss {target:.4f}"))
+    return hs, claim
 
 
 # ------------------------------------------------------------------------------------ plain kinds
@@ -435,46 +545,80 @@ def k_baseline_sane(c: Ctx, s: dict) -> dict:
     return _result(PASS, claim, obs, det, vals)
 
 
-PLAIN_KINDS: dict[str, Callable[[Ctx, dict], dict]] = {
-    "no_crashes": k_no_crashes,
-    "metric_logged": k_metric_logged,
-    "baseline_sane": k_baseline_sane,
-}
+def k_equal_bytes(c: Ctx, s: dict) -> dict:
+    col, tol = s["metric"], float(s["tolerance"])
+    claim = f"{', '.join(s['arms'])} send the same {col} (within {tol:.1%}) at each shared variant"
+    r = c.runs[(c.runs["family"] == "main") & (c.runs["status"] == "ok")] if len(c.runs) else c.runs
+    if len(r) == 0:
+        return _result(INSUFFICIENT, claim, "no runs", "the phase has no finished runs")
+    names = list(s["arms"])
+    sel = c.arm_keys([SELECTED]) if SELECTED in names else []
+    r = r.assign(_v=c.column(r, col), _who=[SELECTED if (m, a, v) in sel else a
+                                             for m, a, v in r[KEY].itertuples(index=False)])
+    r = r[r["_who"].isin(names) | r["arm"].isin(names)]
+    r = r.assign(_who=np.where(r["arm"].isin(names), r["arm"], r["_who"]))
+    means = r.groupby(["model", "variant", "_who"])["_v"].mean()
+    problems, checked, missing = [], 0, []
+    for (model, variant), g in means.groupby(level=[0, 1]):
+        if g.index.get_level_values(2).nunique() < 2:
+            continue
+        if not np.isfinite(g.to_numpy()).all():
+            missing.append(f"{model} {variant}")
+            continue
+        checked += 1
+        lo, hi = float(g.min()), float(g.max())
+        if lo <= 0 or hi / lo - 1 > tol:
+            problems.append(f"{model} {variant}: " + ", ".join(f"{w} {float(x):.4g}" for (_, _, w), x in g.items()))
+    if missing and not checked:
+        return _result(INSUFFICIENT, claim, "not logged", f"{col} missing for {', '.join(missing)}")
+    if not checked:
+        return _result(INSUFFICIENT, claim, "no shared variant", "the arms share no variant to compare")
+    if problems:
+        return _result(FAIL, claim, f"{len(problems)} of {checked} differ", "; ".join(problems))
+    return _result(PASS, claim, f"{checked} variant(s) equal", f"{col} within {tol:.1%} at every shared variant"
+                   + (f"; not logged at {', '.join(missing)}" if missing else ""))
 
 
 # ------------------------------------------------------------------------------------- evaluation
+def _fmt_bound(x) -> str:
+    return f"{x:+.2f}%" if is_num(x) else "n/a"
 
-def _status(h: dict, s: dict, k_family: int) -> str:
-    """pass / fail / insufficient for one hypothesis (module docstring)."""
-    if h["failure"]:
-        h["why"] = h["failure"]
-        return "fail"
-    if h.get("forced_pass"):
-        h["why"] = h["forced_pass"]
-        return "pass"
-    mn = int(s["min_n"])
+
+def _status(h: dict, s: dict) -> str:
+    """pass / fail / insufficient for one hypothesis (module docstring), with the bound it used."""
+    mn, level = int(s["min_n"]), float(s["level"])
+    bnd = h["boundary_pct"]
+    up = h["direction"] == "less"
+    claim_side, other_side = ("upper", "lower") if up else ("lower", "upper")
+    h["bound_claim_pct"] = _bound(h, h.get("level_claim", level), "claim")
+    h["bound_against_pct"] = _bound(h, h.get("level_against", level), "against")
+    pw_txt = f"; power at the threshold {h['power']:.0%}" if is_num(h.get("power")) else ""
     if h["n_arm"] < mn or h["n_base"] < mn:
-        h["why"] = f"{h['n_arm']}/{h['n_base']} usable seeds, fewer than min_n={mn}"
+        h["why"] = f"{h['n_arm']}/{h['n_base']} seeds, fewer than min_n={mn}"
         return "insufficient"
-    if is_num(h.get("p_holm")) and h["p_holm"] < float(s["level"]):
-        h["why"] = f"Holm p={fmt_p(h['p_holm'])} < {float(s['level']):g}"
+    if not is_num(h["p"]):
+        h["why"] = ("zero spread between seeds: no test (a t-test would say p = 0)" if h["test"] == "zero spread"
+                    else "no test")
+        return "insufficient"
+    cmp = "<" if up else ">"
+    if is_num(h.get("p_holm")) and h["p_holm"] < level:
+        if h.get("cannot_pass"):
+            h["why"] = f"shown on ranks (Holm p={fmt_p(h['p_holm'])}) but {h['cannot_pass']}: cannot PASS"
+            return "insufficient"
+        b = (f"{claim_side} bound {_fmt_bound(h['bound_claim_pct'])} {cmp} {bnd:+.2f}%, "
+             if is_num(h["bound_claim_pct"]) else "")
+        h["why"] = f"{b}Holm p={fmt_p(h['p_holm'])} < {level:g}"
         return "pass"
-    pw_ = math.nan
-    if is_num(h["sd"]) and h["sd"] > 0 and is_num(h["distance"]) and h["distance"] > 0:
-        pw_ = pw.power(h["distance"], h["sd"], min(h["n_arm"], h["n_base"]), float(s["level"]) / max(k_family, 1),
-                       paired=h["paired"], n2=h["n_base"])
-    h["power"] = pw_
-    if is_num(h.get("p_against_holm")) and h["p_against_holm"] < float(s["level"]):
-        h["why"] = f"the opposite is significant (Holm p={fmt_p(h['p_against_holm'])}): the data say no"
+    if is_num(h.get("p_against_holm")) and h["p_against_holm"] < level:
+        b = (f"{other_side} bound {_fmt_bound(h['bound_against_pct'])} {'>' if up else '<'} {bnd:+.2f}%, "
+             if is_num(h["bound_against_pct"]) else "")
+        h["why"] = f"{b}the opposite side's Holm p={fmt_p(h['p_against_holm'])} < {level:g}: the data exclude the claim"
         return "fail"
-    floor = float(s["power_floor"])
-    if is_num(pw_) and pw_ >= floor:
-        h["why"] = (f"not shown (Holm p={fmt_p(h.get('p_holm'))}) although the power at the threshold is "
-                    f"{pw_:.0%} >= {floor:.0%}")
-        return "fail"
-    h["why"] = (f"not decided (Holm p={fmt_p(h.get('p_holm'))}) and the power at the threshold is "
-                + (f"{pw_:.0%} < {floor:.0%}" if is_num(pw_) else "unknown (no noise estimate)")
-                + ": the design could not tell")
+    b = (f"{claim_side} bound {_fmt_bound(h['bound_claim_pct'])} does not clear {bnd:+.2f}% (not shown), "
+         f"{other_side} bound {_fmt_bound(h['bound_against_pct'])} does not exclude it, "
+         if is_num(h["bound_claim_pct"]) and is_num(h["bound_against_pct"]) else "")
+    h["why"] = (f"{b}Holm p={fmt_p(h.get('p_holm'))} (opposite {fmt_p(h.get('p_against_holm'))}): undecided"
+                + pw_txt + (f"; {h['cannot_pass']}" if h.get("cannot_pass") else ""))
     return "insufficient"
 
 
@@ -496,14 +640,34 @@ def _describe(h: dict) -> str:
     return f"{h['label']}: {est}{ci}, n={h['n_arm']}/{h['n_base']}, {h['status']} ({h['why']})"
 
 
+def _holm_levels(ps: list[float], level: float) -> list[float]:
+    """Holm's per-hypothesis level at its step: level / (K - rank), rank of its p among the K (0 first)."""
+    order = np.argsort(np.asarray(ps, float), kind="mergesort")
+    out = [level] * len(ps)
+    for rank, i in enumerate(order):
+        out[i] = level / (len(ps) - rank)
+    return out
+
+
+def kind_function(kind: str) -> Callable:
+    """The function analysis/gates.py implements for a declared kind (gate_kinds.function_name)."""
+    fn = globals().get(function_name(kind))
+    if fn is None:
+        raise AssertionError(f"gate kind {kind!r} is declared in analysis/gate_kinds.py but analysis/gates.py "
+                             f"has no function {function_name(kind)}")
+    return fn
+
+
 def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves: pd.DataFrame | None,
                    gates: Mapping[str, Any] | None, baseline: str, phase: str, *, selection: Mapping | None = None,
-                   noise_sd: float | None = None, power_floor: float | None = None) -> dict:
+                   noise_sd: float | None = None, power_floor: float | None = None,
+                   pick: Mapping | None = None) -> dict:
     """gates: {instance name: {kind: K, ...settings}} (resolved again here: unknown kinds or settings raise
-    ValueError naming them). `significance` is accepted for the old call signature and not used: the gates
-    run their own one-sided tests. `power_floor` (the study's default) applies to statistical gates that do
-    not set their own."""
-    ctx = Ctx(runs, curves, baseline, phase, selection, noise_sd)
+    ValueError naming them). `significance`: the phase's significance table (what a later phase's
+    selection reads; computed from runs when None), used for 'selected' when no earlier selection gives it;
+    `pick`: the later phase's `select:` from this phase ({arms, rule}). `power_floor` (the study's
+    default) applies to statistical gates that do not set their own (the design check's flag)."""
+    ctx = Ctx(runs, curves, baseline, phase, selection, noise_sd, pick=pick, significance=significance)
     resolved = {}
     for name, settings in (gates or {}).items():
         settings = with_floor(settings, power_floor)
@@ -513,47 +677,58 @@ def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves
         resolved[name] = st
     hyps: dict[str, tuple] = {}
     for name, st in resolved.items():
-        if st["kind"] in STATISTICAL_KINDS:
-            hyps[name] = STATISTICAL_KINDS[st["kind"]](ctx, st)
-    family = [(n, i) for n, (hs, _, _) in hyps.items() for i, h in enumerate(hs)
-              if not h["failure"] and is_num(h["p"])]
+        if GATE_KINDS[st["kind"]].statistical:
+            ctx.notes = []
+            hs, claim = kind_function(st["kind"])(ctx, st)
+            hyps[name] = (hs, claim, list(ctx.notes))
+    family = [(n, i) for n, (hs, _, _) in hyps.items() for i, h in enumerate(hs) if is_num(h["p"])]
     k = len(family)
     if k:
-        adj = holm([hyps[n][0][i]["p"] for n, i in family])
-        for (n, i), p in zip(family, adj):
-            hyps[n][0][i]["p_holm"] = float(p)
-    for n, (hs, _, _) in hyps.items():  # the opposite direction: Holm within the gate
-        idx = [i for i, h in enumerate(hs) if not h["failure"] and is_num(h["p_against"])]
-        if idx:
-            adj = holm([hs[i]["p_against"] for i in idx])
-            for i, p in zip(idx, adj):
-                hs[i]["p_against_holm"] = float(p)
+        lvl = {n: float(resolved[n]["level"]) for n in hyps}
+        for side, key in (("p", "p_holm"), ("p_against", "p_against_holm")):
+            ps = [hyps[n][0][i][side] for n, i in family]
+            adj = holm(ps)
+            levels = _holm_levels(ps, 1.0)
+            for (n, i), p, lv in zip(family, adj, levels):
+                hyps[n][0][i][key] = float(p)
+                hyps[n][0][i]["level_claim" if side == "p" else "level_against"] = lvl[n] * lv
     results = []
     for name, st in resolved.items():
         kind = st["kind"]
-        if kind in PLAIN_KINDS:
-            res = PLAIN_KINDS[kind](ctx, st)
+        gk = GATE_KINDS[kind]
+        if not gk.statistical:
+            res = kind_function(kind)(ctx, st)
         else:
-            hs, mode, claim = hyps[name]
+            hs, claim, notes = hyps[name]
             for h in hs:
-                h["status"] = _status(h, st, k)
-            verdict = _combine([h["status"] for h in hs], mode)
-            who = "some" if mode == "any" else "every"
+                if is_num(h["sd"]) and h["sd"] > 0 and is_num(h["distance"]) and h["distance"] > 0 \
+                        and min(h["n_arm"], h["n_base"]) >= 2:
+                    h["power"] = pw.power(h["distance"], h["sd"], min(h["n_arm"], h["n_base"]),
+                                          float(st["level"]) / max(k, 1), paired=h["paired"], n2=h["n_base"])
+                else:
+                    h["power"] = math.nan
+                h["status"] = _status(h, st)
+            verdict = _combine([h["status"] for h in hs], gk.mode)
+            who = "some" if gk.mode == "any" else "every"
             if not hs:
                 obs, det = "nothing to judge", "no configuration of this phase matches the gate's arms / data"
             else:
                 counts = {x: sum(h["status"] == x for h in hs) for x in ("pass", "fail", "insufficient")}
                 obs = f"{counts['pass']} pass, {counts['fail']} fail, {counts['insufficient']} insufficient of {len(hs)}"
                 det = "; ".join(_describe(h) for h in hs)
+            if notes:
+                det = "; ".join(notes) + ". " + det
             if ctx.selected_note and any(SELECTED in (v if isinstance(v, list) else [v]) for v in st.values()):
                 det = ctx.selected_note + ". " + det
-            res = _result(verdict, f"{who} judged configuration: {claim}; one-sided, Holm over the phase's "
-                          f"{k} hypotheses at {float(st['level']):g}, min n {st['min_n']}, power floor "
-                          f"{float(st['power_floor']):.0%}", obs, det,
+            res = _result(verdict, f"{who} judged configuration: {claim}; one-sided bounds, Holm over the phase's "
+                          f"{k} hypotheses at {float(st['level']):g} (PASS and FAIL sides alike), min n {st['min_n']}",
+                          obs, det,
                           {"hypotheses": [{x: h.get(x) for x in (
-                              "label", "status", "why", "n_arm", "n_base", "test", "mean_arm", "mean_base",
-                              "estimate_pct", "ci_pct", "p", "p_holm", "p_against", "p_against_holm", "power",
-                              "distance", "sd", "sd_source", "note")} for h in hs], "k_family": k, "mode": mode})
+                              "label", "status", "why", "n_arm", "n_base", "n_worst", "test", "mean_arm",
+                              "mean_base", "estimate_pct", "ci_pct", "boundary_pct", "bound_claim_pct",
+                              "bound_against_pct", "level_claim", "level_against", "p", "p_holm", "p_against",
+                              "p_against_holm", "power", "distance", "sd", "sd_source", "note")} for h in hs],
+                           "k_family": k, "mode": gk.mode})
         res = {"name": name, "kind": kind, **res, "settings": st}
         results.append(res)
         log.info("gate %s (%s): %s (%s)", name, kind, res["verdict"], res["observed"])
@@ -567,12 +742,23 @@ def passed_word(passed) -> str:
     return {True: "PASSED", False: "FAILED"}.get(passed, "INCONCLUSIVE")
 
 
-def gates_markdown(g: dict) -> str:
+DETAIL_MAX = 240  # characters of a gate's detail in the report's section (gates.md / gates.json: all of it)
+
+
+def gates_markdown(g: dict, short: bool = False) -> str:
+    """gates.md's table; `short` (the report's section) cuts each detail cell at DETAIL_MAX characters and
+    points to gates.md for the rest."""
     head = (f"**{g['phase']} gates: {passed_word(g['passed'])}** "
             f"({sum(x['verdict'] == PASS for x in g['gates'])}/{len(g['gates'])} PASS)\n\n")
     order = sorted(g["gates"], key=lambda x: x.get("kind") != "baseline_sane")  # the baseline check first
-    rows = [(x["name"], x.get("kind", ""), f"**{x['verdict']}**", x.get("claim", x.get("threshold", "")),
-             x["observed"], x["detail"]) for x in order]
+
+    def cut(text: str) -> str:
+        text = str(text)
+        if not short or len(text) <= DETAIL_MAX:
+            return text
+        return text[:DETAIL_MAX].rsplit(" ", 1)[0] + " ... (full text in gates.md)"
+    rows = [(x["name"], x.get("kind", ""), f"**{x['verdict']}**", cut(x.get("claim", x.get("threshold", ""))),
+             x["observed"], cut(x["detail"])) for x in order]
     return head + md_table(["gate", "kind", "verdict", "claim tested", "observed", "detail"], rows)
 
 

@@ -239,6 +239,9 @@ def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: fl
         wc = selection.get("winners_curse") or {}
         if wc.get("note"):
             out.append(f"Winner's curse: the selected arm was {wc['note']}.")
+        for flag in selection.get("baseline_flags") or []:
+            out.append(f"**Warning carried on:** the phase this one selected from flagged its baseline ({flag}); "
+                       "a comparison with that baseline here may be against a broken or untuned one.")
         used = set(selection.get("selection_seeds") or [])
         if used and len(runs):
             again = sorted(used & {int(x) for x in runs["seed"]})
@@ -269,8 +272,10 @@ def design_lines(design: Mapping | None, phase: str) -> list[str]:
     out = []
     for r in rows:
         pw_ = r.get("power")
+        gp = r.get("gate_power")
         out.append(f"{md_escape(r['gate'])} ({r['kind']}): {r['hypotheses']} of {r['k_family']} hypotheses, "
-                   f"{r['seeds']} seeds, power {fmt(100 * pw_, 1) + '%' if is_num(pw_) else 'n/a'} at the "
+                   f"{r['seeds']} seeds, power per hypothesis {fmt(100 * pw_, 1) + '%' if is_num(pw_) else 'n/a'}"
+                   + (f" (P(gate passes) {fmt(100 * gp, 1)}%, simulated)" if is_num(gp) else "") + " at the "
                    f"threshold {fmt(100 * r['threshold'], 1)}% (sd {fmt(100 * r['sd'], 2)}%, {r['sd_source']})"
                    + (f"; **underpowered**: {r['seeds_for_target']} seeds would give 80%"
                       if r.get("underpowered") and r.get("seeds_for_target") else
@@ -309,7 +314,7 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
         parts += ["### Design check (before the runs)", ""] + [f"- {x}" for x in dl] + [""]
     if selection:
         parts += ["### Arm selected from an earlier phase", "", selection_markdown(selection)]
-    parts += ["### Gates", "", gates_markdown(gates),
+    parts += ["### Gates", "", gates_markdown(gates, short=True),
               f"### Significance against the baseline ({md_escape(baseline)})", "", significance_markdown(significance)]
     trig, flags = trigger_rates(runs, arms)
     if trig:

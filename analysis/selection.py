@@ -93,6 +93,39 @@ def winners_curse(chosen: dict, n_candidates: int, confidence: float = 0.95) -> 
     return out
 
 
+def _p_words(p) -> str:
+    t = fmt_p(p)
+    return t if t.startswith("<") else f"= {t}"
+
+
+def _curse(significance, arms, applied: str, chosen: dict) -> dict:
+    """The winner's curse from all candidates (bootstrap_selection), with the report's note; the analytic
+    figure (winners_curse: the winner's own se) only where the bootstrap cannot run."""
+    n_cand = len(_candidates(significance, arms))
+    rule = "significant_best" if applied == "significant_best" else "lowest_mean"
+    bs = bootstrap_selection(significance, arms, rule, chosen)
+    if bs is None:
+        return winners_curse(chosen, n_cand)
+    est = chosen.get("diff_pct")
+    opt = bs["optimism_pct"]
+    out = {"k": bs["k"], "estimate_pct": est, "expected_optimism_pct": opt,
+           "adjusted_estimate_pct": float(est) + opt if is_num(est) else None, "pick_rate": bs["pick_rate"],
+           "flat_p": bs["flat_p"], "flat": bs["flat"], "shrink": bs["shrink"], "method": "parametric bootstrap"}
+    lbl = f"{chosen['arm']} {chosen.get('variant') or ''}".strip()
+    out["note"] = (f"picked as the best of {bs['k']} configurations on the same data: its estimate "
+                   + (f"({float(est):+.2f}%) " if is_num(est) else "")
+                   + (f"is optimistic by about {opt:.2f} points" if opt >= 0.005 else
+                      f"shows no measurable optimism ({opt:+.2f} points)")
+                   + f" (parametric bootstrap of the selection over all {bs['k']} candidates; adjusted "
+                   + (f"{float(est) + opt:+.2f}%" if is_num(est) else "n/a") + f"); a re-run on new seeds would "
+                   f"pick {lbl} again {bs['pick_rate']:.0%} of the time"
+                   + (f"; the sweep is flat within noise (all candidates equal: p = {bs['flat_p']:.2f}), so the "
+                      "pick is a choice among equals" if bs["flat"] else
+                      (f"; the candidates differ (p {_p_words(bs['flat_p'])})" if is_num(bs["flat_p"]) else ""))
+                   + "; only runs on new seeds confirm it")
+    return out
+
+
 def gate_verdict(gates: dict | None, gate: str | None):
     """The from-phase's verdict the selection depends on: a named gate's PASS, or the overall `passed`."""
     gates = gates or {}
@@ -133,6 +166,12 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
             reason += f"; but {what} did not pass (passed={verdict})"
     if force and gate_passed is not True:
         reason += "; the next phase is FORCED by the configuration"
+    # a baseline the earlier phase flagged (baseline_sane FAIL) is carried on: say so wherever the pick goes
+    flags = [f"{g.get('name')}: {g.get('detail')}" for g in (gates or {}).get("gates", [])
+             if g.get("kind") == "baseline_sane" and g.get("verdict") == "FAIL"]
+    if flags:
+        reason += ("; WARNING: the earlier phase flagged its baseline (" + "; ".join(flags) + "): a later phase "
+                   "that carries it on compares with a baseline that may be broken or untuned")
 
     def num(x):
         return float(x) if is_num(x) else None
@@ -150,6 +189,90 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
         "rule": applied,
         "reason": reason,
         "candidates": cands,
-        "winners_curse": None if chosen is None else winners_curse(chosen, len(_candidates(significance, arms))),
+        "winners_curse": None if chosen is None else _curse(significance, arms, applied, chosen),
+        "baseline_flags": flags,
         "selection_seeds": sorted({int(s) for s in (seeds_used or [])}),
     }
+
+
+def bootstrap_core(means, n: int, sd: float, mean_base: float, rule: str, chosen: int, *, k_family: int | None = None,
+                   level: float = 0.05, reps: int = 2000, seed: int = 0) -> dict:
+    """The selection's honesty from all candidates at once (parametric bootstrap).
+
+    means: the candidates' observed mean final losses; n: seeds per side; sd: the per-run sd as a fraction
+    of the loss; chosen: the index the rule picked. The bootstrap world's true means are the observed ones
+    shrunk toward their grand mean by the positive-part James-Stein factor (k >= 4; with equal true means
+    the observed spread is all noise, and picking the best of equal arms is where the curse is largest),
+    the baseline at mean_base; each replicate draws n seed-matched runs per candidate and one shared
+    baseline, applies the rule (lowest_mean: the lowest mean; significant_best: the largest improvement
+    among paired t-tests, two-sided, Holm over k_family at `level`, else the lowest mean) and records the
+    picked candidate's estimate minus its true value. Returns optimism_pct (mean of true - estimate, in
+    points of the relative difference: how much better the pick looks than it is), pick_rate (how often a
+    re-run picks the same candidate), flat_p (chi-square test that all candidates have the same mean) and
+    flat (flat_p > level), shrink."""
+    import numpy as np
+    from scipy import special
+    m = np.asarray(means, float) / float(mean_base)
+    k = len(m)
+    se = float(sd) / math.sqrt(n)
+    q = float(((m - m.mean()) ** 2).sum() / se ** 2) if se > 0 else math.inf
+    flat_p = float(sps.chi2.sf(q, k - 1)) if k >= 2 and math.isfinite(q) else math.nan
+    shrink = 1.0 if k < 4 or not math.isfinite(q) or q == 0 else max(0.0, 1.0 - (k - 3) / q)
+    truth = m.mean() + shrink * (m - m.mean())
+    rng = np.random.default_rng(seed)
+    b = 1.0 + sd * rng.standard_normal((reps, 1, n))
+    a = truth[None, :, None] + sd * rng.standard_normal((reps, k, n))
+    est = a.mean(axis=2) / b.mean(axis=2) - 1.0  # reps x k
+    if rule == "significant_best" and n >= 2:
+        d = a - b
+        t = d.mean(axis=2) / (d.std(axis=2, ddof=1) / math.sqrt(n))
+        p = 2 * special.stdtr(n - 1, -np.abs(t))
+        mm = max(int(k_family or k), k)
+        order = np.argsort(p, axis=1)
+        ps = np.take_along_axis(p, order, axis=1)
+        adj_s = np.minimum(1.0, np.maximum.accumulate(ps * (mm - np.arange(k)), axis=1))
+        adj = np.empty_like(adj_s)
+        np.put_along_axis(adj, order, adj_s, axis=1)
+        better = (adj < level) & (est < 0)
+        pick = np.where(better.any(axis=1), np.argmin(np.where(better, est, np.inf), axis=1),
+                        np.argmin(a.mean(axis=2), axis=1))
+    else:
+        pick = np.argmin(a.mean(axis=2), axis=1)
+    r = np.arange(reps)
+    true_rel = truth[pick] - 1.0
+    optimism = float((true_rel - est[r, pick]).mean()) * 100
+    return {"optimism_pct": optimism, "pick_rate": float((pick == chosen).mean()), "flat_p": flat_p,
+            "flat": bool(flat_p > level) if math.isfinite(flat_p) else None, "shrink": shrink, "reps": reps}
+
+
+def bootstrap_selection(significance: pd.DataFrame, arms: list[str] | None, rule: str, chosen: dict,
+                        reps: int = 2000) -> dict | None:
+    """bootstrap_core on a phase's significance table: the candidates as best_arm sees them (main family,
+    `arms`, no diverged seed), the pooled per-run sd of the candidates and baseline (as a fraction)."""
+    recs = [r for r in _candidates(significance, arms) if is_num(r.get("mean_arm"))
+            and int(r.get("n_diverged_arm") or 0) == 0]
+    if len(recs) < 2 or not is_num(chosen.get("mean_base")):
+        return None
+    keys = [(r["model"], r["arm"], r.get("variant")) for r in recs]
+    ck = (chosen["model"], chosen["arm"], chosen.get("variant"))
+    if ck not in keys:
+        return None
+    var, dof = 0.0, 0
+    for r in recs:
+        for s, nn, mu in ((r.get("std_arm"), r.get("n_arm"), r.get("mean_arm")),):
+            if is_num(s) and is_num(nn) and int(nn) >= 2 and mu:
+                var += (int(nn) - 1) * (float(s) / float(mu)) ** 2
+                dof += int(nn) - 1
+    r0 = recs[0]
+    if is_num(r0.get("std_base")) and int(r0.get("n_base") or 0) >= 2 and r0.get("mean_base"):
+        var += (int(r0["n_base"]) - 1) * (float(r0["std_base"]) / float(r0["mean_base"])) ** 2
+        dof += int(r0["n_base"]) - 1
+    if not dof or var <= 0:
+        return None
+    n = int(min(int(r.get("n_arm") or 0) for r in recs))
+    kf = significance["k_family"].iloc[0] if "k_family" in significance and len(significance) else None
+    out = bootstrap_core([float(r["mean_arm"]) for r in recs], max(n, 1), math.sqrt(var / dof),
+                         float(chosen["mean_base"]), rule, keys.index(ck),
+                         k_family=int(kf) if is_num(kf) else None, reps=reps)
+    out.update(k=len(recs), sd_pct=100 * math.sqrt(var / dof))
+    return out

@@ -160,12 +160,14 @@ def ratio_test(arm_vals, arm_seeds, base_vals, base_seeds, ratio: float, directi
     mean(base), "greater": H1 mean(arm) > ratio x mean(base). Exact for that hypothesis: paired, the
     seed-matched a - ratio x b against 0 (one-sample t, as scipy ttest_1samp); else Welch's t on a and
     ratio x b (as scipy ttest_ind(equal_var=False)); written out in numpy because the gates run it for
-    every configuration. Zero spread (all differences equal) gives p = 0 when the difference lies in H1,
-    else 1. Returns test, n, p, t, df, and the opposite direction's p as p_other."""
+    every configuration. Zero spread (all differences equal) is no test: p and p_other are NaN and test
+    is "zero spread" (a t-test would say p = 0). Returns test, n, p, t, df, the difference q = mean(a) -
+    ratio x mean(b) and its standard error se (for one-sided bounds), and the opposite direction's p as
+    p_other."""
     a = np.asarray(arm_vals, dtype=float)
     b = np.asarray(base_vals, dtype=float)
     out = {"test": "none", "p": math.nan, "p_other": math.nan, "t": math.nan, "df": math.nan,
-           "n_arm": len(a), "n_base": len(b)}
+           "n_arm": len(a), "n_base": len(b), "q": math.nan, "se": math.nan}
     if len(a) < 2 or len(b) < 2:
         return out
     sign = -1.0 if direction == "less" else 1.0
@@ -179,12 +181,63 @@ def ratio_test(arm_vals, arm_seeds, base_vals, base_seeds, ratio: float, directi
         va, vb = float(a.var(ddof=1)) / len(a), float(rb.var(ddof=1)) / len(b)
         diff, var = float(a.mean() - rb.mean()), va + vb
         df = var ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if var > 0 else math.nan
-    if not var > 0:
-        p = 0.0 if sign * diff > 0 else 1.0
-        return dict(out, p=p, p_other=1.0 - p if sign * diff != 0 else 1.0, df=df)
+    # zero spread, or a spread at rounding level (equal values stored as floats): no test
+    if not var > (1e-12 * max(abs(diff), float(np.abs(a).mean()), 1e-300)) ** 2:
+        return dict(out, test="zero spread", q=diff, se=0.0)
     t = diff / math.sqrt(var)
     # special.stdtr(df, x) is Student's t cdf (scipy.stats.t's own kernel, without its per-call overhead)
-    return dict(out, p=float(special.stdtr(df, -sign * t)), p_other=float(special.stdtr(df, sign * t)), t=t, df=df)
+    return dict(out, p=float(special.stdtr(df, -sign * t)), p_other=float(special.stdtr(df, sign * t)), t=t,
+                df=df, q=diff, se=math.sqrt(var))
+
+
+_EXACT_MAX = 20_000  # splits enumerated exactly by rank_test (7 vs 7 is 3432); beyond, the normal approximation
+
+
+def rank_p_normal(w, ranks_all, n1: int, n2: int):
+    """P(W <= w) and P(W >= w) for the rank sum W of n1 of the ranks (normal approximation with the tie
+    correction and a continuity correction of 1/2, as scipy.stats.mannwhitneyu(method="asymptotic")).
+    w, ranks_all: arrays (rows of replicates) or scalars / 1-d."""
+    r = np.atleast_2d(np.asarray(ranks_all, float))
+    n = n1 + n2
+    # sum over tie groups of t^3 - t = sum over values of (its group's size^2 - 1)
+    cnt = (r[:, :, None] == r[:, None, :]).sum(axis=2)
+    ties = (cnt.astype(float) ** 2 - 1).sum(axis=1)
+    mu = n1 * (n + 1) / 2.0
+    var = n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1)))
+    sd = np.sqrt(np.maximum(var, 1e-300))
+    w = np.asarray(w, float).reshape(-1)
+    lo = sps.norm.cdf((w - mu + 0.5) / sd)
+    hi = sps.norm.sf((w - mu - 0.5) / sd)
+    return lo, hi
+
+
+def rank_test(arm_vals, base_vals, ratio: float, direction: str) -> dict:
+    """One-sided permutation test on ranks (Wilcoxon-Mann-Whitney) of a against ratio x b, for samples
+    that hold a worst outcome (a diverged run: +inf for a loss, -inf for a metric to raise) where no mean
+    exists. H1 ("less"): a tends to lie below ratio x b. Ties (two diverged runs) take mid-ranks. Exact
+    (every split enumerated) up to 20000 splits: the p-value counts the splits at least as extreme, the
+    observed one included, so it is never 0 (at 3 vs 3 it is at least 1/20); beyond, the normal
+    approximation with tie and continuity corrections. Returns test, p, p_other."""
+    a = np.asarray(arm_vals, dtype=float)
+    rb = ratio * np.asarray(base_vals, dtype=float)
+    n1, n2 = len(a), len(rb)
+    out = {"test": "rank (diverged = worst)", "p": math.nan, "p_other": math.nan, "t": math.nan,
+           "df": math.nan, "n_arm": n1, "n_base": n2, "q": math.nan, "se": math.nan}
+    if n1 < 2 or n2 < 2:
+        return out
+    ranks = sps.rankdata(np.concatenate([a, rb]))
+    w = ranks[:n1].sum()
+    if math.comb(n1 + n2, n1) <= _EXACT_MAX:
+        from itertools import combinations
+        idx = np.array(list(combinations(range(n1 + n2), n1)))
+        sums = ranks[idx].sum(axis=1)
+        eps = 1e-9
+        lo, hi = float(np.mean(sums <= w + eps)), float(np.mean(sums >= w - eps))
+    else:
+        l_, h_ = rank_p_normal(w, ranks, n1, n2)
+        lo, hi = float(l_[0]), float(h_[0])
+    p, po = (lo, hi) if direction == "less" else (hi, lo)
+    return dict(out, p=p, p_other=po)
 
 
 def pooled_rel_sd(df: pd.DataFrame, value_col: str, group_cols: list[str]) -> tuple[float, int]:

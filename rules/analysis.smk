@@ -31,6 +31,7 @@ rule design:
         prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
         power_floor=STUDY.get("design", {}).get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+        tiny=TINY,
     conda:
         "../envs/analysis.yaml"
     script:
@@ -53,6 +54,7 @@ rule design_phase:
         prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
         power_floor=STUDY.get("design", {}).get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
+        tiny=TINY,
     conda:
         "../envs/analysis.yaml"
     script:
@@ -116,6 +118,7 @@ rule gates:
         gates=lambda w: PLAN.phase(w.phase)["gates"],
         baseline=lambda w: PLAN.baseline_arm(w.phase),
         power_floor=STUDY.get("design", {}).get("power_floor"),
+        pick=lambda w: later_pick(w.phase),
     conda:
         "../envs/analysis.yaml"
     script:

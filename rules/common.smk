@@ -308,7 +308,18 @@ def design_entry(phase, sel=None):
     return {"seeds": list(cfg["seeds"]), "baseline": PLAN.baseline_arm(phase), "gates": cfg["gates"],
             "configs": [dict(zip(("model", "arm", "variant", "role"), c)) for c in configs],
             "gpu_hours_per_run": hours, "n_runs": len(runs),
-            "scratch_seeds": cfg.get("scratch", {}).get("seeds")}
+            "scratch_seeds": cfg.get("scratch", {}).get("seeds"),
+            "selected_arms": [sel["arm"]] if sel and sel.get("arm") else None}
+
+
+def later_pick(phase):
+    """The `select:` of the later phase that selects from this one ({arms, rule}; None): what the gates'
+    'selected' means in a phase that selects nothing itself (analysis/gates.py)."""
+    for q in PLAN.phases:
+        sel = PLAN.phase(q).get("select") or {}
+        if sel.get("from") == phase:
+            return {"arms": sel.get("arms"), "rule": sel.get("rule") or "significant_best"}
+    return None
 
 
 def design_study():

@@ -449,8 +449,37 @@ class _Checks:
             model = resolved.get("model")
             if model is not None and model not in (p["model"], p.get("scratch", {}).get("model")):
                 self.bad(f"{gwhere}.model: {model!r} is not a model of {where}")
+            self.check_gate_metric(gwhere, p, resolved)
             if resolved["kind"] == "reaches_target_sooner" and "scratch" not in p:
                 self.bad(f"{gwhere}: kind reaches_target_sooner needs a scratch pair ({where}.scratch)")
+
+
+    # metrics an optimizer class never logs (a gate on them cannot work: it would show up only at the end)
+    NOT_LOGGED = {"eff_rank_mean": ("AdamW",), "eff_rank_min": ("AdamW",)}
+
+    def check_gate_metric(self, gwhere: str, p: dict, resolved: dict) -> None:
+        """Refuse a gate on a metric that an arm it judges (its arms, 'selected''s candidates, and the
+        baseline for metric_higher; every arm of the phase for metric_logged) never logs."""
+        metric = resolved.get("metric")
+        classes = self.NOT_LOGGED.get(metric) if isinstance(metric, str) else None
+        if not classes:
+            return
+        base = p.get("baseline")
+        base = base if isinstance(base, str) else (base or {}).get("arm")
+        if resolved["kind"] == "metric_logged":
+            judged = {e.get("arm") for e in p.get("runs", [])} | {base}
+        elif resolved["kind"] == "metric_higher":
+            judged = set(resolved.get("arms") or []) | {base}
+        else:
+            return
+        if SELECTED in judged:
+            judged.discard(SELECTED)
+            judged |= set((p.get("select") or {}).get("arms") or [])
+        for arm in sorted(a for a in judged if isinstance(a, str)):
+            cls = (self.c.get("arms", {}).get(arm) or {}).get("class")
+            if cls in classes:
+                self.bad(f"{gwhere}.metric: {metric!r} is never logged by arm {arm} (class {cls}), which the gate "
+                         f"judges; use a metric every judged arm logs")
 
 
 def check(config: dict, root: Path) -> dict:

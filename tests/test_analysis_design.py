@@ -173,5 +173,44 @@ def test_study_power_floor_default():
     g = {"g": {"kind": "beats_baseline", "min_improvement": 0.01}}
     lo = evaluate_gates(runs, None, None, g, "muon", "p", noise_sd=0.005, power_floor=0.001)
     hi = evaluate_gates(runs, None, None, g, "muon", "p", noise_sd=0.005)
-    assert lo["gates"][0]["settings"]["power_floor"] == 0.001 and lo["gates"][0]["verdict"] == "FAIL"
+    # issue 19: the floor is the design check's flag; an undecided result stays INSUFFICIENT whatever the power
+    assert lo["gates"][0]["settings"]["power_floor"] == 0.001 and lo["gates"][0]["verdict"] == "INSUFFICIENT"
     assert hi["gates"][0]["verdict"] == "INSUFFICIENT"
+
+
+def test_costs_count_the_scratch_pair_at_its_own_seeds():
+    """Issue 19 item 5: OrthoNoise phase 3 showed 156 GPU-h for 13 runs that cost 116, and its 'at 80%'
+    figure scaled the scratch pair too (1040 vs 320)."""
+    cf = [dict(model="granite-1b", arm="muon", variant="alpha0", role="baseline"),
+          dict(model="granite-1b", arm="orthonoise", variant="alpha0.01", role="arm"),
+          dict(model="granite-1b", arm="nolah", variant="default", role="arm"),
+          dict(model="gpt-1b-scratch", arm="muon", variant="alpha0", role="scratch_baseline"),
+          dict(model="gpt-1b-scratch", arm="orthonoise", variant="alpha0.01", role="scratch_arm")]
+    ph = {"seeds": [7, 8, 9], "baseline": "muon", "configs": cf, "scratch_seeds": [42, 123],
+          "gpu_hours_per_run": {"granite-1b": 4.0, "gpt-1b-scratch": 20.0}, "selected_arms": ["orthonoise"],
+          "gates": {"adv": {"kind": "beats_baseline", "min_improvement": 0.005, "arms": ["selected"]},
+                    "early": {"kind": "not_worse_than_baseline", "step": 100, "arms": ["selected"]},
+                    "scratch": {"kind": "reaches_target_sooner"}}}
+    rows = {r["gate"]: r for r in design({"phase3": ph}, prior_sd=0.005)}
+    adv = rows["adv"]
+    assert adv["runs"] == 13 and adv["gpu_hours"] == pytest.approx(116.0)
+    assert adv["seeds_for_target"] == 20 and adv["runs_at_target"] == 64
+    assert adv["gpu_hours_at_target"] == pytest.approx(60 * 4.0 + 4 * 20.0)
+    assert [rows[g]["hypotheses"] for g in ("adv", "early", "scratch")] == [1, 1, 1]
+    # the per-gate figure is labelled beside the per-hypothesis one; one hypothesis: the same up to noise
+    assert adv["gate_power"] == pytest.approx(adv["power"], abs=0.03)
+    md = design_markdown(list(rows.values()), tiny=True)
+    assert "power per hypothesis" in md and "P(gate passes), simulated" in md and "CPU twin" in md
+
+
+def test_gate_power_of_all_of_and_any_of_gates():
+    """Issue 19 item 4: nGPT's projection gate read 10.9% per hypothesis where all six true pass together
+    far less often; an any-of gate passes more often than one of its hypotheses."""
+    cf = [dict(model="n", arm="muon", variant="k1", role="baseline")] + \
+         [dict(model="n", arm="muon", variant=f"k{k}", role="arm") for k in (3, 5, 7, 10, 15, 20)]
+    ph = {"seeds": [1, 2, 3], "baseline": "muon", "configs": cf,
+          "gates": {"lazy": {"kind": "not_worse_than_baseline", "margin": 0.01, "arms": ["muon"]},
+                    "any": {"kind": "beats_baseline", "arms": ["muon"]}}}
+    rows = {r["gate"]: r for r in design({"p": ph}, prior_sd=0.005)}
+    assert rows["lazy"]["gate_power"] < rows["lazy"]["power"] / 5
+    assert rows["any"]["gate_power"] > rows["any"]["power"] * 2

@@ -97,20 +97,23 @@ def test_beats_baseline_tests_against_the_threshold_not_zero():
 
 def test_underpowered_is_insufficient_not_fail():
     """Issue 9: 2 seeds and 15 Holm comparisons cannot detect a true 1.5% improvement (sd 0.5%): the gate
-    says INSUFFICIENT; with enough seeds and no effect it says FAIL."""
+    says INSUFFICIENT; with enough seeds and no effect the opposite bound excludes a 1% gain: FAIL
+    (issue 19: FAIL comes from the data, never from the power)."""
     rng = np.random.default_rng(3)
     tables = [base(3.0 * (1 + 0.005 * rng.standard_normal(2)))]
     for i in range(15):
         tables.append(arm(f"a{i}", 3.0 * (1 - 0.015 + 0.005 * rng.standard_normal(2))))
     g = gate({"kind": "beats_baseline", "min_improvement": 0.0}, *tables)
-    assert g["verdict"] == "INSUFFICIENT" and "could not tell" in g["detail"]
+    assert g["verdict"] == "INSUFFICIENT" and "undecided" in g["detail"] and "not shown" in g["detail"]
     assert g["values"]["k_family"] == 15
     assert all(h["power"] < 0.05 for h in g["values"]["hypotheses"])
-    # 12 seeds, no true effect, one arm: the design could see 1% and did not -> FAIL
+    # 12 seeds, no true effect, one arm: the lower bound lies above -1%: the data exclude the claim -> FAIL
     b = 3.0 * (1 + 0.005 * rng.standard_normal(12))
     a = 3.0 * (1 + 0.005 * rng.standard_normal(12))
     g = gate({"kind": "beats_baseline", "min_improvement": 0.01}, base(b), arm("on", a))
-    assert g["verdict"] == "FAIL" and g["values"]["hypotheses"][0]["power"] >= 0.8
+    h = g["values"]["hypotheses"][0]
+    assert g["verdict"] == "FAIL" and "exclude the claim" in h["why"] and h["bound_against_pct"] > -1.0
+    assert f"lower bound {h['bound_against_pct']:+.2f}% > -1.00%" in h["why"]
 
 
 def test_min_n_gives_insufficient_for_every_statistical_kind():
@@ -134,18 +137,23 @@ def test_early_loss_with_one_seed_is_insufficient_and_tests_non_inferiority():
     assert good["verdict"] == "PASS" and "non-inferiority" in good["claim"]
     bad = gate({"kind": "not_worse_than_baseline", "step": 100, "margin": 0.01},
                base(v[:3] - 1, v100=v[:3]), arm("on", v[3:] - 1, v100=v[3:] * 1.05))
-    assert bad["verdict"] == "FAIL" and "the data say no" in bad["detail"]
+    assert bad["verdict"] == "FAIL" and "exclude the claim" in bad["detail"]
 
 
 def test_within_baseline_and_diverged_seed_is_a_failure():
     assert gate({"kind": "within_baseline"}, base(B5), arm("on", B5 * 1.01))["verdict"] == "PASS"
     g = gate({"kind": "within_baseline"}, base(B5), arm("on", B5 * 1.10))
     assert g["verdict"] == "FAIL"
+    # issue 19: a diverged seed is the worst outcome inside a rank test, not a verdict by itself
     g = gate({"kind": "within_baseline"}, base(B5), arm("on", list(B5[:4]) + [None]))
-    assert g["verdict"] == "FAIL" and "failure" in g["detail"]
-    # a diverged arm never 'beats' the baseline, whatever its surviving seeds say
+    h = g["values"]["hypotheses"][0]
+    assert g["verdict"] == "INSUFFICIENT" and h["test"].startswith("rank") and h["n_arm"] == 5
+    # a diverged arm never 'beats' the baseline, whatever its surviving seeds say (shown on ranks: still no)
     g = gate({"kind": "beats_baseline"}, base(B5), arm("on", list(B5[:4] * 0.9) + [None]))
-    assert g["verdict"] == "FAIL"
+    assert g["verdict"] == "INSUFFICIENT" and "a judged run is not ok" in g["detail"]
+    # ... and an arm whose every seed diverged is ranked last: the data say no
+    g = gate({"kind": "within_baseline"}, base(B5), arm("on", [None] * 5))
+    assert g["verdict"] == "FAIL" and g["values"]["hypotheses"][0]["p_against"] == pytest.approx(1 / 252)
 
 
 def test_control_gate_judges_the_selected_arm_in_the_same_family():
@@ -176,9 +184,13 @@ def test_metric_higher_and_arm_better():
     g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 0.98),
              arm("iso", B5))
     assert g["verdict"] == "PASS"
-    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5),
-             arm("iso", [3.0, 3.0, None, 3.0, 3.0]))
-    assert g["verdict"] == "PASS" and "not ok" in g["detail"]  # the control diverged, the arm did not
+    # issue 19 item 3: one diverged run of the 'worse' arm no longer makes the other PASS without a test
+    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 1.098),
+             arm("iso", [3.0, 3.0, None]))
+    assert g["verdict"] == "INSUFFICIENT" and g["values"]["hypotheses"][0]["test"].startswith("rank")
+    g = gate({"kind": "arm_better_than_arm", "better": "on", "worse": "iso"}, base(B5), arm("on", B5 * 0.98),
+             arm("iso", list(B5[:4]) + [None]))
+    assert g["verdict"] == "PASS"  # 5 vs 5 on ranks, the diverged control ranked last: p = 1/252
 
 
 def _scratch_curves(steps_to_target):
@@ -225,7 +237,10 @@ def test_unknown_kind_and_setting_are_errors():
         evaluate_gates(pd.DataFrame(), None, None, {"g": {"kind": "no_crashes", "x": 1}}, "muon", "p")
     empty = evaluate_gates(pd.DataFrame(), None, None,
                            {k: {"kind": k, **({"arms": ["on"]} if k == "metric_higher" else {}),
-                                **({"better": "a", "worse": "b"} if k == "arm_better_than_arm" else {})}
+                                **({"better": "a", "worse": "b"} if k == "arm_better_than_arm" else {}),
+                                **({"arms": ["a"], "worse": "b"} if k == "any_better_than_arm" else {}),
+                                **({"arms": ["a"]} if k == "equal_bytes" else {}),
+                                **({"arm": "a", "ref": "b", "start": "x1"} if k == "interaction" else {})}
                             for k in GATE_KINDS}, "muon", "p")
     assert {g["verdict"] for g in empty["gates"]} == {"INSUFFICIENT"}
 
@@ -247,7 +262,9 @@ def test_selection_rules_and_keys():
                         "candidates", "winners_curse"}
     assert sel["selection_seeds"] == [1, 2, 3]
     wc = sel["winners_curse"]
-    assert wc["k"] == 3 and wc["expected_optimism_pct"] > 0 and "optimistic" in wc["note"]
+    # issue 19: the curse from all candidates (bootstrap); a 3% winner among 0% and 2% is picked again
+    assert wc["k"] == 3 and wc["method"] == "parametric bootstrap" and "optimis" in wc["note"]
+    assert wc["pick_rate"] > 0.9 and wc["flat"] is False and "pick a1" in wc["note"]
     sel = select_arm(_sig([0.0, 0.0]), {"passed": True})
     assert sel["rule"] == "lowest_mean_fallback" and sel["gate_passed"] is False and "NOT PASSED" in sel["reason"]
     sel = select_arm(_sig([0.0, 0.001]), {"passed": True}, rule="lowest_mean")
@@ -299,3 +316,103 @@ def test_selected_arm_swept_by_the_phase_is_judged_at_every_value():
     ctx = Ctx(runs.replace({"variant": {"topk0.01": "lr0.03+projection_every3"}}), pd.DataFrame(),
               "muon-ddp", "topk", selection={"arm": "demo-muon-post", "variant": "lr0.03", "param": "muon.lr"})
     assert [k[2] for k in ctx.arm_keys(["selected"])] == ["lr0.03+projection_every3"]
+
+
+def test_selected_is_the_later_selections_pick_never_a_control():
+    """Issue 19 item 2: with the isotropic control truly best, 'selected' was the control itself; now it is
+    what phase 3's selection (its rule over its candidates) takes from this phase."""
+    from analysis.selection import select_arm
+    rng = np.random.default_rng(2)
+    b = 3.0 * (1 + 0.002 * rng.standard_normal(4))
+    t = [base(b), arm("on", b * 0.99 + 0.002 * rng.standard_normal(4), variant="alpha0.01"),
+         arm("on", b * 0.995 + 0.002 * rng.standard_normal(4), variant="alpha0.001"),
+         arm("iso", b * 0.95, variant="alpha0.001")]
+    runs = pd.concat(t, ignore_index=True)
+    gates = {"iso": {"kind": "arm_better_than_arm", "better": "selected", "worse": "iso"}}
+    pick = {"arms": ["on"], "rule": "significant_best"}
+    res = evaluate_gates(runs, None, None, gates, "muon", "p", noise_sd=0.005, pick=pick)
+    h = res["gates"][0]["values"]["hypotheses"][0]
+    sig = significance_table(runs, "muon")
+    sel = select_arm(sig, {"passed": True}, arms=["on"], rule="significant_best")
+    assert h["label"].startswith(f"tiny/on {sel['variant']} vs tiny/iso")
+    assert "the pick of the later phase's selection" in res["gates"][0]["detail"]
+    assert res["gates"][0]["verdict"] == "FAIL"  # the control is better: the data exclude the claim
+
+
+def test_every_declared_kind_has_its_function_and_the_design_counts_it():
+    """Issue 21: a gate kind is one entry in analysis/gate_kinds.py plus its function in analysis/gates.py;
+    the design check reads the entry's hypothesis count (a kind it did not know counted 0 before)."""
+    from analysis.design import _count, design_arms
+    from analysis.gate_kinds import DesignArms, resolve
+    from analysis.gates import kind_function
+    for kind, gk in GATE_KINDS.items():
+        assert callable(kind_function(kind)), kind
+        if gk.statistical:
+            assert gk.mode in ("any", "all") and gk.direction in ("less", "greater")
+    ph = {"baseline": "muon", "configs": [dict(model="m", arm="muon", variant="default", role="baseline")]
+          + [dict(model="m", arm="post", variant=f"topk{k}", role="arm") for k in (1, 5, 10, 25)]
+          + [dict(model="m", arm="demo", variant=f"topk{k}", role="arm") for k in (1, 5, 10, 25)]
+          + [dict(model="m", arm="pre", variant="default", role="arm")], "selected_arms": ["post"]}
+    cnt = lambda s: _count(resolve("g", s)[0], ph)  # noqa: E731
+    assert cnt({"kind": "within_baseline", "arms": ["selected"]}) == 4  # every variant the gate judges
+    assert cnt({"kind": "any_better_than_arm", "arms": ["selected", "pre"], "worse": "demo"}) == 5
+    assert cnt({"kind": "arm_better_than_arm", "better": "selected", "worse": "demo", "matched": True}) == 4
+    assert cnt({"kind": "arm_better_than_arm", "better": "pre", "worse": "demo", "matched": True}) == 0
+    assert cnt({"kind": "interaction", "arm": "post", "ref": "demo", "start": "topk1"}) == 3
+    assert design_arms({**ph, "selected_arms": None}).named(["selected"]) == 1
+    assert isinstance(design_arms(ph), DesignArms)
+
+
+def test_interaction_is_a_difference_of_differences():
+    """nGPT projection: Muon's loss rises less than AdamW's as projection gets lazier (seed-matched)."""
+    rows = []
+    for seed in (1, 2, 3, 4):
+        e = 0.001 * seed
+        for role, a, v, loss in (("baseline", "muon", "lr0.01+projection_every1", 3.0 + e),
+                                 ("arm", "muon", "lr0.01+projection_every3", 3.03 + e),
+                                 ("arm", "adamw", "projection_every1", 3.1 + e),
+                                 ("arm", "adamw", "projection_every3", 3.3 + 2 * e)):
+            rows.append(dict(phase="p", role=role, model="n", arm=a, variant=v, param="", value=np.nan, alpha=0.0,
+                             seed=seed, status="ok", final_val_loss=loss))
+    g = {"i": {"kind": "interaction", "arm": "muon", "ref": "adamw", "start": "projection_every1"}}
+    res = evaluate_gates(pd.DataFrame(rows), None, None, g, "muon", "p")["gates"][0]
+    h = res["values"]["hypotheses"][0]
+    assert res["verdict"] == "PASS" and h["label"].startswith("n projection_every3")
+    assert h["estimate_pct"] == pytest.approx(100 * np.mean([(3.03 + e) / (3.0 + e) - (3.3 + 2 * e) / (3.1 + e)
+                                                            for e in (0.001, 0.002, 0.003, 0.004)]))
+
+
+def test_equal_bytes_reads_the_bytes():
+    t = pd.concat([base(B5), arm("a", B5, variant="topk0.05"), arm("b", B5, variant="topk0.05")], ignore_index=True)
+    t["bytes_sent_per_step"] = np.where(t["arm"] == "b", 1005.0, 1000.0)
+    assert gate({"kind": "equal_bytes", "arms": ["a", "b"]}, t)["verdict"] == "PASS"
+    t["bytes_sent_per_step"] = np.where(t["arm"] == "b", 1100.0, 1000.0)
+    assert gate({"kind": "equal_bytes", "arms": ["a", "b"]}, t)["verdict"] == "FAIL"
+    assert gate({"kind": "equal_bytes", "arms": ["a", "b"]}, t.drop(columns="bytes_sent_per_step"))["verdict"] == \
+        "INSUFFICIENT"
+
+
+def test_reaches_target_sooner_interpolates_steps():
+    """Issue 19 item 6: steps counted on the eval grid gave equal differences and p = 0; interpolated steps
+    differ between seeds, and zero spread is never a PASS."""
+    from analysis.gates import _steps_to
+    g = pd.DataFrame({"step": [0, 50, 100], "val_loss": [4.0, 3.2, 2.8]})
+    assert _steps_to(g, 3.0) == pytest.approx(75.0)
+    assert _steps_to(g, 4.5) == 0.0 and math.isnan(_steps_to(g, 2.0))
+    runs, curves = _scratch_curves({("scratch_baseline", "muon", 1): 1000, ("scratch_baseline", "muon", 2): 1000,
+                                    ("scratch_arm", "on", 1): 600, ("scratch_arm", "on", 2): 600})
+    g = gate({"kind": "reaches_target_sooner"}, runs, curves=curves)
+    assert g["verdict"] == "INSUFFICIENT" and "zero spread" in g["detail"]
+
+
+def test_a_flagged_baseline_is_carried_on_with_its_warning():
+    """Issue 19 item 9: a confirm phase PASSED 'beats AdamW' against the untuned default that the previous
+    phase's own sanity gate had flagged, and did not repeat the warning."""
+    from analysis.report import caveats
+    sig = _sig([0.0, 0.03, 0.02])
+    gates = {"passed": False, "gates": [{"name": "baseline_trains", "kind": "baseline_sane", "verdict": "FAIL",
+                                         "detail": "m: baseline mean is 27.9% above the best arm"}]}
+    sel = select_arm(sig, gates, force=True)
+    assert sel["baseline_flags"] and "WARNING" in sel["reason"] and "27.9%" in sel["reason"]
+    notes = caveats(pd.DataFrame(), pd.DataFrame(), 0.8, 0.05, sel)
+    assert any("Warning carried on" in x and "27.9%" in x for x in notes)

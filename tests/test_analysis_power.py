@@ -32,9 +32,10 @@ def decide(a, b, ratio, direction, k=1, floor=0.8, distance=0.01, sd=SD, level=L
     d = a - ratio * b
     p = sps.ttest_1samp(d, 0.0, axis=1, alternative=direction).pvalue
     back = sps.ttest_1samp(d, 0.0, axis=1, alternative="greater" if direction == "less" else "less").pvalue
-    power = pw.power(distance, sd, n, level / k)
+    # issue 19: FAIL only when the opposite side is significant, Holm-adjusted like the PASS side (the
+    # power never turns "not shown" into FAIL; floor and distance are kept for the callers' signature)
     out = np.where(np.minimum(1, p * k) < level, "pass",
-                   np.where(back < level, "fail", "fail" if power >= floor else "insufficient"))
+                   np.where(np.minimum(1, back * k) < level, "fail", "insufficient"))
     return out
 
 

@@ -205,7 +205,10 @@ def test_empty_phase_chain(tmp_path):
     write_csv(sig, ph / "significance.csv")
     sig = read_significance(ph / "significance.csv")
     gates = {g: {"kind": g, **({"arms": ["on"]} if g == "metric_higher" else {}),
-                 **({"better": "a", "worse": "b"} if g == "arm_better_than_arm" else {})} for g in GATES}
+                 **({"better": "a", "worse": "b"} if g == "arm_better_than_arm" else {}),
+                 **({"arms": ["a"], "worse": "b"} if g == "any_better_than_arm" else {}),
+                 **({"arms": ["a"]} if g == "equal_bytes" else {}),
+                 **({"arm": "a", "ref": "b", "start": "x1"} if g == "interaction" else {})} for g in GATES}
     res = evaluate_gates(runs, sig, curves, gates, "muon", "phase3")
     assert res["passed"] is None and {g["verdict"] for g in res["gates"]} == {"INSUFFICIENT"}
     plots = {k: str(ph / "plots" / f"{k}.png") for k in PLOTS}

@@ -187,9 +187,24 @@ def test_ratio_test_matches_scipy():
         ref = sps.ttest_ind(a, r * b[:4], equal_var=False, alternative=d)
         assert got["test"] == "welch" and got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
         assert got["df"] == pytest.approx(ref.df)
-    assert ratio_test([1.0, 1.0], [1, 2], [2.0, 2.0], [1, 2], 1.0, "less")["p"] == 0.0  # zero spread
+    # issue 19: zero spread is no test (a t-test would say p = 0), also at rounding level
+    z = ratio_test([1.0, 1.0], [1, 2], [2.0, 2.0], [1, 2], 1.0, "less")
+    assert z["test"] == "zero spread" and math.isnan(z["p"]) and math.isnan(z["p_other"])
+    assert ratio_test([0.1 + 0.2, 0.3], [1, 2], [0.4, 0.4], [1, 2], 1.0, "less")["test"] == "zero spread"
     p = rng.uniform(0, 0.2, 9)
     assert holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+
+
+def test_rank_test_is_exact_and_never_zero():
+    """The diverged-run test: exact Mann-Whitney (scipy's exact method, no ties) and at least 1/C(n1+n2, n1)."""
+    from analysis.stats import rank_test
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(4), rng.standard_normal(5) + 1
+    for d in ("less", "greater"):
+        ref = sps.mannwhitneyu(a, b, alternative=d, method="exact")
+        assert rank_test(a, b, 1.0, d)["p"] == pytest.approx(ref.pvalue, rel=1e-12)
+    r = rank_test([1.0, 1.1, 1.2], [2.0, 2.1, math.inf], 1.0, "less")
+    assert r["p"] == pytest.approx(1 / 20) and r["p_other"] == pytest.approx(1.0)
 
 
 def test_the_baseline_arm_at_other_values_is_judged_not_pooled():

@@ -8,7 +8,8 @@ params:  phases ({phase: {seeds, baseline, configs: [{model, arm, variant, role}
          prior_sd (sd of the per-seed final loss as a fraction of the loss when no earlier phase measured
          it; default 0.005), prior_sd_other (for metric_higher / reaches_target_sooner; default 0.05),
          usd_per_gpu_hour (default 0), power_target (default 0.8), power_floor (the study's default for
-         statistical gates that set none; default each gate's own, 0.8)
+         statistical gates that set none; default each gate's own, 0.8), tiny (the CPU twin: the cost lines
+         say they are the twin's time limits at the real study's price)
 output:  csv (design.csv: one row per phase x statistical gate, analysis.design.COLUMNS),
          md (design.md: the table and one line per underpowered gate with the seeds that fix it),
          json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}}; the
@@ -44,7 +45,7 @@ with logged(sm, "design") as log:
     for w in warn:
         log.warning("%s", w)
     write_csv(pd.DataFrame(rows, columns=COLUMNS), sm.output.csv)
-    atomic_write_text(sm.output.md, design_markdown(rows))
+    atomic_write_text(sm.output.md, design_markdown(rows, tiny=bool(getattr(p, "tiny", False))))
     all_noise = {ph: {"sd": noise.get(ph, (prior, "prior"))[0], "source": noise.get(ph, (prior, "prior"))[1]}
                  for ph in order}
     write_json({"rows": rows, "warnings": warn, "noise": all_noise}, sm.output.json)
