@@ -14,7 +14,7 @@ rule train:
         fingerprint=lambda w: PLAN.fingerprint(PLAN.run_from_wildcards(w)),
         spec=lambda w: UntrackedArgument(f"@{spec_file(w)}"),
         launch=lambda w: UntrackedArgument(
-            launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job())
+            guarded(launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job()))
         ),
         env=train_env,
         checkpoint_dir=R("checkpoints/{model}/{arm}/{variant}/seed{seed}"),

@@ -48,3 +48,13 @@ def launcher(gpus_per_node: int, nodes: int = 1, torchrun: str | None = None,
         f"--rdzv-backend c10d --rdzv-endpoint {head}:{RENDEZVOUS_PORT} --rdzv-id \"$SLURM_JOB_ID\" "
         f"--signals-to-handle {FORWARDED_SIGNALS}"
     )
+
+
+GUARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainer", "launch_guard.py")
+
+
+def guarded(command: str, python: str | None = None) -> str:
+    """`command` (a launcher's prefix) under the launch guard (trainer/launch_guard.py), the job's top process:
+    it passes signals on, and exits 0 exactly when the run's records are complete, since torchrun exits 1 on a
+    SIGTERM even after its workers wrote them (issue 28.1). A prefix of any launcher (srun, sh -c ...)."""
+    return f"{shlex.quote(python or sys.executable)} {shlex.quote(GUARD)} -- {command}"
