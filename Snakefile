@@ -23,7 +23,7 @@ configfile: "config/config.yaml"
 
 
 from study import Plan, PlanError, StudyFileError, launcher, load_study, read_selection
-from study.launch import slurm_node_args, torchrun_executable
+from study.launch import guarded, slurm_node_args, torchrun_executable
 from study.external import trainer_name as external_trainer_name
 from study.hub import HUB_DIR, fetch_args, fetch_items, is_shards
 from study.spec import text_data_dir

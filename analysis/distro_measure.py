@@ -313,15 +313,24 @@ def _rows(items, res, topk, cond_topk) -> tuple[pd.DataFrame, pd.DataFrame]:
                 add("energy", "energy", ex, f, "none")
                 add("energy", "energy", eo, f, "pre")
             if f in cond_topk:
-                cr = _cond_stats(rf["s_recon"])
-                add("condition", "cond", cs["cond"], f)
-                add("condition", "cond_recon", cr["cond"], f)
-                add("condition", "smin_rel_recon", cr["smin_rel"], f)
-                add("condition", "dead_frac_recon", cr["dead_frac"], f)
-        rel = (s / s[0]).tolist() if s[0] > 0 else [float("nan")] * s.numel()
-        for k, v in enumerate(rel):
-            spectra.append({**base, "i": k, "i_frac": (k + 0.5) / len(rel), "sigma_rel": v})
+                _add_condition(add, f, cs, _cond_stats(rf["s_recon"]))
+        spectra.extend(_spectrum_rows(base, s))
     return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(spectra)
+
+
+def _add_condition(add, f, cs: dict, cr: dict) -> None:
+    """The condition table's rows at top-k fraction f: the input's condition number (cs) and the
+    reconstruction's (cr)."""
+    add("condition", "cond", cs["cond"], f)
+    add("condition", "cond_recon", cr["cond"], f)
+    add("condition", "smin_rel_recon", cr["smin_rel"], f)
+    add("condition", "dead_frac_recon", cr["dead_frac"], f)
+
+
+def _spectrum_rows(base: dict, s) -> list[dict]:
+    """The singular values s (descending) relative to the largest, one row each."""
+    rel = (s / s[0]).tolist() if s[0] > 0 else [float("nan")] * s.numel()
+    return [{**base, "i": i, "i_frac": (i + 0.5) / len(rel), "sigma_rel": v} for i, v in enumerate(rel)]
 
 
 def measure_reference(items: list[dict], topk: Sequence[float] = TOPK, cond_topk: Sequence[float] = COND_TOPK, chunk: int = 64,
@@ -356,14 +365,8 @@ def measure_reference(items: list[dict], topk: Sequence[float] = TOPK, cond_topk
                 add("energy", "energy", D.topk_energy_fraction(x, chunk, f), f, "none")
                 add("energy", "energy", D.topk_energy_fraction(o, chunk, f), f, "pre")
             if f in cond_topk:
-                cr = _cond_stats(_svals(xh))
-                add("condition", "cond", cs["cond"], f)
-                add("condition", "cond_recon", cr["cond"], f)
-                add("condition", "smin_rel_recon", cr["smin_rel"], f)
-                add("condition", "dead_frac_recon", cr["dead_frac"], f)
-        rel = (s / s[0]).tolist() if s[0] > 0 else [float("nan")] * s.numel()
-        for i, v in enumerate(rel):
-            spectra.append({**base, "i": i, "i_frac": (i + 0.5) / len(rel), "sigma_rel": v})
+                _add_condition(add, f, cs, _cond_stats(_svals(xh)))
+        spectra.extend(_spectrum_rows(base, s))
     return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(spectra)
 
 

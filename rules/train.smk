@@ -14,8 +14,8 @@ rule train:
         fingerprint=lambda w: PLAN.fingerprint(PLAN.run_from_wildcards(w)),
         spec=lambda w: UntrackedArgument(f"@{spec_file(w)}"),
         launch=lambda w: UntrackedArgument(
-            launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job(),
-                     cpus_per_node=run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"])
+            guarded(launcher(run_resources(w)["gpus"], run_resources(w)["nodes"], TORCHRUN, in_slurm_job(),
+                             cpus_per_node=run_resources(w)["cpus_per_gpu"] * run_resources(w)["gpus"]))
         ),
         env=train_env,
         checkpoint_dir=R("checkpoints/{model}/{arm}/{variant}/seed{seed}"),

@@ -74,3 +74,13 @@ def slurm_node_args(gpus_per_node: int, gpu_model: str | None = None) -> str:
     if gpus_per_node and int(gpus_per_node) > 0:
         args = f"--gpus-per-node={gpu_model + ':' if gpu_model else ''}{int(gpus_per_node)} " + args
     return args
+
+
+GUARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainer", "launch_guard.py")
+
+
+def guarded(command: str, python: str | None = None) -> str:
+    """`command` (a launcher's prefix) under the launch guard (trainer/launch_guard.py), the job's top process:
+    it passes signals on, and exits 0 exactly when the run's records are complete, since torchrun exits 1 on a
+    SIGTERM even after its workers wrote them (issue 28.1). A prefix of any launcher (srun, sh -c ...)."""
+    return f"{shlex.quote(python or sys.executable)} {shlex.quote(GUARD)} -- {command}"

@@ -151,7 +151,9 @@ def _free_port() -> int:
 def runs(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"demo_world{world}")
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    # forked, not spawned: the processes start with this one's imports (torch, scipy), not a minute of their own
+    # on two busy cores; each sets one thread before any torch computation (no OpenMP pool crosses the fork)
+    mp.start_processes(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True, start_method="fork")
     return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

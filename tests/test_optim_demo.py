@@ -265,7 +265,9 @@ def _free_port():
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_share_one_direction_equal_to_the_simulated_ranks(world, tmp_path):
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    # forked, not spawned: the ranks start with this process's imports instead of importing torch again each
+    mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
+                       start_method="fork")
     res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     for ci, (mode, sign, vdt, shapes) in enumerate(CONFIGS):
         for r in range(1, world):

@@ -77,7 +77,8 @@ def _free_port():
 
 
 def test_ddp_ranks_identical_and_sharding_agrees(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    # forked, not spawned: the ranks start with this process's imports instead of importing torch again each
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     for key in r0:

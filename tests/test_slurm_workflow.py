@@ -66,12 +66,9 @@ def test_tiny_phase_runs_as_slurm_jobs(slurm_phase1):
         assert json.loads(metrics.read_text())["device"] == "cpu"
 
 
-def test_slurm_runs_equal_local_runs(slurm_phase1, tmp_path_factory):
-    local = workflow(tmp_path_factory, "local_phase1")
+def test_slurm_runs_equal_local_runs(slurm_phase1, short_twin_phase1):
+    local = short_twin_phase1  # the same phase, config and runs through the local executor (tests/conftest.py)
     keys = ["tiny/muon/alpha0/seed42", "tiny/orthonoise/alpha0.001/seed123"]
-    targets = [f"{TWIN}/runs/{k}/metrics.json" for k in keys]
-    result = snakemake(local, *targets, *TINY, "--cores", "2", timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
     for key in keys:
         slurm_metrics, slurm_history = records(slurm_phase1, key)
         local_metrics, local_history = records(local, key)

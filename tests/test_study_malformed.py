@@ -10,7 +10,7 @@ import copy
 import pytest
 
 from study import Plan, PlanError, StudyFileError, load_study
-from tests.workflow_helpers import REPO
+from tests.workflow_helpers import REPO, put
 
 _TWINS: dict = {}
 
@@ -19,17 +19,6 @@ def twin(name: str) -> dict:
     if name not in _TWINS:
         _TWINS[name] = load_study({"study": name, "tiny": True}, REPO)[0]
     return copy.deepcopy(_TWINS[name])
-
-
-def put(*path_value):
-    *path, value = path_value
-
-    def mutate(c):
-        node = c
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
-    return mutate
 
 
 def rename_arm(old, new):

@@ -10,7 +10,7 @@ import pytest
 
 from study import Plan, PlanError, Run, StudyFileError, fmt_value, launcher, load_study, variant_label
 from study.spec import build_spec, fingerprint
-from tests.workflow_helpers import REPO
+from tests.workflow_helpers import REPO, put
 
 
 def study(name="orthonoise", tiny=False, **overrides):
@@ -209,62 +209,53 @@ def test_each_study_and_its_twin_make_a_plan(name):
 
 
 # -- bad input, one class of error each: every message names the key, the value and what is allowed ---
-def _set(path, value):
-    def mutate(c):
-        node = c
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
-    return mutate
-
-
 def _append_run(phase, entry):
     return lambda c: c["phases"][phase]["runs"].append(entry)
 
 
 BAD = [
-    (_set(("phases", "phase1", "model"), "gpt-9b"), "phases.phase1.model: 'gpt-9b' is not in models"),
+    (put("phases", "phase1", "model", "gpt-9b"), "phases.phase1.model: 'gpt-9b' is not in models"),
     (_append_run("phase1", {"arm": "nope"}), "phases.phase1.runs[3].arm: 'nope' is not in arms"),
-    (_set(("arms", "muon", "muon"), {"schedule": "constant"}), "arms.muon.muon.schedule: not a setting of arm muon"),
+    (put("arms", "muon", "muon", {"schedule": "constant"}), "arms.muon.muon.schedule: not a setting of arm muon"),
     (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [0.0]}}),
      "needs alpha > 0"),
-    (_set(("models", "granite-350m", "global_batch"), 60), "global_batch 60"),
-    (_set(("phases", "phase2", "gates", "effective_rank_higher", "arms"), ["orthonoise", "ghost"]),
+    (put("models", "granite-350m", "global_batch", 60), "global_batch 60"),
+    (put("phases", "phase2", "gates", "effective_rank_higher", "arms", ["orthonoise", "ghost"]),
      "phases.phase2.gates.effective_rank_higher.arms: 'ghost' is not an arm of phases.phase2"),
-    (_set(("phases", "phase1", "gates", "scratch"), {"kind": "reaches_target_sooner"}), "needs a scratch pair"),
-    (_set(("phases", "phase3", "scratch", "model"), "granite-1b"), "phases.phase3.scratch.model: 'granite-1b' is the phase's"),
+    (put("phases", "phase1", "gates", "scratch", {"kind": "reaches_target_sooner"}), "needs a scratch pair"),
+    (put("phases", "phase3", "scratch", "model", "granite-1b"), "phases.phase3.scratch.model: 'granite-1b' is the phase's"),
     # non-finite numbers anywhere
-    (_set(("optimizer_defaults", "muon", "lr"), math.nan), "optimizer_defaults.muon.lr: nan is not allowed"),
-    (_set(("optimizer_defaults", "muon", "momentum"), math.inf), "optimizer_defaults.muon.momentum: inf"),
-    (_set(("training_defaults", "cooldown_frac"), math.nan), "training_defaults.cooldown_frac: nan"),
-    (_set(("cost", "usd_per_gpu_hour"), math.inf), "cost.usd_per_gpu_hour: inf is not allowed"),
-    (_set(("phases", "phase2", "gates", "beats_baseline", "min_improvement"), math.nan),
+    (put("optimizer_defaults", "muon", "lr", math.nan), "optimizer_defaults.muon.lr: nan is not allowed"),
+    (put("optimizer_defaults", "muon", "momentum", math.inf), "optimizer_defaults.muon.momentum: inf"),
+    (put("training_defaults", "cooldown_frac", math.nan), "training_defaults.cooldown_frac: nan"),
+    (put("cost", "usd_per_gpu_hour", math.inf), "cost.usd_per_gpu_hour: inf is not allowed"),
+    (put("phases", "phase2", "gates", "beats_baseline", "min_improvement", math.nan),
      "phases.phase2.gates.beats_baseline.min_improvement: nan"),
     (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [math.inf]}}),
      "phases.phase1.runs[3].sweep.values[0]: inf"),
-    (_set(("phases", "phase1", "seeds"), [42, math.nan]), "phases.phase1.seeds[1]: nan"),
+    (put("phases", "phase1", "seeds", [42, math.nan]), "phases.phase1.seeds[1]: nan"),
     # types and ranges
-    (_set(("models", "granite-350m", "steps"), 500.0), "models.granite-350m.steps: 500.0 is not of type 'integer'"),
-    (_set(("optimizer_defaults", "muon", "lr"), -0.02), "optimizer_defaults.muon.lr: -0.02 is not allowed (a finite number >"),
-    (_set(("optimizer_defaults", "muon", "lr"), "1e-3"), "optimizer_defaults.muon.lr: '1e-3' is not allowed (it is a string, not a number"),
-    (_set(("arms", "orthonoise", "muon", "schedule"), "cosine"), "arms.orthonoise.muon.schedule: 'cosine' is not allowed"),
-    (_set(("arms", "orthonoise", "class"), "Adam"), "arms.orthonoise.class: 'Adam' is not an optimizer class"),
-    (_set(("wandb", "mode"), "sometimes"), "wandb.mode: 'sometimes' is not allowed"),
-    (_set(("models", "granite-350m", "arch"), "gpt-7b"), "models.granite-350m.arch: 'gpt-7b' is not allowed"),
-    (_set(("models", "granite-350m", "arch"), "hf:/no/such/model"), "models.granite-350m.arch: 'hf:/no/such/model': no such directory"),
-    (_set(("models", "gpt-1b-scratch", "revision"), "main"), "models.gpt-1b-scratch.revision: 'main': only for hf:<Hub id>"),
-    (_set(("data",), {"kind": "hub", "repo": "not a repo", "train_shards": 2}), "data.repo: 'not a repo' is not allowed"),
-    (_set(("data",), {"kind": "hub", "repo": "a/b", "train_shards": 2, "tokenizer": "bpe:300"}),
+    (put("models", "granite-350m", "steps", 500.0), "models.granite-350m.steps: 500.0 is not of type 'integer'"),
+    (put("optimizer_defaults", "muon", "lr", -0.02), "optimizer_defaults.muon.lr: -0.02 is not allowed (a finite number >"),
+    (put("optimizer_defaults", "muon", "lr", "1e-3"), "optimizer_defaults.muon.lr: '1e-3' is not allowed (it is a string, not a number"),
+    (put("arms", "orthonoise", "muon", "schedule", "cosine"), "arms.orthonoise.muon.schedule: 'cosine' is not allowed"),
+    (put("arms", "orthonoise", "class", "Adam"), "arms.orthonoise.class: 'Adam' is not an optimizer class"),
+    (put("wandb", "mode", "sometimes"), "wandb.mode: 'sometimes' is not allowed"),
+    (put("models", "granite-350m", "arch", "gpt-7b"), "models.granite-350m.arch: 'gpt-7b' is not allowed"),
+    (put("models", "granite-350m", "arch", "hf:/no/such/model"), "models.granite-350m.arch: 'hf:/no/such/model': no such directory"),
+    (put("models", "gpt-1b-scratch", "revision", "main"), "models.gpt-1b-scratch.revision: 'main': only for hf:<Hub id>"),
+    (put("data", {"kind": "hub", "repo": "not a repo", "train_shards": 2}), "data.repo: 'not a repo' is not allowed"),
+    (put("data", {"kind": "hub", "repo": "a/b", "train_shards": 2, "tokenizer": "bpe:300"}),
      "data.tokenizer: not allowed with train_shards"),
-    (_set(("data",), {"kind": "hub", "repo": "a/b", "files": ["x.parquet"]}), "data.tokenizer: required with data.files"),
-    (_set(("data",), {"kind": "hub", "repo": "a/b", "files": ["x.parquet"], "tokenizer": "model", "val_fraction": 2.0}),
+    (put("data", {"kind": "hub", "repo": "a/b", "files": ["x.parquet"]}), "data.tokenizer: required with data.files"),
+    (put("data", {"kind": "hub", "repo": "a/b", "files": ["x.parquet"], "tokenizer": "model", "val_fraction": 2.0}),
      "val_fraction"),
-    (_set(("data",), {"kind": "bin", "train": "/no/such/*.bin", "val": "/no/such/val*.bin"}),
+    (put("data", {"kind": "bin", "train": "/no/such/*.bin", "val": "/no/such/val*.bin"}),
      "data.train: '/no/such/*.bin' matches no file"),
-    (_set(("surprise",), 1), "unknown key(s) 'surprise'"),
-    (_set(("phases", "phase1", "seeds"), [1, 1]), "phases.phase1.seeds: [1, 1] has non-unique elements"),
+    (put("surprise", 1), "unknown key(s) 'surprise'"),
+    (put("phases", "phase1", "seeds", [1, 1]), "phases.phase1.seeds: [1, 1] has non-unique elements"),
     # phases, sweeps, selections, gates
-    (_set(("phases", "phase1", "runs"), []), "phases.phase1.runs: [] should be non-empty"),
+    (put("phases", "phase1", "runs", []), "phases.phase1.runs: [] should be non-empty"),
     (_append_run("phase1", {"arm": "muon", "sweep": {"param": "muon.lrr", "values": [0.1]}}),
      "phases.phase1.runs[3].sweep.param: 'muon.lrr' is not a setting of arm muon"),
     (_append_run("phase1", {"arm": "orthonoise", "sweep": {"param": "muon.alpha", "values": [1.0e-3, 1.0e-3]}}),
@@ -273,26 +264,26 @@ BAD = [
      None),  # a valid sweep (control)
     (lambda c: [_append_run("phase1", {"arm": "muon", "sweep": {"param": p, "values": [0.1]}})(c)
                 for p in ("muon.lr", "adamw.lr")], "both make the path label 'lr0.1'"),
-    (_set(("phases", "phase1", "gates", "vibes"), {"kind": "vibes_good"}),
+    (put("phases", "phase1", "gates", "vibes", {"kind": "vibes_good"}),
      "phases.phase1.gates.vibes.kind: 'vibes_good' is not a gate kind"),
-    (_set(("phases", "phase1", "gates", "loss_within_baseline", "margin"), "5%"),
+    (put("phases", "phase1", "gates", "loss_within_baseline", "margin", "5%"),
      "phases.phase1.gates.loss_within_baseline.margin: '5%' is not allowed"),
-    (_set(("phases", "phase1", "gates", "loss_within_baseline", "margn"), 0.05),
+    (put("phases", "phase1", "gates", "loss_within_baseline", "margn", 0.05),
      "phases.phase1.gates.loss_within_baseline.margn: not a setting of gate kind within_baseline"),
-    (_set(("phases", "phase2", "gates", "early_loss_not_worse", "step"), 900),
+    (put("phases", "phase2", "gates", "early_loss_not_worse", "step", 900),
      "phases.phase2.gates.early_loss_not_worse.step: step 900 is not evaluated by granite-350m"),
-    (_set(("phases", "phase2", "gates", "isotropic_worse", "worse"), "isotrpic"),
+    (put("phases", "phase2", "gates", "isotropic_worse", "worse", "isotrpic"),
      "phases.phase2.gates.isotropic_worse.worse: 'isotrpic' is not an arm of phases.phase2"),
-    (_set(("phases", "phase2", "gates", "beats_baseline", "model"), "granite-1b"),
+    (put("phases", "phase2", "gates", "beats_baseline", "model", "granite-1b"),
      "phases.phase2.gates.beats_baseline.model: 'granite-1b' is not a model of phases.phase2"),
-    (_set(("training_defaults", "eval_at_steps"), [50, 900]), "eval_at_steps [900] are beyond its 500 steps"),
-    (_set(("phases", "phase3", "select", "from"), "phase7"), "phases.phase3.select.from: 'phase7' is not a phase before phase3"),
-    (_set(("phases", "phase3", "select", "gate"), "beats"), "phases.phase3.select.gate: 'beats' is not a gate of phase2"),
-    (_set(("phases", "phase1", "force"), True), "phases.phase1.force: only meaningful with select"),
+    (put("training_defaults", "eval_at_steps", [50, 900]), "eval_at_steps [900] are beyond its 500 steps"),
+    (put("phases", "phase3", "select", "from", "phase7"), "phases.phase3.select.from: 'phase7' is not a phase before phase3"),
+    (put("phases", "phase3", "select", "gate", "beats"), "phases.phase3.select.gate: 'beats' is not a gate of phase2"),
+    (put("phases", "phase1", "force", True), "phases.phase1.force: only meaningful with select"),
     (_append_run("phase1", {"arm": "selected"}), "phases.phase1.runs[3].arm: 'selected' needs phases.phase1.select"),
-    (_set(("phases", "all"), {"question": "q", "model": "granite-350m", "seeds": [1], "baseline": "muon",
+    (put("phases", "all", {"question": "q", "model": "granite-350m", "seeds": [1], "baseline": "muon",
                               "runs": [{"arm": "nolah"}], "gates": {}}), "phases.all: 'all' is a rule or directory of the workflow"),
-    (_set(("arms", "muon", "muon"), {"lr": 0.0}), "arms.muon.muon.lr: 0.0 is not allowed (a finite number > 0)"),
+    (put("arms", "muon", "muon", {"lr": 0.0}), "arms.muon.muon.lr: 0.0 is not allowed (a finite number > 0)"),
 ]
 
 

@@ -77,3 +77,23 @@ def test_json_is_strict_and_csv_round_trips_exactly(tmp_path):
     rows = read_csv(tmp_path / "h.csv")
     assert rows[0] == {"step": "1", "val_loss": "", "train_loss": repr(x)} and float(rows[0]["train_loss"]) == x
     assert math.isnan(float(rows[1]["train_loss"]))
+
+
+def test_every_atomic_writer_is_the_one_and_gives_open_s_permissions(tmp_path):
+    """The analysis tables and the study's spec files are written by the trainer's atomic writer (one module,
+    trainer/atomic.py): a file as readable as a plain open() makes it under the umask, not mkstemp's 0600."""
+    import pandas as pd
+
+    from analysis.io import write_csv as write_table
+    from study.spec_file import write_spec_file
+
+    old = os.umask(0o022)
+    try:
+        write_table(pd.DataFrame({"a": [1.5]}), tmp_path / "t" / "table.csv")
+        write_spec_file(tmp_path / "s" / "run.spec.json", {"run_id": "x"})
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "t" / "table.csv", tmp_path / "s" / "run.spec.json", tmp_path / "m.json"):
+        assert oct(p.stat().st_mode & 0o777) == oct(0o644), p
+    assert sorted(os.listdir(tmp_path / "t")) == ["table.csv"] and sorted(os.listdir(tmp_path / "s")) == ["run.spec.json"]

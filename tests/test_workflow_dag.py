@@ -16,6 +16,16 @@ def wf(tmp_path_factory):
     return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
+_DRY: dict = {}
+
+
+def dry_run(wf, *args):
+    """`snakemake ARGS -n` in the module's workflow copy, once per ARGS (a dry run writes nothing it reads)."""
+    if (wf, args) not in _DRY:
+        _DRY[wf, args] = snakemake(wf, *args, "-n")
+    return _DRY[wf, args]
+
+
 @pytest.mark.parametrize("target, args, expected", [
     # the CPU twin: corpus + 8 runs + design (study, phase) + aggregate/significance/gates/plots/section +
     # report + target
@@ -30,7 +40,7 @@ def wf(tmp_path_factory):
     ("phase2", ["--config", "study=orthonoise"], {"train": 34, "fetch_hub": 3, "total": 54}),
 ])
 def test_dry_run_counts_per_phase(wf, target, args, expected):
-    result = snakemake(wf, target, "-n", *args)
+    result = dry_run(wf, target, *args)
     assert result.returncode == 0, result.stderr + result.stdout
     counts = job_counts(result.stdout + result.stderr)
     for rule, n in expected.items():
@@ -59,7 +69,7 @@ def test_real_studies_plan_their_hub_downloads_without_contacting_the_hub(wf, st
 
 
 def test_run_paths_show_the_four_factors(wf):
-    result = snakemake(wf, "phase1", "-n", "--config", "tiny=true")
+    result = dry_run(wf, "phase1", "--config", "tiny=true")  # the first count's dry run
     outs = set(re.findall(r"results/orthonoise-tiny/runs/(\S+?)/metrics\.json", result.stdout))
     assert "tiny/muon/alpha0/seed42" in outs
     assert "tiny/orthonoise/alpha0.001/seed123" in outs
@@ -107,7 +117,23 @@ BAD_CONFIGS = [
 ]
 
 
+# Two through the CLI, one refused by the schema and one by the plan (the message is the planning code's own);
+# every one by that code in this process, as the Snakefile calls it.
+BAD_CONFIGS_CLI = [BAD_CONFIGS[0], BAD_CONFIGS[2]]
+
+
 @pytest.mark.parametrize("override, message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
+def test_bad_config_is_refused_by_the_planning_code(tmp_path, override, message):
+    from study import Plan, PlanError, StudyFileError, load_study
+
+    bad = write_config(tmp_path / "bad.yaml", override)
+    with pytest.raises((StudyFileError, PlanError)) as err:  # the Snakefile turns either into a WorkflowError
+        study, tiny, _ = load_study({"study": "orthonoise", "tiny": True, **override}, REPO, overlays=[bad])
+        Plan(study, code_root=REPO, results="results/orthonoise-tiny", twin=tiny)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", BAD_CONFIGS_CLI, ids=[m.split(":")[0] for _, m in BAD_CONFIGS_CLI])
 def test_bad_config_is_rejected_before_any_job(wf, tmp_path, override, message):
     bad = write_config(tmp_path / "bad.yaml", override)
     result = snakemake(wf, "phase1", "--config", "tiny=true", "--configfile", str(bad), "--cores", "1")

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.workflow_helpers import SHORT_TINY, TWIN, copy_workflow, job_counts, snakemake, write_config
+from tests.workflow_helpers import TWIN, copy_finished, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,10 @@ def mtimes(wf):
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    wf = copy_workflow(tmp_path_factory.mktemp("wfrun"))
-    write_config(wf / "short.yaml", SHORT_TINY)
-    result = snakemake(wf, "phase1", *configs(wf), "--cores", "2", timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return wf
+def done(tmp_path_factory, short_twin_phase1):
+    """A copy of the session's phase 1 (tests/conftest.py; the same config as configs() gives), for this
+    module to change."""
+    return copy_finished(short_twin_phase1, tmp_path_factory.mktemp("wfrun") / "wf")
 
 
 def test_phase1_produces_the_report(done):

@@ -31,8 +31,11 @@ def run_all(tmp_path_factory, study, overlay, mutate=None):
 def test_ngpt_twin_runs_its_five_campaigns(tmp_path_factory):
     overlay = {"models": {"ngpt-tiny": {"steps": 20}}}
 
-    def shrink(study):
+    def shrink(study):  # one seed a phase (each selection's gate is no_crashes; no assertion needs a second)
         p, t = study["phases"], study["tiny"]["phases"]
+        for phase, seeds in (("infra", [42]), ("lr_sweep", [42]), ("geodesic", [1]), ("advanced", [1]),
+                             ("projection", [1])):
+            t.setdefault(phase, {})["seeds"] = seeds
         t["lr_sweep"]["runs"] = [{"arm": "muon", "sweep": {"param": "muon.lr", "values": [0.01, 0.03]}}]
         p["advanced"]["runs"] = [{"arm": a, "value": "selected"} for a in ("normuon", "muon-wd", "muon-cautious")]
         p["advanced"]["gates"] = {"no_crashes": {"kind": "no_crashes"},
@@ -63,7 +66,8 @@ def test_distro_twin_measures_compresses_and_sweeps_topk(tmp_path_factory):
                "arms": {"muon-ddp": {"capture": {"steps": [10, 20]}}},
                "phases": {"measure": {"measure": {"max_per_file": 4, "topk": [0.05, 0.25], "cond_topk": [0.25]}}}}
 
-    def shrink(study):  # 15 two-process runs instead of 22: one seed of the top-k sweep at two values
+    def shrink(study):  # 11 two-process runs instead of 22: one seed a phase, the top-k sweep at two values
+        study["tiny"]["phases"]["measure"]["seeds"] = study["tiny"]["phases"]["compress"]["seeds"] = [42]
         study["tiny"]["phases"]["topk"].update(seeds=[1], runs=[
             {"arm": "selected", "sweep": {"param": "muon.topk", "values": [0.01, 0.25]}},
             {"arm": "demo", "sweep": {"param": "muon.topk", "values": [0.01, 0.25]}}])

@@ -82,3 +82,23 @@ def custom_study(wf: Path, name: str, mutate) -> str:
     path = wf / f"custom-{name}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return f"study={path.name}"
+
+
+def put(*path_value):
+    """A mutation of a study (for custom_study and the planning tests): put(KEY, ..., KEY, VALUE) sets the
+    value at that path of keys."""
+    *path, value = path_value
+
+    def mutate(c):
+        node = c
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return mutate
+
+
+def copy_finished(src: Path, dest: Path) -> Path:
+    """A finished workflow directory copied with its results, logs and Snakemake's records (mtimes kept, so
+    Snakemake finds it as up to date as the original)."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.records import atomic_write, write_json
+from trainer.atomic import atomic_write, fsync_dir
+from trainer.records import write_json
 
 CKPT_NAME = "latest.pt"
 PREVIOUS_NAME = "previous.pt"
@@ -153,14 +154,7 @@ def save(ckpt_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    try:  # make the renames durable
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    fsync_dir(d)  # make the renames durable
     return p
 
 

@@ -1,4 +1,5 @@
-"""Atomic writes of the run's records: a temporary file in the same directory, fsync, then os.replace.
+"""The run's records, written atomically (trainer/atomic.py): a temporary file in the same directory, fsync,
+then os.replace.
 
 A reader (or Snakemake) therefore sees either no file or a complete one, never half a file; if the
 writer fails or is killed midway, the temporary file is removed (or, after a hard kill, left under a
@@ -8,51 +9,16 @@ name starting with '.tmp-' that no rule declares).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+from trainer.atomic import atomic_write  # noqa: F401  (the trainer's modules import it from here)
 
 HISTORY_COLUMNS = ["step", "train_loss", "val_loss", "lr_scale", "grad_norm", "update_rms", "eff_rank_mean",
                    "eff_rank_min", "noise_fraction", "eps", "tokens_per_s", "weight_norm_dev", "bytes_sent_per_step",
                    "allreduce_bytes_per_step"]
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.TextIOBase], None], mode: str = "w") -> None:
-    """Call write(f) on a temporary file beside `path`, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def json_safe(x: Any) -> Any:
