@@ -28,8 +28,8 @@ rule design:
     params:
         phases=lambda w: design_study(),
         order=PLAN.phases,
-        prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
-        power_floor=STUDY.get("design", {}).get("power_floor"),
+        prior_sd=STUDY["design"]["prior_sd"],
+        power_floor=STUDY["design"].get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
     conda:
         "../envs/analysis.yaml"
@@ -50,8 +50,8 @@ rule design_phase:
     params:
         phases=lambda w: {w.phase: design_entry(w.phase)},
         order=lambda w: PLAN.phases_through(w.phase),
-        prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
-        power_floor=STUDY.get("design", {}).get("power_floor"),
+        prior_sd=STUDY["design"]["prior_sd"],
+        power_floor=STUDY["design"].get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
     conda:
         "../envs/analysis.yaml"
@@ -115,7 +115,7 @@ rule gates:
         phase="{phase}",
         gates=lambda w: PLAN.phase(w.phase)["gates"],
         baseline=lambda w: PLAN.baseline_arm(w.phase),
-        power_floor=STUDY.get("design", {}).get("power_floor"),
+        power_floor=STUDY["design"].get("power_floor"),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -157,7 +157,7 @@ checkpoint select:
     params:
         force=lambda w: PLAN.phase(w.phase).get("force", False),
         candidate_arms=lambda w: PLAN.phase(w.phase)["select"].get("arms"),
-        rule=lambda w: PLAN.phase(w.phase)["select"].get("rule", "significant_best"),
+        rule=lambda w: PLAN.phase(w.phase)["select"]["rule"],
         gate=lambda w: PLAN.phase(w.phase)["select"].get("gate"),
     conda:
         "../envs/analysis.yaml"
@@ -178,9 +178,9 @@ rule distro_measure:
         L("{phase}/measure.log"),
     params:
         captures=lambda w: capture_files(w.phase),
-        topk=lambda w: PLAN.phase(w.phase)["measure"].get("topk", [0.01, 0.05, 0.1, 0.25]),
-        cond_topk=lambda w: PLAN.phase(w.phase)["measure"].get("cond_topk", [0.05, 0.1, 0.25]),
-        chunk=lambda w: PLAN.phase(w.phase)["measure"].get("chunk", 64),
+        topk=lambda w: PLAN.phase(w.phase)["measure"]["topk"],
+        cond_topk=lambda w: PLAN.phase(w.phase)["measure"]["cond_topk"],
+        chunk=lambda w: PLAN.phase(w.phase)["measure"]["chunk"],
         max_per_file=lambda w: PLAN.phase(w.phase)["measure"].get("max_per_file"),
     # The GPU when there is one (batched SVDs); else every core, one SVD per thread.
     threads: workflow.cores

@@ -316,9 +316,9 @@ def warn_underpowered():
     """The design check's warnings in every invocation's output (a dry run shows them before any GPU-hour)."""
     from analysis.design import design_from_files
 
-    d = STUDY.get("design", {})
+    d = STUDY["design"]
     _, warnings = design_from_files(design_study(), PLAN.phases, [R(f"{p}/runs.csv") for p in PLAN.phases],
-                                    prior_sd=d.get("prior_sd", 0.005), power_floor=d.get("power_floor"),
+                                    prior_sd=d["prior_sd"], power_floor=d.get("power_floor"),
                                     usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"])
     for w in warnings:
         logger.warning(f"design check ({STUDY_NAME}{'-tiny' if TINY else ''}): {w}")

@@ -2,7 +2,7 @@
 
 Each problem is one line: the dotted key, the value, what is allowed. All problems are reported at
 once. The declarations checked against live with their owners and are read without importing them:
-optimizer keyword arguments in optim/arguments.py, gate kinds in analysis/gate_kinds.py, model presets
+optimizer classes and their keyword arguments in optim/registry.py, gate kinds in analysis/gate_kinds.py, model presets
 and run-spec fields in trainer/spec.py.
 """
 
@@ -19,9 +19,9 @@ import jsonschema
 
 from study import external
 from study.config_errors import NUMBER_LIKE, describe
-from study.load import non_finite_numbers
+from study.load import apply_defaults, non_finite_numbers
 from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
-from study.spec import eval_at_steps, load_file_module, text_data_dir
+from study.spec import eval_at_steps, load_file_module, optimizer_registry, text_data_dir
 
 SELECTED = "selected"
 PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+\Z")  # \Z: $ would pass a trailing newline
@@ -48,41 +48,22 @@ def _strict_validator(schema: dict):
     return cls(schema)
 
 
-def schema_problems(config: dict, root: Path) -> list[str]:
+def read_schema(root: Path) -> dict:
     import yaml
 
-    schema = yaml.safe_load((root / "config" / "schema.yaml").read_text())
-    return sorted(describe(e) for e in _strict_validator(schema).iter_errors(config))
+    return yaml.safe_load((Path(root) / "config" / "schema.yaml").read_text())
 
 
-def kind_problem(kind, value) -> str | None:
-    """None when `value` is allowed by an optim/arguments.py kind, else what is allowed."""
-    num = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    integer = isinstance(value, int) and not isinstance(value, bool)
-    if kind is None:
-        return None
-    if isinstance(value, str) and NUMBER_LIKE.match(value) and not isinstance(kind, tuple):
+def schema_problems(config: dict, root: Path) -> list[str]:
+    return sorted(describe(e) for e in _strict_validator(read_schema(root)).iter_errors(config))
+
+
+def kind_problem(kind, value, registry=None) -> str | None:
+    """None when `value` is allowed by an optim/registry.py kind, else what is allowed."""
+    if kind is not None and isinstance(value, str) and NUMBER_LIKE.match(value) and not isinstance(kind, tuple):
         return ("it is a string, not a number; write it with a decimal point (e.g. 1.0e-3): YAML 1.1 reads "
                 "1e-3 as text")
-    if isinstance(kind, tuple):
-        return None if value in kind and type(value) in {type(k) for k in kind} else \
-            f"one of {', '.join(map(repr, kind))}"
-    ok, words = {
-        "positive": (num and value > 0, "a finite number > 0"),
-        "nonnegative": (num and value >= 0, "a finite number >= 0"),
-        "fraction": (num and 0 <= value <= 1, "a number in [0, 1]"),
-        "momentum": (num and 0 <= value < 1, "a number in [0, 1)"),
-        "int>=0": (integer and value >= 0, "an integer >= 0"),
-        "int>=1": (integer and value >= 1, "an integer >= 1"),
-        "int1..100": (integer and 1 <= value <= 100, "an integer in [1, 100]"),
-        "int1..1024": (integer and 1 <= value <= 1024, "an integer in [1, 1024]"),
-        "topk": (num and 0 < value <= 1, "a fraction in (0, 1]"),
-        "bool": (isinstance(value, bool), "true or false"),
-        "betas": (isinstance(value, list) and len(value) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value),
-            "two numbers in [0, 1)"),
-    }[kind]
-    return None if ok else words
+    return (registry or optimizer_registry()).kind_problem(kind, value)
 
 
 def run_entries(phase: dict) -> list[dict]:
@@ -108,7 +89,7 @@ def variant_table(config: dict) -> dict:
                     raise PlanError(f"{key}: {sweep['param']}={value!r} and {table[label][0]}={table[label][1]!r} "
                                     f"({where[label]}) both make the path label {label!r}; rename one setting")
                 table[label], where[label] = (sweep["param"], value), key
-    unswept = config["study"].get("unswept_variant", "default")
+    unswept = config["study"]["unswept_variant"]
     if unswept in table:
         raise PlanError(f"study.unswept_variant: {unswept!r} is also the label of {table[unswept][0]}="
                         f"{table[unswept][1]!r} ({where[unswept]})")
@@ -120,7 +101,7 @@ class _Checks:
         self.c = config
         self.root = root
         self.problems: list[str] = []
-        self.args = load_file_module(root, "optim/arguments.py")
+        self.args = optimizer_registry(root)
         self.gate_kinds = load_file_module(root, "analysis/gate_kinds.py")
         self.trainer_spec = load_file_module(root, "trainer/spec.py")
         self.tokenizer_vocab: int | None = None  # text data: the tokenizer's vocabulary size
@@ -130,7 +111,10 @@ class _Checks:
 
     # -- optimizers --------------------------------------------------------------------------------
     def class_args(self, cls: str) -> dict | None:
-        return {} if cls == "AdamW" else self.args.OPTIMIZER_ARGUMENTS.get(cls)
+        return self.args.OPTIMIZER_ARGUMENTS.get(cls)
+
+    def kind_problem(self, kind, value) -> str | None:
+        return kind_problem(kind, value, self.args)
 
     def settable(self, arm: str, param: str) -> str | None:
         """None when the arm can take `param` (section.key), else what it can take."""
@@ -161,7 +145,7 @@ class _Checks:
         return None
 
     def check_arms(self) -> None:
-        known = sorted(self.args.OPTIMIZER_ARGUMENTS) + ["AdamW"]
+        known = sorted(self.args.OPTIMIZERS)
         for arm, a in self.c["arms"].items():
             cls = a["class"]
             if cls not in known:
@@ -173,7 +157,7 @@ class _Checks:
                     if why:
                         self.bad(f"arms.{arm}.{section}.{key}: {why}")
                         continue
-                    what = kind_problem(self.value_kind(arm, f"{section}.{key}"), value)
+                    what = self.kind_problem(self.value_kind(arm, f"{section}.{key}"), value)
                     if what:
                         self.bad(f"arms.{arm}.{section}.{key}: {value!r} is not allowed ({what})")
             if cls == "AdamW" and a.get("muon"):
@@ -193,7 +177,7 @@ class _Checks:
             else:
                 kinds = {v.get(key) for v in self.args.OPTIMIZER_ARGUMENTS.values() if key in v}
                 for kind in kinds:
-                    what = kind_problem(kind, value)
+                    what = self.kind_problem(kind, value)
                     if what:
                         self.bad(f"optimizer_defaults.muon.{key}: {value!r} is not allowed ({what})")
                         break
@@ -202,7 +186,7 @@ class _Checks:
                 self.bad(f"optimizer_defaults.adamw.{key}: not an AdamW setting "
                          f"(known: {', '.join(self.args.ADAMW_ARGUMENTS)})")
             else:
-                what = kind_problem(self.args.ADAMW_ARGUMENTS[key], value)
+                what = self.kind_problem(self.args.ADAMW_ARGUMENTS[key], value)
                 if what:
                     self.bad(f"optimizer_defaults.adamw.{key}: {value!r} is not allowed ({what})")
 
@@ -307,12 +291,12 @@ class _Checks:
     # -- phases ------------------------------------------------------------------------------------
     def is_evaluated(self, model: str, step: int) -> bool:
         """Whether the model's runs evaluate `step` (arithmetic, not a set of every step: steps may be huge)."""
-        m, every = self.c["models"][model], self.c["training_defaults"].get("eval_every", 50)
+        m, every = self.c["models"][model], self.c["training_defaults"]["eval_every"]
         return (step in eval_at_steps(self.c, model) or step == m["steps"]
                 or (every > 0 and 0 < step <= m["steps"] and step % every == 0))
 
     def evaluated_steps_text(self, model: str) -> str:
-        m, every = self.c["models"][model], self.c["training_defaults"].get("eval_every", 50)
+        m, every = self.c["models"][model], self.c["training_defaults"]["eval_every"]
         listed = sorted(set(eval_at_steps(self.c, model)) | {m["steps"]})
         return ", ".join(map(str, listed)) + (f" and every multiple of {every}" if every > 0 else "")
 
@@ -408,7 +392,7 @@ class _Checks:
                     continue
                 kind = self.value_kind(arm, sweep["param"])
                 for j, v in enumerate(sweep["values"]):
-                    what = kind_problem(kind, v) or (None if not isinstance(v, str) or PATH_SAFE.match(v)
+                    what = self.kind_problem(kind, v) or (None if not isinstance(v, str) or PATH_SAFE.match(v)
                                                      else "letters, digits, '_', '.' and '-' (it goes into paths)")
                     if what:
                         self.bad(f"{key}.sweep.values[{j}]: {v!r} is not allowed for {sweep['param']} ({what})")
@@ -416,7 +400,8 @@ class _Checks:
                 if dup:
                     self.bad(f"{key}.sweep.values: {', '.join(dup)} listed twice")
                 values = sweep["values"]
-            if self.c["arms"][arm]["class"] in ("MuonOrthoNoise", "MuonIsotropic"):
+            declared = self.args.OPTIMIZERS.get(self.c["arms"][arm]["class"])
+            if declared is not None and "noise" in declared.traits:
                 alpha = {**self.c["optimizer_defaults"]["muon"], **self.c["arms"][arm].get("muon", {})}.get("alpha")
                 alphas = values if sweep and sweep["param"] == "muon.alpha" else [alpha]
                 if entry.get("value") != SELECTED and any(a is None or a == 0 for a in alphas):
@@ -454,11 +439,13 @@ class _Checks:
 
 
 def check(config: dict, root: Path) -> dict:
-    """PlanError listing every problem of the study, or what the checks learned ({"tokenizer_vocab"})."""
+    """PlanError listing every problem of the study, or what the checks learned ({"tokenizer_vocab"}). A valid
+    study gets the schema's defaults filled in, in place (study.load.apply_defaults)."""
     problems = non_finite_numbers(config)
     if not problems:
         problems = schema_problems(config, root)
     if not problems:
+        apply_defaults(config, read_schema(root))  # the schema's defaults, in the study itself (config/schema.yaml)
         c = _Checks(config, root)
         c.check_arms()
         c.check_models()

@@ -184,7 +184,7 @@ class Plan:
 
     @property
     def unswept(self) -> str:
-        return self.config["study"].get("unswept_variant", "default")
+        return self.config["study"]["unswept_variant"]
 
     # -- runs -----------------------------------------------------------------------------------
     def make_run(self, model: str, arm: str, variant: str, seed: int) -> Run:

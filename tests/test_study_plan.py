@@ -9,7 +9,7 @@ import pytest
 
 from study import Plan, PlanError, Run, StudyFileError, fmt_value, launcher, load_study, variant_label
 from study.spec import build_spec, fingerprint
-from tests.workflow_helpers import REPO
+from tests.workflow_helpers import REPO, bump_version
 
 
 def study(name="orthonoise", tiny=False, **overrides):
@@ -23,14 +23,6 @@ def copy_code(dst):
 
     for part in ("optim", "trainer", "analysis", "config"):
         shutil.copytree(REPO / part, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
-
-
-def bump(versions, name: str, opening: str = "") -> None:
-    """Add one to NAME's behaviour version in optim/versions.py (opening: "(" for a FEATURE_VERSIONS tuple)."""
-    import re
-
-    versions.write_text(re.sub(rf'"{name}": {re.escape(opening)}(\d+)',
-                               lambda m: f'"{name}": {opening}{int(m[1]) + 1}', versions.read_text()))
 
 
 @pytest.fixture
@@ -106,8 +98,9 @@ def test_the_move_keeps_every_fingerprint(full, tiny, tmp_path):
     import re
 
     copy_code(tmp_path)
-    versions = tmp_path / "optim" / "versions.py"
-    versions.write_text(re.sub(r'"(Muon|MuonOrthoNoise|MuonIsotropic|MuonNOLAH)": \d+', r'"\1": 1', versions.read_text()))
+    registry = tmp_path / "optim" / "registry.py"
+    registry.write_text(re.sub(r'("(?:Muon|MuonOrthoNoise|MuonIsotropic|MuonNOLAH)": Optimizer\("[\w.]+", version=)\d+', r'\g<1>1',
+                               registry.read_text()))
     first_layout = {
         ("gpt-350m", "muon", "alpha0", 42): "bcd7cc91d934835e",
         ("gpt-350m", "orthonoise", "alpha0.001", 123): "91976eb07a630ce9",
@@ -178,7 +171,7 @@ def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
     before = Plan(tiny, code_root=tmp_path)
     iso, muon = before.make_run("tiny", "isotropic", "alpha0.001", 42), before.make_run("tiny", "muon", "alpha0", 42)
     fp_iso, fp_muon = before.fingerprint(iso), before.fingerprint(muon)
-    bump(tmp_path / "optim" / "versions.py", "MuonIsotropic")
+    bump_version(tmp_path, "MuonIsotropic")
     after = Plan(tiny, code_root=tmp_path)
     assert after.fingerprint(iso) != fp_iso
     assert after.fingerprint(muon) == fp_muon
@@ -192,7 +185,7 @@ def test_a_feature_version_re_runs_only_the_runs_that_use_the_feature(tmp_path):
     before = Plan(cfg, code_root=tmp_path)
     polar, plain = before.make_run("ngpt-tiny", "muon-polar", "lr0.01", 1), before.make_run("ngpt-tiny", "muon", "lr0.01", 42)
     fp_polar, fp_plain = before.fingerprint(polar), before.fingerprint(plain)
-    bump(tmp_path / "optim" / "versions.py", "polar_express", "(")
+    bump_version(tmp_path, "polar_express")
     after = Plan(cfg, code_root=tmp_path)
     assert after.fingerprint(polar) != fp_polar
     assert after.fingerprint(plain) == fp_plain
@@ -355,20 +348,23 @@ def test_launcher_single_and_multi_node():
 
 
 def test_optimizer_arguments_match_the_classes():
-    """optim/arguments.py (read by the config checks without torch) lists exactly each class's keyword
+    """optim/registry.py (read by the config checks without torch) lists exactly each class's keyword
     arguments, and a value every class accepts for each default."""
     import inspect
 
     import optim
-    from optim.arguments import OPTIMIZER_ARGUMENTS
+    from optim.registry import OPTIMIZER_ARGUMENTS
 
     def arguments(cls):  # the keyword arguments along the class chain (subclasses pass **kwargs up)
         return {name for k in cls.__mro__ if "__init__" in vars(k) and k.__module__.startswith("optim.")
                 for name, p in inspect.signature(k.__init__).parameters.items()
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self", "params", "seed"}
 
-    assert set(OPTIMIZER_ARGUMENTS) == set(optim.OPTIMIZERS) - {"AdamW"}
+    assert set(OPTIMIZER_ARGUMENTS) == set(optim.OPTIMIZERS)
     for name, declared in OPTIMIZER_ARGUMENTS.items():
+        if name == "AdamW":  # its settings are optimizer.adamw (ADAMW_ARGUMENTS); it takes no muon ones
+            assert declared == {}
+            continue
         assert set(declared) == arguments(optim.OPTIMIZERS[name]), name
 
 

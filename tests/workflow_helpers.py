@@ -82,3 +82,17 @@ def custom_study(wf: Path, name: str, mutate) -> str:
     path = wf / f"custom-{name}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return f"study={path.name}"
+
+
+def bump_version(code_root: Path, name: str) -> str:
+    """Add one to the behaviour version of optimizer class or feature NAME in code_root's optim/registry.py
+    (what a change to its numbers must do); returns the file's text before, to restore it."""
+    import re
+
+    registry = Path(code_root) / "optim" / "registry.py"
+    original = registry.read_text()
+    pattern = rf'("{re.escape(name)}": (?:Optimizer\("[\w.]+", version=|\())(\d+)'
+    text, n = re.subn(pattern, lambda m: f"{m[1]}{int(m[2]) + 1}", original)
+    assert n == 1, f"no version of {name} in {registry}"
+    registry.write_text(text)
+    return original

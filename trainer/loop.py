@@ -73,7 +73,7 @@ def fmt_key(x: float) -> str:
 
 def code_versions(cls: str) -> dict:
     try:
-        from optim.versions import ALGORITHM_VERSIONS
+        from optim.registry import ALGORITHM_VERSIONS
 
         ov = ALGORITHM_VERSIONS.get(cls)
     except ImportError:
@@ -114,7 +114,7 @@ def library_versions(device: torch.device, data_checksum: str | None, model) -> 
     v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
          "platform": platform.platform(), "trainer": TRAINER_VERSION}
     try:
-        from optim.versions import ALGORITHM_VERSIONS
+        from optim.registry import ALGORITHM_VERSIONS
 
         v["optim"] = dict(ALGORITHM_VERSIONS)
     except ImportError:

@@ -13,15 +13,34 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+def _optimizer_registry():
+    """optim/registry.py beside this file's package, loaded from its file (importing optim/ imports torch; the
+    workflow loads this file from its path too, so the registry read is always the same code root's)."""
+    path = Path(__file__).resolve().parent.parent / "optim" / "registry.py"
+    name = f"_optim_registry_{abs(hash(str(path)))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_REGISTRY = _optimizer_registry()
 
 MODEL_PRESETS = ("tiny", "gpt-124m", "gpt-350m", "gpt-1b", "ngpt-tiny", "ngpt-124m", "ngpt-350m")
 NGPT_RESIDUALS = ("reference", "gated")  # nGPT model.options.residual (trainer/ngpt.py)
-OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH", "NorMuon", "AdamW", "DeMo")
+OPTIMIZER_CLASSES = tuple(_REGISTRY.OPTIMIZERS)  # optim/registry.py
 DATA_KINDS = ("stdlib", "bin")
 WANDB_MODES = ("disabled", "offline", "online")
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,7 +48,7 @@ COMPILE = ("auto", True, False)
 DTYPES = ("auto", "float32", "bfloat16")
 CAPTURE_WHAT = ("grad", "momentum")
 MAX_VOCAB = 262144  # uint32 shards above 65536 ids (Granite's tokenizer has 100352)
-DEFAULT_ADAMW_PATTERNS = ["embed", "wte", "lm_head", "norm", "bias", "gain"]
+DEFAULT_ADAMW_PATTERNS = list(_REGISTRY.DEFAULT_ADAMW_PATTERNS)  # the factory's too
 # The longest sequence of each preset (trainer/model.py and trainer/ngpt.py block_size; a test keeps them equal).
 PRESET_BLOCK_SIZE = {"tiny": 1024, "gpt-124m": 4096, "gpt-350m": 4096, "gpt-1b": 4096, "ngpt-tiny": 1024,
                      "ngpt-124m": 4096, "ngpt-350m": 4096}
@@ -41,7 +60,7 @@ MAX_GLOBAL_BATCH = 1 << 20
 MAX_TOKENS_PER_STEP = 1 << 32
 MAX_VAL_WINDOWS = 1 << 20
 # Classes that exchange their own compressed gradients: no rank holds the global gradient to clip.
-SELF_SYNCED_CLASSES = ("DeMo",)
+SELF_SYNCED_CLASSES = _REGISTRY.with_trait("self_synced")
 # Sections that cannot change a run's numbers (the same list as study.spec.OPERATIONAL).
 OPERATIONAL = ("checkpoint", "wandb", "runtime", "fingerprint")
 
