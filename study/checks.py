@@ -8,6 +8,7 @@ and run-spec fields in trainer/spec.py.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import math
@@ -20,6 +21,7 @@ import jsonschema
 from study import external
 from study.config_errors import NUMBER_LIKE, describe
 from study.load import apply_defaults, non_finite_numbers
+from study.labels import variant_label
 from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
 from study.spec import eval_at_steps, load_file_module, optimizer_registry, text_data_dir
 
@@ -72,28 +74,65 @@ def run_entries(phase: dict) -> list[dict]:
     return [base if isinstance(base, dict) else {"arm": base}] + list(phase.get("runs", []))
 
 
-def variant_table(config: dict) -> dict:
-    """Path label -> (param, value) over every sweep of the study; PlanError when two share a label."""
-    from study.plan import variant_label
+def selectable_arms(config: dict, phase: str, _seen: frozenset = frozenset()) -> set[str]:
+    """The arms a selecting phase can take from the phase it selects from (select.arms, else that phase's run
+    arms, an arm it selected itself standing for the arms it could select)."""
+    sel = config["phases"][phase].get("select")
+    if not sel or phase in _seen or sel["from"] not in config["phases"]:
+        return set()
+    if sel.get("arms"):
+        return set(sel["arms"])
+    out = set()
+    for entry in config["phases"][sel["from"]].get("runs", []):
+        out |= selectable_arms(config, sel["from"], _seen | {phase}) if entry["arm"] == SELECTED else {entry["arm"]}
+    return out
 
-    table, where = {}, {}
+
+def variant_table(config: dict) -> dict:
+    """arm -> {path label -> (param, value)} over every sweep of the study; PlanError when two values would
+    make the same label for one arm (its runs would share a directory, runs/MODEL/ARM/LABEL/seedN).
+
+    Labels belong to an arm: the same lr grid for adamw.lr in one arm and muon.lr in another is two sets of
+    directories. A sweep of `arm: selected` labels every arm the phase can select; an arm that takes the
+    value selected (`value: selected`) takes the labels of the phase selected from, for the arms it selects
+    among."""
+    tables: dict[str, dict] = {}
+    where: dict[tuple, str] = {}
+    after: dict[str, dict] = {}  # the tables as each phase left them (what a later phase selects among)
+
+    def add(arm, label, setting, key):
+        table = tables.setdefault(arm, {})
+        if label in table and table[label] != setting:
+            raise PlanError(f"{key}: {setting[0]}={setting[1]!r} and {table[label][0]}={table[label][1]!r} "
+                            f"({where[arm, label]}) both make the path label {label!r} for arm {arm}: their runs "
+                            f"would share runs/MODEL/{arm}/{label}/; sweep one of them in another arm")
+        table[label] = setting
+        where.setdefault((arm, label), key)
+
     for pname, phase in config["phases"].items():
+        chosen = selectable_arms(config, pname)
         for i, entry in enumerate(run_entries(phase)):
+            key = f"phases.{pname}.runs[{i - 1}]" if i else f"phases.{pname}.baseline"
+            arms = chosen if entry["arm"] == SELECTED else {entry["arm"]}
+            if entry.get("value") == SELECTED and "select" in phase:
+                upstream = after.get(phase["select"]["from"], {})
+                for arm in sorted(arms):
+                    for cand in sorted(chosen):
+                        for label, setting in upstream.get(cand, {}).items():
+                            add(arm, label, setting, where.get((cand, label), key))
             sweep = entry.get("sweep")
             if not sweep:
                 continue
             for value in sweep["values"]:
-                label = variant_label(sweep["param"], value)
-                key = f"phases.{pname}.runs[{i - 1}].sweep" if i else f"phases.{pname}.baseline.sweep"
-                if label in table and table[label] != (sweep["param"], value):
-                    raise PlanError(f"{key}: {sweep['param']}={value!r} and {table[label][0]}={table[label][1]!r} "
-                                    f"({where[label]}) both make the path label {label!r}; rename one setting")
-                table[label], where[label] = (sweep["param"], value), key
+                for arm in sorted(arms):
+                    add(arm, variant_label(sweep["param"], value), (sweep["param"], value), f"{key}.sweep")
+        after[pname] = copy.deepcopy(tables)
     unswept = config["study"]["unswept_variant"]
-    if unswept in table:
-        raise PlanError(f"study.unswept_variant: {unswept!r} is also the label of {table[unswept][0]}="
-                        f"{table[unswept][1]!r} ({where[unswept]})")
-    return table
+    for arm, table in tables.items():
+        if unswept in table:
+            raise PlanError(f"study.unswept_variant: {unswept!r} is also the label of {table[unswept][0]}="
+                            f"{table[unswept][1]!r} ({where[arm, unswept]})")
+    return tables
 
 
 class _Checks:

@@ -414,3 +414,25 @@ def test_a_hub_models_commit_is_in_its_fingerprint_and_the_twin_is_kept_apart_in
     assert (real["wandb"]["dir"], twin["wandb"]["dir"]) == ("results/orthonoise/wandb", "results/orthonoise-tiny/wandb")
     assert "twin" in twin["wandb"]["tags"] and "twin" not in real["wandb"]["tags"]
     assert twin["wandb"]["group"] == "orthonoise-tiny/tiny"
+
+
+def test_one_lr_grid_for_adamw_lr_and_muon_lr_in_two_arms_is_two_sets_of_directories(tiny):
+    """Issue 21: path labels belong to an arm. The same grid swept as adamw.lr in the AdamW arm and as muon.lr
+    in the Muon arm makes runs in different arm folders (nothing shares a directory): accepted, each run
+    trains its own setting; the same two sweeps in one arm would share directories: refused."""
+    cfg = copy.deepcopy(tiny)
+    cfg["arms"]["adam"] = {"class": "AdamW"}
+    grid = [1.0e-3, 1.0e-2]
+    cfg["phases"]["phase1"]["runs"] += [{"arm": "adam", "sweep": {"param": "adamw.lr", "values": grid}},
+                                        {"arm": "muon", "sweep": {"param": "muon.lr", "values": grid}}]
+    plan = Plan(cfg)
+    keys = {pr.run.key: pr.run for pr in plan.phase_runs("phase1")}
+    adam, muon = keys["tiny/adam/lr0.01/seed42"], keys["tiny/muon/lr0.01/seed42"]
+    assert plan.optimizer(adam)["adamw"]["lr"] == 0.01 and plan.optimizer(adam)["class"] == "AdamW"
+    assert plan.optimizer(muon)["muon"]["lr"] == 0.01 and plan.optimizer(muon)["adamw"]["lr"] != 0.01
+    assert plan.run_dir(adam) != plan.run_dir(muon)
+    same_arm = copy.deepcopy(tiny)
+    same_arm["phases"]["phase1"]["runs"] += [{"arm": "muon", "sweep": {"param": p, "values": grid}}
+                                             for p in ("adamw.lr", "muon.lr")]
+    with pytest.raises(PlanError, match=r"both make the path label 'lr0.001' for arm muon: their runs would share"):
+        Plan(same_arm)
