@@ -32,8 +32,7 @@ from trainer import checkpoint as ckpt
 from trainer import data as data_mod
 from trainer import determinism
 from trainer import distributed as dist_mod
-from trainer.model import build_model
-from trainer.ngpt import sphere_projection
+from trainer.models import build_model, step_hook
 from trainer.progress import LineStream
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
 from trainer.runlock import RunLock
@@ -201,7 +200,7 @@ class Session:
             raise SpecError([("optimizer", {"class": o.cls, "muon": o.muon, "adamw": o.adamw}, str(e))]) from None
         for g in self.opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
-        self.projection = sphere_projection(self.model, t.projection_every)  # nGPT only, else None
+        self.projection = step_hook(self.model, m.arch, t)  # the family's (nGPT: the sphere projection), else None
         # an optimizer that exchanges its own gradients (optim.DeMo): all-reduce only the others'
         own = self.opt.self_synced() if hasattr(self.opt, "self_synced") else set()
         self.reduce_params = [p for p in self.params if id(p) not in own]
