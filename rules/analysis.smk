@@ -165,44 +165,22 @@ checkpoint select:
         "../workflow/scripts/select_arm.py"
 
 
-rule distro_measure:
-    # DisTrO's compression measurements (seed 004) on the real gradients and momenta the phase's capture
-    # arms wrote, beside Gaussian and low-rank matrices of the same shapes.
-    input:
-        runs=lambda w: capture_runs(w.phase),
-    output:
-        tables=R("{phase}/measure.csv"),
-        spectra=R("{phase}/measure_spectra.csv"),
-        md=R("{phase}/measure.md"),
-    log:
-        L("{phase}/measure.log"),
-    params:
-        captures=lambda w: capture_files(w.phase),
-        topk=lambda w: PLAN.phase(w.phase)["measure"]["topk"],
-        cond_topk=lambda w: PLAN.phase(w.phase)["measure"]["cond_topk"],
-        chunk=lambda w: PLAN.phase(w.phase)["measure"]["chunk"],
-        max_per_file=lambda w: PLAN.phase(w.phase)["measure"].get("max_per_file"),
-    # The GPU when there is one (batched SVDs); else every core, one SVD per thread.
-    threads: workflow.cores
-    conda:
-        "../envs/train.yaml"
-    script:
-        "../workflow/scripts/distro_measure.py"
+# A study's own analysis stages (study/extras.py): one rule per declared extra, made from its entry alone.
+for _extra in EXTRAS.values():
 
-
-rule pareto_plot:
-    # Final loss against the bytes each rank sends per step, for a phase of compressed data-parallel arms.
-    input:
-        runs=R("{phase}/runs.csv"),
-    output:
-        png=report(R("{phase}/plots/pareto.png"), category="{phase}", subcategory="plots", caption="../report/pareto.rst"),
-        md=R("{phase}/pareto.md"),
-    log:
-        L("{phase}/pareto.log"),
-    params:
-        phase="{phase}",
-        baseline=lambda w: PLAN.baseline_arm(w.phase),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../workflow/scripts/pareto.py"
+    rule:
+        name:
+            _extra.rule
+        input:
+            unpack(extra_inputs(_extra)),
+        output:
+            **extra_outputs(_extra),
+        log:
+            L(f"{{phase}}/{_extra.log}"),
+        params:
+            **extra_params(_extra),
+        threads: workflow.cores if _extra.all_cores else 1
+        conda:
+            f"../envs/{_extra.env}.yaml"
+        script:
+            f"../workflow/scripts/{_extra.script}"

@@ -21,6 +21,7 @@ import jsonschema
 from study import external
 from study.config_errors import NUMBER_LIKE, describe
 from study.load import apply_defaults, non_finite_numbers
+from study.extras import EXTRAS, with_extras
 from study.labels import variant_label
 from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
 from study.spec import eval_at_steps, load_file_module, optimizer_registry, text_data_dir
@@ -29,8 +30,8 @@ SELECTED = "selected"
 PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+\Z")  # \Z: $ would pass a trailing newline
 # Names a phase cannot take: the workflow's rules and targets, and the directories beside the phases'.
 RESERVED_PHASES = ("all", "design", "design_phase", "train", "aggregate", "significance", "gates", "plots",
-                   "select", "section", "report", "stdlib_corpus", "prepare_text", "distro_measure",
-                   "pareto_plot", "runs", "checkpoints", "reports", "data")
+                   "select", "section", "report", "stdlib_corpus", "prepare_text", "runs", "checkpoints", "reports",
+                   "data") + tuple(e.rule for e in EXTRAS.values())  # and the extras' rules (study/extras.py)
 # Training settings a model owns; an arm may own the trainer's others (warmup, projection frequency...).
 MODEL_TRAINING_KEYS = ("steps", "global_batch", "micro_batch", "seq_len")
 TRAINING_KINDS = {"warmup_steps": "int>=0", "cooldown_frac": "fraction", "grad_clip": "nonnegative",
@@ -53,7 +54,7 @@ def _strict_validator(schema: dict):
 def read_schema(root: Path) -> dict:
     import yaml
 
-    return yaml.safe_load((Path(root) / "config" / "schema.yaml").read_text())
+    return with_extras(yaml.safe_load((Path(root) / "config" / "schema.yaml").read_text()))
 
 
 def schema_problems(config: dict, root: Path) -> list[str]:
