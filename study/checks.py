@@ -200,8 +200,8 @@ class _Checks:
                     what = self.kind_problem(self.value_kind(arm, f"{section}.{key}"), value)
                     if what:
                         self.bad(f"arms.{arm}.{section}.{key}: {value!r} is not allowed ({what})")
-            if cls == "AdamW" and a.get("muon"):
-                self.bad(f"arms.{arm}.muon: class AdamW takes no muon settings (set them under adamw)")
+            if not self.class_args(cls) and a.get("muon"):
+                self.bad(f"arms.{arm}.muon: class {cls} takes no muon settings (set them under adamw)")
             muon = {**self.c["optimizer_defaults"]["muon"], **a.get("muon", {})}
             if muon.get("schedule") in ("exponential", "linear") and not (
                     "alpha_end_ratio" in muon or "half_life" in muon or "alpha_end" in muon):

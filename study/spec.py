@@ -83,7 +83,7 @@ def arm_settings(config: dict, arm: str, swept: tuple = (), class_args: dict | N
     ratio = out["muon"].pop("alpha_end_ratio", None)
     if ratio is not None and "alpha" in out["muon"]:
         out["muon"]["alpha_end"] = _clean(out["muon"]["alpha"] * ratio)
-    if a["class"] == "AdamW":
+    if class_args == {}:  # a class that takes no optimizer.muon settings (AdamW: its settings are optimizer.adamw)
         out["muon"] = {}
     return out
 
