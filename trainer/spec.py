@@ -364,8 +364,8 @@ class RunSpec:
         optimizer = OptimizerSpec(arm=(c.get(o, "optimizer.arm", "str", ocls or "") if o else ""),
                                   cls=ocls or "", muon=muon or {}, adamw=adamw or {},
                                   adamw_patterns=patterns or [])
-        if ocls == "AdamW" and muon:
-            c.bad("optimizer.muon", muon, "empty for class AdamW (every parameter goes to AdamW; its settings "
+        if ocls and _REGISTRY.OPTIMIZERS[ocls].takes == "none" and muon:
+            c.bad("optimizer.muon", muon, f"empty for class {ocls} (every parameter goes to AdamW; its settings "
                                           "are optimizer.adamw)")
 
         alpha_default = muon.get("alpha", 0.0) if isinstance(muon, dict) else 0.0
