@@ -93,7 +93,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.dont_write_bytecode = True  # read-only: not even a __pycache__ beside the study's optim/versions.py
+    sys.dont_write_bytecode = True  # read-only: not even a __pycache__ beside the study's optim/registry.py
     args = _parser().parse_args(argv)
     try:
         return run(args)

@@ -61,9 +61,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import dct as D
-from .muon import ADJUST_LR_FNS, DIAGNOSTIC_KEYS, _invalid, _is_int, _is_real, adjust_ratio
-from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize as _orth, resolve_eps
-from .versions import ALGORITHM_VERSIONS
+from .muon import DIAGNOSTIC_KEYS, _invalid, _is_int
+from .sphere import adjust_ratio
+from .orthogonalize import orthogonalize as _orth, resolve_eps
+from .registry import ALGORITHM_VERSIONS, check_arguments
 
 ORTHOGONALIZE_MODES = ("none", "pre", "post")
 PRE_UPDATES = ("sign", "rescale", "raw")
@@ -126,30 +127,9 @@ class DeMo(torch.optim.Optimizer):
         seed: int = 0,
     ):
         name = type(self).__name__
-        checks = (
-            ("lr", lr, _is_real(lr) and lr >= 0, "use a finite number >= 0"),
-            ("compression_decay", compression_decay, _is_real(compression_decay) and 0 <= compression_decay < 1,
-             "use a number in [0, 1)"),
-            ("chunk", chunk, _is_int(chunk) and 1 <= chunk <= 1024, "use an int in [1, 1024]"),
-            ("topk", topk, _is_real(topk) and 0 < topk <= 1, "use a fraction in (0, 1] of each chunk's coefficients"),
-            ("sign", sign, isinstance(sign, bool), "use True or False"),
-            ("value_dtype", value_dtype, value_dtype in D.VALUE_DTYPES, f"use one of {list(D.VALUE_DTYPES)}"),
-            ("orthogonalize", orthogonalize, orthogonalize in ORTHOGONALIZE_MODES,
-             f"use one of {list(ORTHOGONALIZE_MODES)}"),
-            ("pre_update", pre_update, pre_update in PRE_UPDATES, f"use one of {list(PRE_UPDATES)}"),
-            ("weight_decay", weight_decay, _is_real(weight_decay) and weight_decay >= 0, "use a finite number >= 0"),
-            ("lr_scaled_delta", lr_scaled_delta, isinstance(lr_scaled_delta, bool), "use True or False"),
-            ("mean_over_senders", mean_over_senders, isinstance(mean_over_senders, bool), "use True or False"),
-            ("adjust_lr_fn", adjust_lr_fn, adjust_lr_fn in ADJUST_LR_FNS, f"use one of {list(ADJUST_LR_FNS)}"),
-            ("orthogonalizer", orthogonalizer, orthogonalizer in ORTHOGONALIZERS, f"use one of {list(ORTHOGONALIZERS)}"),
-            ("ns_steps", ns_steps, _is_int(ns_steps) and 1 <= ns_steps <= 100, "use an int in [1, 100]"),
-            ("ns_precision", ns_precision, ns_precision in PRECISIONS, f"use one of {sorted(PRECISIONS)}"),
-            ("eps", eps, eps is None or (_is_real(eps) and eps > 0), "use a finite number > 0 or None"),
-            ("seed", seed, _is_int(seed), "use an int"),
-        )
-        for key, value, ok, allowed in checks:
-            if not ok:
-                raise _invalid(name, key, value, allowed)
+        check_arguments(self, locals())  # the ranges optim/registry.py declares
+        if not _is_int(seed):
+            raise _invalid(name, "seed", seed, "use an int")
         self.chunk, self.topk, self.sign, self.value_dtype = chunk, float(topk), sign, D.VALUE_DTYPES[value_dtype]
         self.mode = orthogonalize
         self.pre_update = pre_update

@@ -10,22 +10,18 @@ once, under their first name.
 
 from __future__ import annotations
 
-import inspect
+import importlib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .adamw import AdamW
-from .demo import DeMo
 from .muon import DIAGNOSTIC_KEYS, Muon
-from .nolah import MuonNOLAH
-from .normuon import NorMuon
-from .orthonoise import MuonIsotropic, MuonOrthoNoise
-from .versions import ALGORITHM_VERSIONS
+from .registry import ALGORITHM_VERSIONS, DEFAULT_ADAMW_PATTERNS, OPTIMIZERS as DECLARED, entry_of
 
-DEFAULT_ADAMW_PATTERNS = ("embed", "wte", "wpe", "lm_head", "head", "norm", "ln", "bias", "gain")
-OPTIMIZERS = {c.__name__: c for c in (Muon, MuonOrthoNoise, MuonIsotropic, MuonNOLAH, NorMuon, AdamW, DeMo)}
+# name -> class, in the registry's order (optim/registry.py: one entry per class, its module named there)
+OPTIMIZERS = {name: getattr(importlib.import_module(o.module), name) for name, o in DECLARED.items()}
 ADAMW_KWARGS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach", "capturable", "maximize")
 
 
@@ -154,16 +150,10 @@ class MuonWithAdamW:
 
 
 def _allowed_kwargs(cls) -> list[str]:
-    if not getattr(cls, "takes_muon_kwargs", True):  # the AdamW arm: its settings are optimizer.adamw
-        return []
-    names = []
-    for klass in cls.__mro__:
-        if klass is torch.optim.Optimizer or klass is object:
-            break
-        for n, prm in inspect.signature(klass.__init__).parameters.items():
-            if n not in ("self", "params") and prm.kind is not inspect.Parameter.VAR_KEYWORD and n not in names:
-                names.append(n)
-    return names
+    """The keyword arguments `cls` (a class or its name) takes from muon_kwargs: its registry entry's, and the
+    run's seed."""
+    declared = DECLARED[cls] if isinstance(cls, str) else entry_of(cls)[1]
+    return [] if declared.takes == "none" else list(declared.arguments) + ["seed"]
 
 
 def build_optimizer(
@@ -190,12 +180,13 @@ def build_optimizer(
     if "seed" in muon_kwargs and muon_kwargs["seed"] != seed:
         raise ValueError(f"muon_kwargs['seed']={muon_kwargs['seed']!r} differs from seed={seed!r}")
     muon_kwargs["seed"] = seed
-    if klass is AdamW:
+    takes_none = DECLARED[cls].takes == "none"  # the AdamW arm: every parameter to AdamW
+    if takes_none:
         muon_kwargs.pop("seed")
         if muon_kwargs:
             raise ValueError(f"AdamW: takes no Muon-family settings (got {sorted(muon_kwargs)}); every parameter "
                              f"goes to AdamW, whose settings are adamw_kwargs (optimizer.adamw)")
-    allowed = _allowed_kwargs(klass)
+    allowed = _allowed_kwargs(cls)
     unknown = sorted(set(muon_kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"{cls}: unknown keyword argument(s) {unknown}; allowed: {allowed}")
@@ -206,12 +197,12 @@ def build_optimizer(
         if isinstance(v, list):
             adamw_kwargs[k] = tuple(v)
 
-    if klass is AdamW:
+    if takes_none:
         muon_named, adamw_named = [], [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     else:
         muon_named, adamw_named = split_parameters(model, adamw_patterns)
     assignment = {"muon": [n for n, _ in muon_named], "adamw": [n for n, _ in adamw_named]}
-    if klass is AdamW:
+    if takes_none:
         muon = None
     elif muon_named:
         muon = klass([p for _, p in muon_named], **muon_kwargs)

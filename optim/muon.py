@@ -32,8 +32,8 @@ from torch import Tensor
 
 from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize_stacks, resolve_eps
 from .rank import RankJob, submit_effective_rank
-from .sphere import apply_update, check_options, decay_rate, replaces_update, resolve_weight_decay_scale
-from .versions import ALGORITHM_VERSIONS
+from .sphere import adjust_ratio, apply_update, check_options, decay_rate, replaces_update, resolve_weight_decay_scale
+from .registry import ALGORITHM_VERSIONS, check_arguments
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
@@ -48,13 +48,6 @@ def _is_int(x) -> bool:
 
 def _is_real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def adjust_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
-    """torch.optim.Muon's update scale for a (rows, cols) matrix."""
-    if adjust_lr_fn is None or adjust_lr_fn == "original":
-        return math.sqrt(max(1.0, rows / cols))
-    return 0.2 * math.sqrt(max(rows, cols))
 
 
 @dataclass
@@ -135,32 +128,10 @@ class Muon(torch.optim.Optimizer):
         rank_every: int = 10,
         shard_across_ranks: bool = False,
     ):
-        name = type(self).__name__
-        if not _is_real(lr) or lr < 0:
-            raise _invalid(name, "lr", lr, "use a finite number >= 0")
-        if not _is_real(momentum) or not 0 <= momentum < 1:
-            raise _invalid(name, "momentum", momentum, "use a number in [0, 1)")
-        if not isinstance(nesterov, bool):
-            raise _invalid(name, "nesterov", nesterov, "use True or False")
-        if not _is_real(weight_decay) or weight_decay < 0:
-            raise _invalid(name, "weight_decay", weight_decay, "use a finite number >= 0")
-        check_options(name, update, cautious_wd, weight_decay, weight_decay_scale)
-        if adjust_lr_fn not in ADJUST_LR_FNS:
-            raise _invalid(name, "adjust_lr_fn", adjust_lr_fn, f"use one of {list(ADJUST_LR_FNS)}")
-        if orthogonalizer not in ORTHOGONALIZERS:
-            raise _invalid(name, "orthogonalizer", orthogonalizer, f"use one of {list(ORTHOGONALIZERS)}")
-        if not _is_int(ns_steps) or not 1 <= ns_steps <= 100:
-            raise _invalid(name, "ns_steps", ns_steps, "use an int in [1, 100]")
-        if ns_precision not in PRECISIONS:
-            raise _invalid(name, "ns_precision", ns_precision, f"use one of {sorted(PRECISIONS)}")
-        if eps is not None and (not _is_real(eps) or eps <= 0):
-            raise _invalid(name, "eps", eps, "use a finite number > 0, or None (the orthogonalizer's own)")
+        check_arguments(self, locals())  # the ranges optim/registry.py declares (the study checks read them too)
+        check_options(type(self).__name__, update, cautious_wd, weight_decay, weight_decay_scale)
         if not _is_int(seed):
-            raise _invalid(name, "seed", seed, "use an int")
-        if not _is_int(rank_every) or rank_every < 0:
-            raise _invalid(name, "rank_every", rank_every, "use an int >= 0 (0 disables)")
-        if not isinstance(shard_across_ranks, bool):
-            raise _invalid(name, "shard_across_ranks", shard_across_ranks, "use True or False")
+            raise _invalid(type(self).__name__, "seed", seed, "use an int")
 
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn

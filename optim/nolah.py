@@ -14,7 +14,8 @@ import math
 import torch
 from torch import Tensor
 
-from .muon import BucketContext, Muon, _invalid, _is_real
+from .muon import BucketContext, Muon
+from .registry import check_arguments
 
 # How a GPU finds the percentile (kth_smallest_nonneg; both give kthvalue's threshold, tested). H100, the
 # 72 GPT-124M matrices: kthvalue 40.7 ms, the bitwise search 26.5 ms, topk 2.0 ms.
@@ -58,16 +59,8 @@ class MuonNOLAH(Muon):
         sigmoid_projection: bool = True,
         **muon_kwargs,
     ):
+        check_arguments(self, locals())
         super().__init__(params, **muon_kwargs)
-        name = type(self).__name__
-        if not isinstance(gating, bool):
-            raise _invalid(name, "gating", gating, "use True or False")
-        if not _is_real(percentile) or not 0 < percentile <= 1:
-            raise _invalid(name, "percentile", percentile, "use a number in (0, 1]")
-        if not _is_real(percentile_scale) or percentile_scale < 0:
-            raise _invalid(name, "percentile_scale", percentile_scale, "use a finite number >= 0")
-        if not isinstance(sigmoid_projection, bool):
-            raise _invalid(name, "sigmoid_projection", sigmoid_projection, "use True or False")
         self.gating = gating
         self.percentile = percentile
         self.percentile_scale = percentile_scale

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .muon import BucketContext, Muon, _invalid, _is_real
+from .muon import BucketContext, Muon
+from .registry import check_arguments
 
 STATE_KEY = "normuon_second_moment"
 
@@ -44,9 +45,8 @@ class NorMuon(Muon):
     """Muon plus NorMuon's second-moment normalization (beta2: the EMA coefficient, 0.95)."""
 
     def __init__(self, params, beta2: float = 0.95, **muon_kwargs):
+        check_arguments(self, locals())
         super().__init__(params, **muon_kwargs)
-        if not _is_real(beta2) or not 0 <= beta2 < 1:
-            raise _invalid(type(self).__name__, "beta2", beta2, "use a number in [0, 1)")
         self.beta2 = beta2
 
     def _after_orthogonalize(self, O: Tensor, ctx: BucketContext) -> Tensor:

@@ -30,9 +30,10 @@ import os
 import torch
 from torch import Tensor
 
-from .muon import BucketContext, Muon, _invalid, _is_int, _is_real
-from .noise import NOISE_METHODS, NoiseSource, haar_polar, haar_qr, isotropic
+from .muon import BucketContext, Muon, _invalid
+from .noise import NoiseSource, haar_polar, haar_qr, isotropic
 from .orthogonalize import cubic_newton_schulz
+from .registry import check_arguments
 from .schedules import AlphaSchedule
 
 ENV_AHEAD = "OPTIM_NOISE_AHEAD"  # "0": draw the noise inside the step (on CUDA it is drawn ahead, same values)
@@ -54,6 +55,7 @@ class _NoisyMuon(Muon):
         persist_noise: bool = False,
         **muon_kwargs,
     ):
+        check_arguments(self, locals())
         super().__init__(params, **muon_kwargs)
         name = type(self).__name__
         try:
@@ -67,12 +69,8 @@ class _NoisyMuon(Muon):
             )
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-        if rank_threshold is not None and not (_is_real(rank_threshold) and 0 < rank_threshold <= 1):
-            raise _invalid(name, "rank_threshold", rank_threshold, "use a number in (0, 1] or None (always noise)")
         if rank_threshold is not None and self.rank_every == 0:
             raise _invalid(name, "rank_every", 0, "the trigger (rank_threshold set) needs rank_every >= 1")
-        if not isinstance(persist_noise, bool):
-            raise _invalid(name, "persist_noise", persist_noise, "use True or False")
         self.rank_threshold = rank_threshold
         self.persist_noise = persist_noise
         self.noise = NoiseSource(self.seed)
@@ -100,11 +98,6 @@ class _NoisyMuon(Muon):
 
     def _noise_matrices(self, Z: Tensor) -> Tensor:
         raise NotImplementedError
-
-    def _set_reortho_steps(self, reortho_steps) -> None:
-        if not _is_int(reortho_steps) or not 0 <= reortho_steps <= 100:
-            raise _invalid(type(self).__name__, "reortho_steps", reortho_steps, "use an int in [0, 100]")
-        self.reortho_steps = reortho_steps
 
     def _reorthogonalize(self, X: Tensor) -> Tensor:
         if self.reortho_steps == 0:
@@ -201,11 +194,9 @@ class MuonOrthoNoise(_NoisyMuon):
     qr_algorithm = "cholesky"
 
     def __init__(self, params, noise_method: str = "qr", reortho_steps: int = 3, **kwargs):
+        check_arguments(self, locals())
         super().__init__(params, **kwargs)
-        name = type(self).__name__
-        if noise_method not in NOISE_METHODS:
-            raise _invalid(name, "noise_method", noise_method, f"use one of {list(NOISE_METHODS)}")
-        self._set_reortho_steps(reortho_steps)
+        self.reortho_steps = reortho_steps
         self.noise_method = noise_method
 
     def _noise_matrices(self, Z: Tensor) -> Tensor:
@@ -223,8 +214,9 @@ class MuonIsotropic(_NoisyMuon):
     """
 
     def __init__(self, params, reortho_steps: int = 0, **kwargs):
+        check_arguments(self, locals())
         super().__init__(params, **kwargs)
-        self._set_reortho_steps(reortho_steps)
+        self.reortho_steps = reortho_steps
 
     def _noise_matrices(self, Z: Tensor) -> Tensor:
         return isotropic(Z)

@@ -32,6 +32,8 @@ The decay rate (`weight_decay_scale`; None picks "lr_lr_eff" with cautious_wd, "
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -41,6 +43,13 @@ WEIGHT_DECAY_SCALES = ("lr", "lr_lr_eff")
 # the dot products (geodesic_update_) carries an error of about 6e-4 |u|, so the floor sits above it; the
 # vectors it stops move by at most lr * 1e-3 |u| with theta = lr * |t|.
 TANGENT_FLOOR = 1e-3
+
+
+def adjust_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    """torch.optim.Muon's update scale for a (rows, cols) matrix."""
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    return 0.2 * math.sqrt(max(rows, cols))
 
 
 def resolve_weight_decay_scale(scale: str | None, cautious_wd: bool) -> str:
@@ -138,8 +147,6 @@ def apply_update(opt, bucket, group: dict, O: Tensor, ctx, stats) -> None:
     Keeps Muon's statistics (update_sq, count, noised, grad_sq, numel, eps_sum) exactly as its plain path does.
     The arithmetic is float32 (W of the bucket stacked, per axis of its unit vectors for the geodesic).
     """
-    from .muon import adjust_ratio
-
     r, c = bucket.shape
     n = len(bucket.params)
     lr, wd = group["lr"], group["weight_decay"]

@@ -28,8 +28,8 @@ rule design:
     params:
         phases=lambda w: design_study(),
         order=PLAN.phases,
-        prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
-        power_floor=STUDY.get("design", {}).get("power_floor"),
+        prior_sd=STUDY["design"]["prior_sd"],
+        power_floor=STUDY["design"].get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
         tiny=TINY,
     conda:
@@ -51,8 +51,8 @@ rule design_phase:
     params:
         phases=lambda w: {w.phase: design_entry(w.phase)},
         order=lambda w: PLAN.phases_through(w.phase),
-        prior_sd=STUDY.get("design", {}).get("prior_sd", 0.005),
-        power_floor=STUDY.get("design", {}).get("power_floor"),
+        prior_sd=STUDY["design"]["prior_sd"],
+        power_floor=STUDY["design"].get("power_floor"),
         usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
         tiny=TINY,
     conda:
@@ -117,7 +117,7 @@ rule gates:
         phase="{phase}",
         gates=lambda w: PLAN.phase(w.phase)["gates"],
         baseline=lambda w: PLAN.baseline_arm(w.phase),
-        power_floor=STUDY.get("design", {}).get("power_floor"),
+        power_floor=STUDY["design"].get("power_floor"),
         pick=lambda w: later_pick(w.phase),
     conda:
         "../envs/analysis.yaml"
@@ -160,7 +160,7 @@ checkpoint select:
     params:
         force=lambda w: PLAN.phase(w.phase).get("force", False),
         candidate_arms=lambda w: PLAN.phase(w.phase)["select"].get("arms"),
-        rule=lambda w: PLAN.phase(w.phase)["select"].get("rule", "significant_best"),
+        rule=lambda w: PLAN.phase(w.phase)["select"]["rule"],
         gate=lambda w: PLAN.phase(w.phase)["select"].get("gate"),
     conda:
         "../envs/analysis.yaml"
@@ -168,44 +168,22 @@ checkpoint select:
         "../workflow/scripts/select_arm.py"
 
 
-rule distro_measure:
-    # DisTrO's compression measurements (seed 004) on the real gradients and momenta the phase's capture
-    # arms wrote, beside Gaussian and low-rank matrices of the same shapes.
-    input:
-        runs=lambda w: capture_runs(w.phase),
-    output:
-        tables=R("{phase}/measure.csv"),
-        spectra=R("{phase}/measure_spectra.csv"),
-        md=R("{phase}/measure.md"),
-    log:
-        L("{phase}/measure.log"),
-    params:
-        captures=lambda w: capture_files(w.phase),
-        topk=lambda w: PLAN.phase(w.phase)["measure"].get("topk", [0.01, 0.05, 0.1, 0.25]),
-        cond_topk=lambda w: PLAN.phase(w.phase)["measure"].get("cond_topk", [0.05, 0.1, 0.25]),
-        chunk=lambda w: PLAN.phase(w.phase)["measure"].get("chunk", 64),
-        max_per_file=lambda w: PLAN.phase(w.phase)["measure"].get("max_per_file"),
-    # The GPU when there is one (batched SVDs); else every core, one SVD per thread.
-    threads: workflow.cores
-    conda:
-        "../envs/train.yaml"
-    script:
-        "../workflow/scripts/distro_measure.py"
+# A study's own analysis stages (study/extras.py): one rule per declared extra, made from its entry alone.
+for _extra in EXTRAS.values():
 
-
-rule pareto_plot:
-    # Final loss against the bytes each rank sends per step, for a phase of compressed data-parallel arms.
-    input:
-        runs=R("{phase}/runs.csv"),
-    output:
-        png=report(R("{phase}/plots/pareto.png"), category="{phase}", subcategory="plots", caption="../report/pareto.rst"),
-        md=R("{phase}/pareto.md"),
-    log:
-        L("{phase}/pareto.log"),
-    params:
-        phase="{phase}",
-        baseline=lambda w: PLAN.baseline_arm(w.phase),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../workflow/scripts/pareto.py"
+    rule:
+        name:
+            _extra.rule
+        input:
+            unpack(extra_inputs(_extra)),
+        output:
+            **extra_outputs(_extra),
+        log:
+            L(f"{{phase}}/{_extra.log}"),
+        params:
+            **extra_params(_extra),
+        threads: workflow.cores if _extra.all_cores else 1
+        conda:
+            f"../envs/{_extra.env}.yaml"
+        script:
+            "../workflow/scripts/extra.py"  # runs the entry's own script (a loop's variable is read when a job runs)

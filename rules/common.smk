@@ -1,5 +1,7 @@
 # Wildcard shapes (built from the study, so no other path matches) and the helpers every rule file uses.
 
+from study.extras import EXTRAS, extras_of
+
 
 def one_of(names):
     """A regex matching exactly these names (longest first, so no name matches a prefix of another)."""
@@ -288,10 +290,10 @@ def section_inputs(wildcards):
         "gates": f"{RESULTS}/{phase}/gates.json",
         "plots": expand("{results}/{phase}/plots/{name}.png", results=RESULTS, phase=phase,
                         name=["val_loss", "early", "forest", "eff_rank"])
-        + ([f"{RESULTS}/{phase}/plots/pareto.png"] if PLAN.phase(phase).get("pareto") else []),
+        + [f"{RESULTS}/{phase}/{e.outputs[k]}" for e in extras_of(PLAN.phase(phase)) for k in e.plots],
         "design": f"{RESULTS}/{phase}/design.json",
-        "extra": ([f"{RESULTS}/{phase}/measure.md"] if "measure" in PLAN.phase(phase) else [])
-        + ([f"{RESULTS}/{phase}/pareto.md"] if PLAN.phase(phase).get("pareto") else []),
+        # the phase's own analyses (study/extras.py), appended to its section as written
+        "extra": [f"{RESULTS}/{phase}/{e.outputs[e.section]}" for e in extras_of(PLAN.phase(phase))],
     }
     files.update(selection_input(wildcards))
     return files
@@ -341,9 +343,9 @@ def warn_underpowered():
     """The design check's warnings in every invocation's output (a dry run shows them before any GPU-hour)."""
     from analysis.design import design_from_files
 
-    d = STUDY.get("design", {})
+    d = STUDY["design"]
     _, warnings = design_from_files(design_study(), PLAN.phases, [R(f"{p}/runs.csv") for p in PLAN.phases],
-                                    prior_sd=d.get("prior_sd", 0.005), power_floor=d.get("power_floor"),
+                                    prior_sd=d["prior_sd"], power_floor=d.get("power_floor"),
                                     usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"])
     for w in warnings:
         logger.warning(f"design check ({STUDY_NAME}{'-tiny' if TINY else ''}): {w}")
@@ -362,6 +364,32 @@ def capture_files(phase):
 def capture_runs(phase):
     """The metrics.json of the runs whose captures a phase measures (written after their captures)."""
     return [PLAN.metrics(pr.run) for pr in phase_runs(phase) if STUDY["arms"][pr.run.arm].get("capture")]
+
+
+def extra_context(phase, extra):
+    """What an extra's inputs and params are computed from (study/extras.py)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(phase=phase, plan=PLAN, results=RESULTS, settings=PLAN.phase(phase)[extra.key],
+                           capture_runs=lambda: capture_runs(phase), capture_files=lambda: capture_files(phase))
+
+
+def extra_inputs(extra):
+    return lambda wildcards: extra.inputs(extra_context(wildcards.phase, extra))
+
+
+def extra_outputs(extra):
+    out = {}
+    for name, path in extra.outputs.items():
+        out[name] = R(f"{{phase}}/{path}")
+        if name in extra.report:
+            subcategory, caption = extra.report[name]
+            out[name] = report(out[name], category="{phase}", subcategory=subcategory, caption=caption)
+    return out
+
+
+def extra_params(extra):
+    return {name: (lambda wildcards, f=f: f(extra_context(wildcards.phase, extra))) for name, f in extra.params.items()}
 
 
 def spec_file(wildcards):

@@ -2,12 +2,13 @@
 
 Each problem is one line: the dotted key, the value, what is allowed. All problems are reported at
 once. The declarations checked against live with their owners and are read without importing them:
-optimizer keyword arguments in optim/arguments.py, gate kinds in analysis/gate_kinds.py, model presets
+optimizer classes and their keyword arguments in optim/registry.py, gate kinds in analysis/gate_kinds.py, model presets
 and run-spec fields in trainer/spec.py.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import math
@@ -19,16 +20,18 @@ import jsonschema
 
 from study import external
 from study.config_errors import NUMBER_LIKE, describe
-from study.load import non_finite_numbers
+from study.load import apply_defaults, non_finite_numbers
+from study.extras import EXTRAS, with_extras
+from study.labels import variant_label
 from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
-from study.spec import eval_at_steps, load_file_module, text_data_dir
+from study.spec import eval_at_steps, load_file_module, optimizer_registry, text_data_dir
 
 SELECTED = "selected"
 PATH_SAFE = re.compile(r"^[A-Za-z0-9_.-]+\Z")  # \Z: $ would pass a trailing newline
 # Names a phase cannot take: the workflow's rules and targets, and the directories beside the phases'.
 RESERVED_PHASES = ("all", "design", "design_phase", "train", "aggregate", "significance", "gates", "plots",
-                   "select", "section", "report", "stdlib_corpus", "prepare_text", "distro_measure",
-                   "pareto_plot", "runs", "checkpoints", "reports", "data")
+                   "select", "section", "report", "stdlib_corpus", "prepare_text", "runs", "checkpoints", "reports",
+                   "data") + tuple(e.rule for e in EXTRAS.values())  # and the extras' rules (study/extras.py)
 # Training settings a model owns; an arm may own the trainer's others (warmup, projection frequency...).
 MODEL_TRAINING_KEYS = ("steps", "global_batch", "micro_batch", "seq_len")
 TRAINING_KINDS = {"warmup_steps": "int>=0", "cooldown_frac": "fraction", "grad_clip": "nonnegative",
@@ -48,41 +51,22 @@ def _strict_validator(schema: dict):
     return cls(schema)
 
 
-def schema_problems(config: dict, root: Path) -> list[str]:
+def read_schema(root: Path) -> dict:
     import yaml
 
-    schema = yaml.safe_load((root / "config" / "schema.yaml").read_text())
-    return sorted(describe(e) for e in _strict_validator(schema).iter_errors(config))
+    return with_extras(yaml.safe_load((Path(root) / "config" / "schema.yaml").read_text()))
 
 
-def kind_problem(kind, value) -> str | None:
-    """None when `value` is allowed by an optim/arguments.py kind, else what is allowed."""
-    num = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    integer = isinstance(value, int) and not isinstance(value, bool)
-    if kind is None:
-        return None
-    if isinstance(value, str) and NUMBER_LIKE.match(value) and not isinstance(kind, tuple):
+def schema_problems(config: dict, root: Path) -> list[str]:
+    return sorted(describe(e) for e in _strict_validator(read_schema(root)).iter_errors(config))
+
+
+def kind_problem(kind, value, registry=None) -> str | None:
+    """None when `value` is allowed by an optim/registry.py kind, else what is allowed."""
+    if kind is not None and isinstance(value, str) and NUMBER_LIKE.match(value) and not isinstance(kind, tuple):
         return ("it is a string, not a number; write it with a decimal point (e.g. 1.0e-3): YAML 1.1 reads "
                 "1e-3 as text")
-    if isinstance(kind, tuple):
-        return None if value in kind and type(value) in {type(k) for k in kind} else \
-            f"one of {', '.join(map(repr, kind))}"
-    ok, words = {
-        "positive": (num and value > 0, "a finite number > 0"),
-        "nonnegative": (num and value >= 0, "a finite number >= 0"),
-        "fraction": (num and 0 <= value <= 1, "a number in [0, 1]"),
-        "momentum": (num and 0 <= value < 1, "a number in [0, 1)"),
-        "int>=0": (integer and value >= 0, "an integer >= 0"),
-        "int>=1": (integer and value >= 1, "an integer >= 1"),
-        "int1..100": (integer and 1 <= value <= 100, "an integer in [1, 100]"),
-        "int1..1024": (integer and 1 <= value <= 1024, "an integer in [1, 1024]"),
-        "topk": (num and 0 < value <= 1, "a fraction in (0, 1]"),
-        "bool": (isinstance(value, bool), "true or false"),
-        "betas": (isinstance(value, list) and len(value) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value),
-            "two numbers in [0, 1)"),
-    }[kind]
-    return None if ok else words
+    return (registry or optimizer_registry()).kind_problem(kind, value)
 
 
 def run_entries(phase: dict) -> list[dict]:
@@ -91,28 +75,65 @@ def run_entries(phase: dict) -> list[dict]:
     return [base if isinstance(base, dict) else {"arm": base}] + list(phase.get("runs", []))
 
 
-def variant_table(config: dict) -> dict:
-    """Path label -> (param, value) over every sweep of the study; PlanError when two share a label."""
-    from study.plan import variant_label
+def selectable_arms(config: dict, phase: str, _seen: frozenset = frozenset()) -> set[str]:
+    """The arms a selecting phase can take from the phase it selects from (select.arms, else that phase's run
+    arms, an arm it selected itself standing for the arms it could select)."""
+    sel = config["phases"][phase].get("select")
+    if not sel or phase in _seen or sel["from"] not in config["phases"]:
+        return set()
+    if sel.get("arms"):
+        return set(sel["arms"])
+    out = set()
+    for entry in config["phases"][sel["from"]].get("runs", []):
+        out |= selectable_arms(config, sel["from"], _seen | {phase}) if entry["arm"] == SELECTED else {entry["arm"]}
+    return out
 
-    table, where = {}, {}
+
+def variant_table(config: dict) -> dict:
+    """arm -> {path label -> (param, value)} over every sweep of the study; PlanError when two values would
+    make the same label for one arm (its runs would share a directory, runs/MODEL/ARM/LABEL/seedN).
+
+    Labels belong to an arm: the same lr grid for adamw.lr in one arm and muon.lr in another is two sets of
+    directories. A sweep of `arm: selected` labels every arm the phase can select; an arm that takes the
+    value selected (`value: selected`) takes the labels of the phase selected from, for the arms it selects
+    among."""
+    tables: dict[str, dict] = {}
+    where: dict[tuple, str] = {}
+    after: dict[str, dict] = {}  # the tables as each phase left them (what a later phase selects among)
+
+    def add(arm, label, setting, key):
+        table = tables.setdefault(arm, {})
+        if label in table and table[label] != setting:
+            raise PlanError(f"{key}: {setting[0]}={setting[1]!r} and {table[label][0]}={table[label][1]!r} "
+                            f"({where[arm, label]}) both make the path label {label!r} for arm {arm}: their runs "
+                            f"would share runs/MODEL/{arm}/{label}/; sweep one of them in another arm")
+        table[label] = setting
+        where.setdefault((arm, label), key)
+
     for pname, phase in config["phases"].items():
+        chosen = selectable_arms(config, pname)
         for i, entry in enumerate(run_entries(phase)):
+            key = f"phases.{pname}.runs[{i - 1}]" if i else f"phases.{pname}.baseline"
+            arms = chosen if entry["arm"] == SELECTED else {entry["arm"]}
+            if entry.get("value") == SELECTED and "select" in phase:
+                upstream = after.get(phase["select"]["from"], {})
+                for arm in sorted(arms):
+                    for cand in sorted(chosen):
+                        for label, setting in upstream.get(cand, {}).items():
+                            add(arm, label, setting, where.get((cand, label), key))
             sweep = entry.get("sweep")
             if not sweep:
                 continue
             for value in sweep["values"]:
-                label = variant_label(sweep["param"], value)
-                key = f"phases.{pname}.runs[{i - 1}].sweep" if i else f"phases.{pname}.baseline.sweep"
-                if label in table and table[label] != (sweep["param"], value):
-                    raise PlanError(f"{key}: {sweep['param']}={value!r} and {table[label][0]}={table[label][1]!r} "
-                                    f"({where[label]}) both make the path label {label!r}; rename one setting")
-                table[label], where[label] = (sweep["param"], value), key
-    unswept = config["study"].get("unswept_variant", "default")
-    if unswept in table:
-        raise PlanError(f"study.unswept_variant: {unswept!r} is also the label of {table[unswept][0]}="
-                        f"{table[unswept][1]!r} ({where[unswept]})")
-    return table
+                for arm in sorted(arms):
+                    add(arm, variant_label(sweep["param"], value), (sweep["param"], value), f"{key}.sweep")
+        after[pname] = copy.deepcopy(tables)
+    unswept = config["study"]["unswept_variant"]
+    for arm, table in tables.items():
+        if unswept in table:
+            raise PlanError(f"study.unswept_variant: {unswept!r} is also the label of {table[unswept][0]}="
+                            f"{table[unswept][1]!r} ({where[arm, unswept]})")
+    return tables
 
 
 class _Checks:
@@ -120,7 +141,7 @@ class _Checks:
         self.c = config
         self.root = root
         self.problems: list[str] = []
-        self.args = load_file_module(root, "optim/arguments.py")
+        self.args = optimizer_registry(root)
         self.gate_kinds = load_file_module(root, "analysis/gate_kinds.py")
         self.trainer_spec = load_file_module(root, "trainer/spec.py")
         self.tokenizer_vocab: int | None = None  # text data: the tokenizer's vocabulary size
@@ -130,7 +151,10 @@ class _Checks:
 
     # -- optimizers --------------------------------------------------------------------------------
     def class_args(self, cls: str) -> dict | None:
-        return {} if cls == "AdamW" else self.args.OPTIMIZER_ARGUMENTS.get(cls)
+        return self.args.OPTIMIZER_ARGUMENTS.get(cls)
+
+    def kind_problem(self, kind, value) -> str | None:
+        return kind_problem(kind, value, self.args)
 
     def settable(self, arm: str, param: str) -> str | None:
         """None when the arm can take `param` (section.key), else what it can take."""
@@ -161,7 +185,7 @@ class _Checks:
         return None
 
     def check_arms(self) -> None:
-        known = sorted(self.args.OPTIMIZER_ARGUMENTS) + ["AdamW"]
+        known = sorted(self.args.OPTIMIZERS)
         for arm, a in self.c["arms"].items():
             cls = a["class"]
             if cls not in known:
@@ -173,11 +197,11 @@ class _Checks:
                     if why:
                         self.bad(f"arms.{arm}.{section}.{key}: {why}")
                         continue
-                    what = kind_problem(self.value_kind(arm, f"{section}.{key}"), value)
+                    what = self.kind_problem(self.value_kind(arm, f"{section}.{key}"), value)
                     if what:
                         self.bad(f"arms.{arm}.{section}.{key}: {value!r} is not allowed ({what})")
-            if cls == "AdamW" and a.get("muon"):
-                self.bad(f"arms.{arm}.muon: class AdamW takes no muon settings (set them under adamw)")
+            if not self.class_args(cls) and a.get("muon"):
+                self.bad(f"arms.{arm}.muon: class {cls} takes no muon settings (set them under adamw)")
             muon = {**self.c["optimizer_defaults"]["muon"], **a.get("muon", {})}
             if muon.get("schedule") in ("exponential", "linear") and not (
                     "alpha_end_ratio" in muon or "half_life" in muon or "alpha_end" in muon):
@@ -193,7 +217,7 @@ class _Checks:
             else:
                 kinds = {v.get(key) for v in self.args.OPTIMIZER_ARGUMENTS.values() if key in v}
                 for kind in kinds:
-                    what = kind_problem(kind, value)
+                    what = self.kind_problem(kind, value)
                     if what:
                         self.bad(f"optimizer_defaults.muon.{key}: {value!r} is not allowed ({what})")
                         break
@@ -202,7 +226,7 @@ class _Checks:
                 self.bad(f"optimizer_defaults.adamw.{key}: not an AdamW setting "
                          f"(known: {', '.join(self.args.ADAMW_ARGUMENTS)})")
             else:
-                what = kind_problem(self.args.ADAMW_ARGUMENTS[key], value)
+                what = self.kind_problem(self.args.ADAMW_ARGUMENTS[key], value)
                 if what:
                     self.bad(f"optimizer_defaults.adamw.{key}: {value!r} is not allowed ({what})")
 
@@ -307,12 +331,12 @@ class _Checks:
     # -- phases ------------------------------------------------------------------------------------
     def is_evaluated(self, model: str, step: int) -> bool:
         """Whether the model's runs evaluate `step` (arithmetic, not a set of every step: steps may be huge)."""
-        m, every = self.c["models"][model], self.c["training_defaults"].get("eval_every", 50)
+        m, every = self.c["models"][model], self.c["training_defaults"]["eval_every"]
         return (step in eval_at_steps(self.c, model) or step == m["steps"]
                 or (every > 0 and 0 < step <= m["steps"] and step % every == 0))
 
     def evaluated_steps_text(self, model: str) -> str:
-        m, every = self.c["models"][model], self.c["training_defaults"].get("eval_every", 50)
+        m, every = self.c["models"][model], self.c["training_defaults"]["eval_every"]
         listed = sorted(set(eval_at_steps(self.c, model)) | {m["steps"]})
         return ", ".join(map(str, listed)) + (f" and every multiple of {every}" if every > 0 else "")
 
@@ -408,7 +432,7 @@ class _Checks:
                     continue
                 kind = self.value_kind(arm, sweep["param"])
                 for j, v in enumerate(sweep["values"]):
-                    what = kind_problem(kind, v) or (None if not isinstance(v, str) or PATH_SAFE.match(v)
+                    what = self.kind_problem(kind, v) or (None if not isinstance(v, str) or PATH_SAFE.match(v)
                                                      else "letters, digits, '_', '.' and '-' (it goes into paths)")
                     if what:
                         self.bad(f"{key}.sweep.values[{j}]: {v!r} is not allowed for {sweep['param']} ({what})")
@@ -416,7 +440,8 @@ class _Checks:
                 if dup:
                     self.bad(f"{key}.sweep.values: {', '.join(dup)} listed twice")
                 values = sweep["values"]
-            if self.c["arms"][arm]["class"] in ("MuonOrthoNoise", "MuonIsotropic"):
+            declared = self.args.OPTIMIZERS.get(self.c["arms"][arm]["class"])
+            if declared is not None and "noise" in declared.traits:
                 alpha = {**self.c["optimizer_defaults"]["muon"], **self.c["arms"][arm].get("muon", {})}.get("alpha")
                 alphas = values if sweep and sweep["param"] == "muon.alpha" else [alpha]
                 if entry.get("value") != SELECTED and any(a is None or a == 0 for a in alphas):
@@ -483,11 +508,13 @@ class _Checks:
 
 
 def check(config: dict, root: Path) -> dict:
-    """PlanError listing every problem of the study, or what the checks learned ({"tokenizer_vocab"})."""
+    """PlanError listing every problem of the study, or what the checks learned ({"tokenizer_vocab"}). A valid
+    study gets the schema's defaults filled in, in place (study.load.apply_defaults)."""
     problems = non_finite_numbers(config)
     if not problems:
         problems = schema_problems(config, root)
     if not problems:
+        apply_defaults(config, read_schema(root))  # the schema's defaults, in the study itself (config/schema.yaml)
         c = _Checks(config, root)
         c.check_arms()
         c.check_models()

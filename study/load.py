@@ -190,3 +190,35 @@ def non_finite_numbers(obj, where: str = "") -> list[str]:
     elif isinstance(obj, float) and not math.isfinite(obj):
         out.append(f"{where}: {obj!r} is not allowed (a finite number)")
     return out
+
+
+def apply_defaults(config: dict, schema: dict) -> dict:
+    """Fill in, in place, every optional key the schema gives a `default:` that the study leaves out (the one
+    place a study setting's default lives; the code then reads the key itself). Only keys of mappings that are
+    there are filled, never a section the study did not write, so a default cannot make a phase select or
+    measure. Returns config."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: dict) -> dict:
+        while isinstance(node, dict) and "$ref" in node:
+            node = {**defs[node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    def fill(value, node) -> None:
+        node = resolve(node)
+        if not isinstance(value, dict) or not isinstance(node, dict):
+            return
+        for key, sub in node.get("properties", {}).items():
+            sub = resolve(sub)
+            if key not in value and isinstance(sub, dict) and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                fill(value[key], sub)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, item in value.items():
+                if key not in node.get("properties", {}):
+                    fill(item, extra)
+
+    fill(config, schema)
+    return config

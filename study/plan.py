@@ -14,32 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.checks import PlanError, check, run_entries, variant_table
+from study.labels import fmt_value, variant_label
 from study.run_specs import run_spec_problems
 from study.spec import build_spec, load_code_versions, run_settings
 
 SELECTED = "selected"
-
-
-def fmt_value(value) -> str:
-    """A swept value as written in run paths, exactly: 1.0e-3 -> '0.001', 3 -> '3', 2.5e-5 -> '2.5e-05'.
-
-    Python's repr is the shortest string that reads back to the same float, so no two values share a
-    label and the value parsed from a path is the value configured.
-    """
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        return text[:-2] if text.endswith(".0") else text
-    return str(value)
-
-
-def variant_label(param: str, value) -> str:
-    short = param.rsplit(".", 1)[-1]
-    text = fmt_value(value)
-    return f"{short}{text}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{short}-{text}"
 
 
 @dataclass(frozen=True, order=True)
@@ -94,7 +73,8 @@ class Plan:
         self.model_revision_source = None
         self.twin = twin  # the CPU twin: its W&B runs tagged and grouped apart
         self.results = results.rstrip("/")
-        self.variants = variant_table(config)  # label -> (param, value)
+        self.arm_variants = variant_table(config)  # arm -> {label -> (param, value)}
+        self.variants = sorted({label for table in self.arm_variants.values() for label in table})  # every label
         self._specs: dict[Run, dict] = {}
         # every run's spec as the trainer reads it, before any job (a refused spec would fail every job)
         problems = run_spec_problems(self, self.all_runs())
@@ -184,11 +164,12 @@ class Plan:
 
     @property
     def unswept(self) -> str:
-        return self.config["study"].get("unswept_variant", "default")
+        return self.config["study"]["unswept_variant"]
 
     # -- runs -----------------------------------------------------------------------------------
     def make_run(self, model: str, arm: str, variant: str, seed: int) -> Run:
-        settings = () if variant == self.unswept else tuple(self.variants[part] for part in variant.split("+"))
+        table = self.arm_variants.get(arm, {})
+        settings = () if variant == self.unswept else tuple(table[part] for part in variant.split("+"))
         return Run(model, arm, variant, int(seed), settings)
 
     def all_runs(self) -> list[Run]:
@@ -222,8 +203,9 @@ class Plan:
                 raise PlanError(f"no {name} named {wildcards[name]!r} in the study "
                                 f"(known: {', '.join(sorted(pool))})")
         variant = wildcards["variant"]
-        if variant != self.unswept and not all(part in self.variants for part in variant.split("+")):
-            raise PlanError(f"no swept value makes the path label {variant!r} in this study")
+        table = self.arm_variants.get(wildcards["arm"], {})
+        if variant != self.unswept and not all(part in table for part in variant.split("+")):
+            raise PlanError(f"no swept value makes the path label {variant!r} for arm {wildcards['arm']} in this study")
         return self.make_run(wildcards["model"], wildcards["arm"], variant, int(wildcards["seed"]))
 
     def spec(self, run: Run) -> dict:

@@ -4,7 +4,7 @@ A study can pass the schema and the study checks and still make a spec the train
 2**64, an empty wandb entity, a model option the model does not take, a seq_len beyond the model's block
 size): then every train job of it would fail, after queueing. So the plan builds the spec of every run
 any phase can ask for and reads it with trainer/spec.py's RunSpec.from_dict (torch-free, loaded from its
-file like optim/arguments.py), and reports each problem once: the spec key, the value, what is allowed, the
+file like optim/registry.py), and reports each problem once: the spec key, the value, what is allowed, the
 study key it comes from, and one run it concerns.
 """
 

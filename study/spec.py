@@ -45,12 +45,19 @@ def _load_file(path: str, _mtime_ns: int):
     return module
 
 
+OPTIMIZER_REGISTRY = "optim/registry.py"  # the optimizer declarations, read without importing optim/ (torch)
+
+
+def optimizer_registry(code_root: str | Path = ROOT):
+    """optim/registry.py of the code under code_root, loaded from its file."""
+    return load_file_module(Path(code_root), OPTIMIZER_REGISTRY)
+
+
 def load_code_versions(code_root: str | Path = ROOT) -> dict:
-    """The behaviour versions of the code under code_root (optim/versions.py, trainer/version.py)."""
-    root = Path(code_root)
-    versions = load_file_module(root, "optim/versions.py")
-    return {"optimizer": versions.ALGORITHM_VERSIONS, "features": getattr(versions, "FEATURE_VERSIONS", {}),
-            "trainer": load_file_module(root, "trainer/version.py").TRAINER_VERSION}
+    """The behaviour versions of the code under code_root (optim/registry.py, trainer/version.py)."""
+    registry = optimizer_registry(code_root)
+    return {"optimizer": registry.ALGORITHM_VERSIONS, "features": registry.FEATURE_VERSIONS,
+            "trainer": load_file_module(Path(code_root), "trainer/version.py").TRAINER_VERSION}
 
 
 def _set_path(settings: dict, param: str, value) -> None:
@@ -62,7 +69,7 @@ def arm_settings(config: dict, arm: str, swept: tuple = (), class_args: dict | N
     """An arm's resolved settings by section (muon, adamw, training, model) with the run's swept value.
 
     optimizer_defaults.muon gives every Muon-family class the keys it takes (`class_args`: the class's
-    keyword arguments, optim/arguments.py); the arm's own settings override them; the swept value
+    keyword arguments, optim/registry.py); the arm's own settings override them; the swept value
     overrides both (`swept`: the run's (param, value) pairs). `alpha_end_ratio` is the study's way to
     write alpha_end = alpha x ratio.
     """
@@ -76,7 +83,7 @@ def arm_settings(config: dict, arm: str, swept: tuple = (), class_args: dict | N
     ratio = out["muon"].pop("alpha_end_ratio", None)
     if ratio is not None and "alpha" in out["muon"]:
         out["muon"]["alpha_end"] = _clean(out["muon"]["alpha"] * ratio)
-    if a["class"] == "AdamW":
+    if class_args == {}:  # a class that takes no optimizer.muon settings (AdamW: its settings are optimizer.adamw)
         out["muon"] = {}
     return out
 
@@ -115,11 +122,11 @@ def model_vocab(config: dict, model: str, tokenizer_vocab: int | None) -> int | 
 def run_settings(config: dict, run, root: str | Path = ROOT) -> tuple[dict, dict]:
     """(the arm's resolved settings by section, the spec's optimizer section) of a run; no data needed."""
     cls = config["arms"][run.arm]["class"]
-    class_args = load_file_module(root, "optim/arguments.py").OPTIMIZER_ARGUMENTS.get(cls)
+    class_args = optimizer_registry(root).OPTIMIZER_ARGUMENTS.get(cls)
     settings = arm_settings(config, run.arm, run.settings, class_args)
     optimizer = {"arm": run.arm, "class": cls, "muon": dict(sorted(settings["muon"].items())),
                  "adamw": dict(sorted(settings["adamw"].items())),
-                 "split": {"adamw_patterns": list(config["optimizer_defaults"].get("adamw_patterns", []))}}
+                 "split": {"adamw_patterns": list(config["optimizer_defaults"]["adamw_patterns"])}}
     return settings, optimizer
 
 
@@ -150,20 +157,20 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
             "global_batch": m["global_batch"],
             "micro_batch": m["micro_batch"],
             "seq_len": m["seq_len"],
-            "warmup_steps": t.get("warmup_steps", 0),
-            "cooldown_frac": t.get("cooldown_frac", 0.0),
-            "grad_clip": t.get("grad_clip", 0.0),
-            "divergence_factor": t.get("divergence_factor", 3.0),
+            "warmup_steps": t["warmup_steps"],
+            "cooldown_frac": t["cooldown_frac"],
+            "grad_clip": t["grad_clip"],
+            "divergence_factor": t["divergence_factor"],
             **settings["training"],
         },
         "eval": {
-            "every": t.get("eval_every", 50),
-            "batches": t.get("eval_batches", 20),
+            "every": t["eval_every"],
+            "batches": t["eval_batches"],
             "at_steps": sorted(eval_at_steps(config, run.model)),
-            "target_losses": list(t.get("target_losses", [])),
+            "target_losses": list(t["target_losses"]),
         },
         "data": data_settings(config, text_data),
-        "checkpoint": {"every": t.get("checkpoint_every", 100), "keep": t.get("keep_checkpoints", False)},
+        "checkpoint": {"every": t["checkpoint_every"], "keep": t["keep_checkpoints"]},
         # Operational (no fingerprint). One folder per study and twin (results/STUDY[-tiny]/wandb), so
         # `wandb sync results/STUDY/wandb/wandb/offline-run-*` uploads one study's runs and never a twin's; a
         # twin's runs are also grouped STUDY-tiny/MODEL and tagged "twin".
@@ -193,7 +200,7 @@ def build_spec(config: dict, run, versions: dict | None = None, root: str | Path
 def eval_at_steps(config: dict, model: str) -> list[int]:
     """The model's evaluated steps (its own list, else the study's training_defaults)."""
     m = config["models"][model]
-    return list(m.get("eval_at_steps", config["training_defaults"].get("eval_at_steps", [])))
+    return list(m.get("eval_at_steps", config["training_defaults"]["eval_at_steps"]))
 
 
 def canonical_json(obj) -> str:
@@ -201,7 +208,7 @@ def canonical_json(obj) -> str:
 
 
 def features_used(muon_settings: dict, features: dict) -> dict:
-    """{feature: version} of the versioned features (optim/versions.py FEATURE_VERSIONS) a run uses."""
+    """{feature: version} of the versioned features (optim/registry.py FEATURE_VERSIONS) a run uses."""
     return {name: version for name, (version, when) in sorted(features.items())
             if all(muon_settings.get(k) == v for k, v in when.items())}
 
@@ -217,7 +224,7 @@ def fingerprint(spec: dict, versions: dict | None = None) -> str:
     versions = versions or load_code_versions()
     cls = spec["optimizer"]["class"]
     if cls not in versions["optimizer"]:
-        raise KeyError(f"optim/versions.py has no ALGORITHM_VERSIONS entry for {cls}")
+        raise KeyError(f"optim/registry.py has no OPTIMIZERS entry for {cls}")
     affecting["code_versions"] = {"optimizer": versions["optimizer"][cls], "trainer": versions["trainer"]}
     used = features_used(spec["optimizer"].get("muon", {}), versions.get("features", {}))
     if used:  # only runs that use a versioned feature carry it: the others keep their fingerprints

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from study import Plan, PlanError, load_study
 from study.external import trainer_name
-from tests.workflow_helpers import REPO, copy_workflow
+from tests.workflow_helpers import REPO, bump_version, copy_workflow
 from trainer.external import CONTRACT_EXIT_CODE, PREEMPTED_EXIT_CODE, contract_problems, run_external
 
 STUDY = "tests/external_trainer/study.yaml"
@@ -89,8 +88,7 @@ def test_the_fingerprint_follows_the_declared_files_command_and_settings_only(wf
     other["trainers"]["quad"]["command"].append("--verbose")
     assert changed(fingerprints(other, wf)) == quad
     # the built-in trainer's and optimizers' behaviour versions are not the external trainer's
-    versions = wf / "optim" / "versions.py"
-    versions.write_text(re.sub(r'"Muon": (\d+)', lambda m: f'"Muon": {int(m[1]) + 1}', versions.read_text()))
+    bump_version(wf, "Muon")
     assert changed(fingerprints(cfg, wf)) == {"tiny/muon/default/seed1", "tiny/muon/lr0.01/seed1"}
 
 

@@ -93,12 +93,12 @@ def test_a_yaml_alias_bomb_is_refused_naming_the_file(tmp_path):
 
 
 def test_the_bounds_planning_checks_are_the_code_s_own():
-    """trainer/spec.py's block sizes are the models' own, and optim/arguments.py's ranges are the classes':
+    """trainer/spec.py's block sizes are the models' own, and optim/registry.py's ranges are the classes':
     at each bound the class accepts, one past it the class refuses (what planning refuses instead)."""
     import torch
 
     import optim
-    from optim.arguments import OPTIMIZER_ARGUMENTS
+    from optim.registry import OPTIMIZER_ARGUMENTS
     from study.checks import kind_problem
     from trainer.model import PRESETS
     from trainer.ngpt import NGPT_PRESETS

@@ -10,7 +10,7 @@ import pytest
 
 from study import Plan, PlanError, Run, StudyFileError, fmt_value, launcher, load_study, variant_label
 from study.spec import build_spec, fingerprint
-from tests.workflow_helpers import REPO, put
+from tests.workflow_helpers import REPO, bump_version, put
 
 
 def study(name="orthonoise", tiny=False, **overrides):
@@ -24,14 +24,6 @@ def copy_code(dst):
 
     for part in ("optim", "trainer", "analysis", "config"):
         shutil.copytree(REPO / part, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
-
-
-def bump(versions, name: str, opening: str = "") -> None:
-    """Add one to NAME's behaviour version in optim/versions.py (opening: "(" for a FEATURE_VERSIONS tuple)."""
-    import re
-
-    versions.write_text(re.sub(rf'"{name}": {re.escape(opening)}(\d+)',
-                               lambda m: f'"{name}": {opening}{int(m[1]) + 1}', versions.read_text()))
 
 
 @pytest.fixture
@@ -107,8 +99,9 @@ def test_the_move_keeps_every_fingerprint(full, tiny, tmp_path):
     import re
 
     copy_code(tmp_path)
-    versions = tmp_path / "optim" / "versions.py"
-    versions.write_text(re.sub(r'"(Muon|MuonOrthoNoise|MuonIsotropic|MuonNOLAH)": \d+', r'"\1": 1', versions.read_text()))
+    registry = tmp_path / "optim" / "registry.py"
+    registry.write_text(re.sub(r'("(?:Muon|MuonOrthoNoise|MuonIsotropic|MuonNOLAH)": Optimizer\("[\w.]+", version=)\d+', r'\g<1>1',
+                               registry.read_text()))
     first_layout = {
         ("gpt-350m", "muon", "alpha0", 42): "bcd7cc91d934835e",
         ("gpt-350m", "orthonoise", "alpha0.001", 123): "91976eb07a630ce9",
@@ -179,7 +172,7 @@ def test_fingerprint_follows_the_optimizer_behaviour_version(tiny, tmp_path):
     before = Plan(tiny, code_root=tmp_path)
     iso, muon = before.make_run("tiny", "isotropic", "alpha0.001", 42), before.make_run("tiny", "muon", "alpha0", 42)
     fp_iso, fp_muon = before.fingerprint(iso), before.fingerprint(muon)
-    bump(tmp_path / "optim" / "versions.py", "MuonIsotropic")
+    bump_version(tmp_path, "MuonIsotropic")
     after = Plan(tiny, code_root=tmp_path)
     assert after.fingerprint(iso) != fp_iso
     assert after.fingerprint(muon) == fp_muon
@@ -193,7 +186,7 @@ def test_a_feature_version_re_runs_only_the_runs_that_use_the_feature(tmp_path):
     before = Plan(cfg, code_root=tmp_path)
     polar, plain = before.make_run("ngpt-tiny", "muon-polar", "lr0.01", 1), before.make_run("ngpt-tiny", "muon", "lr0.01", 42)
     fp_polar, fp_plain = before.fingerprint(polar), before.fingerprint(plain)
-    bump(tmp_path / "optim" / "versions.py", "polar_express", "(")
+    bump_version(tmp_path, "polar_express")
     after = Plan(cfg, code_root=tmp_path)
     assert after.fingerprint(polar) != fp_polar
     assert after.fingerprint(plain) == fp_plain
@@ -371,20 +364,23 @@ def test_slurm_node_args_are_typed_like_the_plugins_gpus():
 
 
 def test_optimizer_arguments_match_the_classes():
-    """optim/arguments.py (read by the config checks without torch) lists exactly each class's keyword
+    """optim/registry.py (read by the config checks without torch) lists exactly each class's keyword
     arguments, and a value every class accepts for each default."""
     import inspect
 
     import optim
-    from optim.arguments import OPTIMIZER_ARGUMENTS
+    from optim.registry import OPTIMIZER_ARGUMENTS
 
     def arguments(cls):  # the keyword arguments along the class chain (subclasses pass **kwargs up)
         return {name for k in cls.__mro__ if "__init__" in vars(k) and k.__module__.startswith("optim.")
                 for name, p in inspect.signature(k.__init__).parameters.items()
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self", "params", "seed"}
 
-    assert set(OPTIMIZER_ARGUMENTS) == set(optim.OPTIMIZERS) - {"AdamW"}
+    assert set(OPTIMIZER_ARGUMENTS) == set(optim.OPTIMIZERS)
     for name, declared in OPTIMIZER_ARGUMENTS.items():
+        if name == "AdamW":  # its settings are optimizer.adamw (ADAMW_ARGUMENTS); it takes no muon ones
+            assert declared == {}
+            continue
         assert set(declared) == arguments(optim.OPTIMIZERS[name]), name
 
 
@@ -434,3 +430,25 @@ def test_a_hub_models_commit_is_in_its_fingerprint_and_the_twin_is_kept_apart_in
     assert (real["wandb"]["dir"], twin["wandb"]["dir"]) == ("results/orthonoise/wandb", "results/orthonoise-tiny/wandb")
     assert "twin" in twin["wandb"]["tags"] and "twin" not in real["wandb"]["tags"]
     assert twin["wandb"]["group"] == "orthonoise-tiny/tiny"
+
+
+def test_one_lr_grid_for_adamw_lr_and_muon_lr_in_two_arms_is_two_sets_of_directories(tiny):
+    """Issue 21: path labels belong to an arm. The same grid swept as adamw.lr in the AdamW arm and as muon.lr
+    in the Muon arm makes runs in different arm folders (nothing shares a directory): accepted, each run
+    trains its own setting; the same two sweeps in one arm would share directories: refused."""
+    cfg = copy.deepcopy(tiny)
+    cfg["arms"]["adam"] = {"class": "AdamW"}
+    grid = [1.0e-3, 1.0e-2]
+    cfg["phases"]["phase1"]["runs"] += [{"arm": "adam", "sweep": {"param": "adamw.lr", "values": grid}},
+                                        {"arm": "muon", "sweep": {"param": "muon.lr", "values": grid}}]
+    plan = Plan(cfg)
+    keys = {pr.run.key: pr.run for pr in plan.phase_runs("phase1")}
+    adam, muon = keys["tiny/adam/lr0.01/seed42"], keys["tiny/muon/lr0.01/seed42"]
+    assert plan.optimizer(adam)["adamw"]["lr"] == 0.01 and plan.optimizer(adam)["class"] == "AdamW"
+    assert plan.optimizer(muon)["muon"]["lr"] == 0.01 and plan.optimizer(muon)["adamw"]["lr"] != 0.01
+    assert plan.run_dir(adam) != plan.run_dir(muon)
+    same_arm = copy.deepcopy(tiny)
+    same_arm["phases"]["phase1"]["runs"] += [{"arm": "muon", "sweep": {"param": p, "values": grid}}
+                                             for p in ("adamw.lr", "muon.lr")]
+    with pytest.raises(PlanError, match=r"both make the path label 'lr0.001' for arm muon: their runs would share"):
+        Plan(same_arm)

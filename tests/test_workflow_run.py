@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.workflow_helpers import TWIN, copy_finished, job_counts, snakemake, write_config
+from tests.workflow_helpers import TWIN, bump_version, copy_finished, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -94,15 +94,13 @@ def test_one_arm_change_reruns_exactly_that_arm(done):
 
 
 def test_behaviour_version_bump_reruns_that_optimizer_only(done):
-    versions = done / "optim" / "versions.py"
-    original = versions.read_text()
-    versions.write_text(re.sub(r'"MuonIsotropic": (\d+)', lambda m: f'"MuonIsotropic": {int(m[1]) + 1}', original))
+    original = bump_version(done, "MuonIsotropic")
     try:
         dry = snakemake(done, "phase1", *configs(done, "arm.yaml"), "-n")
         assert stale_runs(dry.stdout) == {"tiny/isotropic/alpha0.001/seed42",
                                           "tiny/isotropic/alpha0.001/seed123"}
     finally:
-        versions.write_text(original)
+        (done / "optim" / "registry.py").write_text(original)
 
 
 def test_adding_an_alpha_adds_only_its_runs(done):

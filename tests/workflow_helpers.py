@@ -102,3 +102,17 @@ def copy_finished(src: Path, dest: Path) -> Path:
     Snakemake finds it as up to date as the original)."""
     shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+def bump_version(code_root: Path, name: str) -> str:
+    """Add one to the behaviour version of optimizer class or feature NAME in code_root's optim/registry.py
+    (what a change to its numbers must do); returns the file's text before, to restore it."""
+    import re
+
+    registry = Path(code_root) / "optim" / "registry.py"
+    original = registry.read_text()
+    pattern = rf'("{re.escape(name)}": (?:Optimizer\("[\w.]+", version=|\())(\d+)'
+    text, n = re.subn(pattern, lambda m: f"{m[1]}{int(m[2]) + 1}", original)
+    assert n == 1, f"no version of {name} in {registry}"
+    registry.write_text(text)
+    return original

@@ -92,3 +92,11 @@ class HFCausalLM(nn.Module):
         if out is not None and out.weight is emb:
             n += emb.numel()
         return 6.0 * n + 12.0 * self.n_layer * self.n_embd * seq_len
+
+
+def build(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False, options: dict | None = None,
+          revision: str | None = None) -> HFCausalLM:
+    """The Hugging Face family's models (trainer/models/families.py "hf"): arch hf:<local path or Hub id>."""
+    if options:
+        raise ModelError(f"model.options {options!r}: only the nGPT presets take options")
+    return HFCausalLM(arch[3:], revision=revision)

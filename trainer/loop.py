@@ -21,7 +21,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,8 +32,7 @@ from trainer import checkpoint as ckpt
 from trainer import data as data_mod
 from trainer import determinism
 from trainer import distributed as dist_mod
-from trainer.model import build_model
-from trainer.ngpt import sphere_projection
+from trainer.models import build_model, step_hook
 from trainer.progress import LineStream
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
 from trainer.runlock import RunLock
@@ -73,7 +72,7 @@ def fmt_key(x: float) -> str:
 
 def code_versions(cls: str) -> dict:
     try:
-        from optim.versions import ALGORITHM_VERSIONS
+        from optim.registry import ALGORITHM_VERSIONS
 
         ov = ALGORITHM_VERSIONS.get(cls)
     except ImportError:
@@ -114,7 +113,7 @@ def library_versions(device: torch.device, data_checksum: str | None, model) -> 
     v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
          "platform": platform.platform(), "trainer": TRAINER_VERSION}
     try:
-        from optim.versions import ALGORITHM_VERSIONS
+        from optim.registry import ALGORITHM_VERSIONS
 
         v["optim"] = dict(ALGORITHM_VERSIONS)
     except ImportError:
@@ -201,7 +200,7 @@ class Session:
             raise SpecError([("optimizer", {"class": o.cls, "muon": o.muon, "adamw": o.adamw}, str(e))]) from None
         for g in self.opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
-        self.projection = sphere_projection(self.model, t.projection_every)  # nGPT only, else None
+        self.projection = step_hook(self.model, m.arch, t)  # the family's (nGPT: the sphere projection), else None
         # an optimizer that exchanges its own gradients (optim.DeMo): all-reduce only the others'
         own = self.opt.self_synced() if hasattr(self.opt, "self_synced") else set()
         self.reduce_params = [p for p in self.params if id(p) not in own]
@@ -454,6 +453,218 @@ def run(spec: RunSpec, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, 
             dist_mod.cleanup(info)
 
 
+@dataclass
+class RunState:
+    """What a run carries from step to step and across a resume: the training part of its checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    history: list = field(default_factory=list)  # history.csv's rows so far
+    evals: dict = field(default_factory=dict)  # step -> validation loss
+    ref_loss: float | None = None  # the first finite train loss (the divergence test's reference)
+    wall_before: float = 0.0  # wall seconds of the earlier processes of this run
+    timed_tokens: int = 0  # tokens and seconds of the timed steps (tokens_per_s)
+    timed_time: float = 0.0
+    wandb_id: str | None = None
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "RunState":
+        return cls(step=state["step"], history=state["history"], evals={int(k): v for k, v in state["evals"].items()},
+                   ref_loss=state["ref_loss"], wall_before=state["wall_time_s"], timed_tokens=state["timed_tokens"],
+                   timed_time=state["timed_time"], wandb_id=state.get("wandb_id"))
+
+    def checkpoint_part(self, wall_time_s: float) -> dict:
+        return {"history": self.history, "evals": self.evals, "ref_loss": self.ref_loss, "wall_time_s": wall_time_s,
+                "timed_tokens": self.timed_tokens, "timed_time": self.timed_time}
+
+
+def _resume(spec: RunSpec, sess: Session, ckpt_dir: Path, info: dist_mod.DistInfo, log: _Log, key: str) -> RunState:
+    """The run's state from its checkpoint (model, optimizer and RNG loaded into the session) when one of this
+    spec and code is there, else a fresh one; records the checkpoint fallbacks met on the way."""
+    run = RunState()
+    # RNG states stay CPU tensors; load_state_dict moves. Unreadable files fall back to the one before.
+    state, fallbacks = ckpt.load(ckpt_dir, map_location="cpu", move_bad=info.is_main)
+    for ev in fallbacks:
+        log(f"warning: checkpoint {ckpt_dir / ev['file']} ({ev['size']} bytes) cannot be read ({ev['error']}): "
+            f"falling back to {ev['fallback']}")
+    if state is not None and getattr(sess.opt, "has_rank_local_state", False) and state.get("resume_key") == key:
+        state = _attach_rank_state(state, ckpt_dir, info, key, log, fallbacks)
+    if state is not None:
+        if state.get("resume_key") != key:
+            log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
+                f"{state.get('resume_key')} != {key}, fingerprint {state.get('fingerprint')} vs {spec.fingerprint}): "
+                f"not resuming; starting fresh")
+        elif info.is_main and state.get("data_checksum") != sess.data.checksum:
+            raise data_mod.DataError(
+                f"the data changed since checkpoint {ckpt_dir} was written at step {state['step']} (data checksum "
+                f"{str(state.get('data_checksum'))[:16]}... then, {sess.data.checksum[:16]}... now; "
+                f"{sess.data.description}): resuming would train on other data. Restore the data, or delete "
+                f"{ckpt_dir} to start this run over")
+        else:
+            sess.model.load_state_dict(state["model"])
+            sess.opt.load_state_dict(state["optimizer"])
+            ckpt.set_rng_state(state["rng"], info.device)
+            run = RunState.from_checkpoint(state)
+            src = ckpt_dir / fallbacks[-1]["fallback"] if fallbacks else ckpt.path_of(ckpt_dir)
+            log(f"resuming from {src} at step {run.step} (world size then {state['world_size']}, "
+                f"now {info.world_size})")
+    for ev in fallbacks:
+        ev["resumed_at_step"] = run.step
+    _add_events(ckpt_dir, info, log, reset=run.step == 0, checkpoint_fallbacks=fallbacks)
+    return run
+
+
+class _Checkpointer:
+    """Saves the run's checkpoint (every rank calls save; rank-local optimizer state first, then rank 0's file)."""
+
+    def __init__(self, spec: RunSpec, sess: Session, ckpt_dir: Path, info: dist_mod.DistInfo, log: _Log, key: str,
+                 run: RunState, tracker: Tracker, t_process: float):
+        self.spec, self.sess, self.dir, self.info, self.log, self.key = spec, sess, ckpt_dir, info, log, key
+        self.run, self.tracker, self.t_process = run, tracker, t_process
+        self.rank_local = getattr(sess.opt, "has_rank_local_state", False)  # optim.DeMo: per-rank residuals
+        self.previous_step = run.step  # the step previous.pt holds after the next save (its rank files are kept)
+
+    def save(self, step: int, reason: str) -> None:
+        sess, info, ckpt_dir, key = self.sess, self.info, self.dir, self.key
+        settle = getattr(sess.opt, "settle_measurements", None)
+        if settle is not None:  # on every rank: sharded rank measurements are all-gathered here
+            settle()
+        if self.rank_local:  # each rank's residual first; latest.pt (rank 0, below) then names the step
+            if not info.is_main:
+                ckpt.save_rank(ckpt_dir, info.rank, step, {"resume_key": key, "step": step,
+                                                           "optimizer": sess.opt.state_dict()})
+            dist_mod.barrier(info)
+        if info.is_main:
+            p = ckpt.save(ckpt_dir, {
+                "resume_key": key, "fingerprint": self.spec.fingerprint, "step": step,
+                "model": sess.model.state_dict(), "optimizer": sess.opt.state_dict(),
+                "rng": ckpt.rng_state(info.device),
+                **self.run.checkpoint_part(self.run.wall_before + (time.time() - self.t_process)),
+                "wandb_id": self.tracker.id, "world_size": info.world_size,
+                "torch": torch.__version__, "data_checksum": sess.data.checksum,
+                # the rank files this checkpoint goes with (a resume refuses any other)
+                **({"rank_files": ckpt.rank_checksums(ckpt_dir, step, info.world_size)} if self.rank_local else {})})
+            self.log(f"checkpoint at step {step} ({reason}): {p}")
+            if self.rank_local:
+                ckpt.prune_ranks(ckpt_dir, keep_steps=(step, self.previous_step))
+                self.previous_step = step
+        dist_mod.barrier(info)
+
+
+def _progress_bar(spec: RunSpec, start: int, info: dist_mod.DistInfo, log: _Log):
+    if not info.is_main:
+        return None
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    pbar = tqdm(total=spec.training.steps, initial=start, file=sys.stderr if tty else LineStream(sys.stderr),
+                desc=spec.run_id[-40:], unit="step", dynamic_ncols=tty, ncols=None if tty else 100,
+                ascii=None if tty else True, mininterval=0.5 if tty else 30.0, disable=False)
+    log.pbar = pbar
+    return pbar
+
+
+def _train(spec: RunSpec, sess: Session, run: RunState, tracker: Tracker, saver: _Checkpointer,
+           flag: ckpt.PreemptionFlag, info: dist_mod.DistInfo, log: _Log) -> tuple[str, int | None, bool]:
+    """The training loop from run.step to the last step: (status, diverged_step, preempted)."""
+    t = spec.training
+    start = run.step
+
+    def do_eval(step: int) -> float:
+        v = sess.evaluate()
+        run.evals[step] = v
+        log(f"step {step}: val_loss {v:.4f}")
+        return v
+
+    tokens_per_step = t.global_batch * t.seq_len
+    esteps = set(eval_steps(spec))
+    status, diverged_step, preempted = "ok", None, False
+    pbar = _progress_bar(spec, start, info, log)
+    try:
+        if start == 0:
+            v0 = do_eval(0)
+            row0 = {c: None for c in HISTORY_COLUMNS}
+            row0.update(step=0, val_loss=v0)
+            run.history.append(row0)
+            tracker.log({"val_loss": v0}, step=0)
+        seg_steps = 0
+        for step0 in range(start, t.steps):
+            step = step0 + 1
+            t0 = time.perf_counter()
+            r = sess.train_step(step0, stop_requested=flag.requested)
+            dt = time.perf_counter() - t0
+            seg_steps += 1
+            if seg_steps > TIMING_SKIP_STEPS or t.steps - start <= TIMING_SKIP_STEPS:
+                run.timed_tokens += tokens_per_step
+                run.timed_time += dt
+            tps = tokens_per_step / dt if dt > 0 else None
+            d = r.diag
+            row = {"step": step, "train_loss": r.loss, "val_loss": None, "lr_scale": r.lr_scale,
+                   "grad_norm": r.grad_norm, "update_rms": _num(d.get("update_rms")),
+                   "eff_rank_mean": _num(d.get("eff_rank_mean")), "eff_rank_min": _num(d.get("eff_rank_min")),
+                   "noise_fraction": _num(d.get("noise_fraction")), "eps": _num(d.get("eps_mean")),
+                   "tokens_per_s": tps, "weight_norm_dev": _num(d.get("weight_norm_dev")), **sess.comm_bytes()}
+            if run.ref_loss is None and math.isfinite(r.loss):
+                run.ref_loss = r.loss
+            bad = not math.isfinite(r.loss) or (run.ref_loss is not None and r.loss > t.divergence_factor
+                                                 * run.ref_loss)
+            if not bad and step in esteps:
+                row["val_loss"] = do_eval(step)
+                bad = not math.isfinite(row["val_loss"])
+            run.history.append(row)
+            run.step = step
+            tracker.log(row, step=step)
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{r.loss:.4f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
+            if bad:
+                status, diverged_step = "diverged", step
+                log(f"diverged at step {step}: train loss {r.loss} (start {run.ref_loss}, limit "
+                    f"{t.divergence_factor} x start){'' if row['val_loss'] is None else ', val loss ' + str(row['val_loss'])}")
+                break
+            if r.stop:
+                preempted = True
+                saver.save(step, f"preemption signal {flag.name() or 'on another rank'}")
+                break
+            if spec.checkpoint.every and step % spec.checkpoint.every == 0 and step < t.steps:
+                saver.save(step, "periodic")
+    finally:
+        if pbar is not None:
+            pbar.close()
+            log.pbar = None
+    return status, diverged_step, preempted
+
+
+def _metrics(spec: RunSpec, spec_dict: dict, sess: Session, run: RunState, status: str, diverged_step: int | None,
+             wall: float, tracker: Tracker, info: dist_mod.DistInfo) -> dict[str, Any]:
+    """metrics.json (docs/DESIGN.md), but for the events the caller adds."""
+    steps = spec.training.steps
+    finite = {s: v for s, v in run.evals.items() if v is not None and math.isfinite(v)}
+    return {
+        "status": status,
+        "diverged_step": diverged_step,
+        "final_val_loss": run.evals.get(steps) if status == "ok" else None,
+        "best_val_loss": min(finite.values()) if finite else None,
+        "val_loss_at": {str(s): finite[s] for s in spec.eval.at_steps if s in finite},
+        "steps_to_loss": {fmt_key(x): next((s for s in sorted(finite) if finite[s] <= x), None)
+                          for x in spec.eval.target_losses},
+        "steps_completed": run.history[-1]["step"] if run.history else 0,
+        "tokens_per_s": run.timed_tokens / run.timed_time if run.timed_time > 0 else None,
+        "wall_time_s": wall,
+        # GPUs held x wall time: two ranks sharing one GPU (TRAINER_RANKS_SHARE_GPU) count it once
+        "gpu_hours": info.devices_held * wall / 3600.0 if info.device.type == "cuda" else 0.0,
+        "world_size": info.world_size,
+        "device": info.device.type,
+        "backend": info.backend,
+        "diagnostics": _summarise([r for r in run.history if r["step"] > 0]),
+        "wandb": tracker.record(),
+        "spec": spec_dict,
+        "fingerprint": spec.fingerprint,
+        "package_version": package_version(),
+        "git_commit": git_commit(),
+        "versions": library_versions(info.device, sess.data.checksum, sess.model),
+    }
+
+
 def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag: ckpt.PreemptionFlag) -> int:
     t_process = time.time()
     log = _Log(info.is_main)
@@ -484,152 +695,17 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
     log(f"optimizer split: {len(asg['muon'])} tensors to {spec.optimizer.cls}, {len(asg['adamw'])} to AdamW "
         f"({', '.join(asg['adamw'][:6])}{', ...' if len(asg['adamw']) > 6 else ''})")
 
-    # ------------------------------------------------------------------ resume
-    versions = code_versions(spec.optimizer.cls)
-    key = spec.resume_key(versions)
-    start, history, evals = 0, [], {}
-    ref_loss, wall_before, timed_tokens, timed_time, wandb_id = None, 0.0, 0, 0.0, None
-    # RNG states stay CPU tensors; load_state_dict moves. Unreadable files fall back to the one before.
-    state, fallbacks = ckpt.load(ckpt_dir, map_location="cpu", move_bad=info.is_main)
-    for ev in fallbacks:
-        log(f"warning: checkpoint {ckpt_dir / ev['file']} ({ev['size']} bytes) cannot be read ({ev['error']}): "
-            f"falling back to {ev['fallback']}")
-    rank_local = getattr(sess.opt, "has_rank_local_state", False)  # optim.DeMo: per-rank residuals
-    if state is not None and rank_local and state.get("resume_key") == key:
-        state = _attach_rank_state(state, ckpt_dir, info, key, log, fallbacks)
-    if state is not None:
-        if state.get("resume_key") != key:
-            log(f"checkpoint {ckpt.path_of(ckpt_dir)} was written for a different spec or code (resume key "
-                f"{state.get('resume_key')} != {key}, fingerprint {state.get('fingerprint')} vs {spec.fingerprint}): "
-                f"not resuming; starting fresh")
-        elif info.is_main and state.get("data_checksum") != sess.data.checksum:
-            raise data_mod.DataError(
-                f"the data changed since checkpoint {ckpt_dir} was written at step {state['step']} (data checksum "
-                f"{str(state.get('data_checksum'))[:16]}... then, {sess.data.checksum[:16]}... now; "
-                f"{sess.data.description}): resuming would train on other data. Restore the data, or delete "
-                f"{ckpt_dir} to start this run over")
-        else:
-            sess.model.load_state_dict(state["model"])
-            sess.opt.load_state_dict(state["optimizer"])
-            ckpt.set_rng_state(state["rng"], info.device)
-            start, history, evals = state["step"], state["history"], {int(k): v for k, v in state["evals"].items()}
-            ref_loss, wall_before = state["ref_loss"], state["wall_time_s"]
-            timed_tokens, timed_time = state["timed_tokens"], state["timed_time"]
-            wandb_id = state.get("wandb_id")
-            src = ckpt_dir / fallbacks[-1]["fallback"] if fallbacks else ckpt.path_of(ckpt_dir)
-            log(f"resuming from {src} at step {start} (world size then {state['world_size']}, "
-                f"now {info.world_size})")
-    resumed = start > 0
-    for ev in fallbacks:
-        ev["resumed_at_step"] = start
-    _add_events(ckpt_dir, info, log, reset=not resumed, checkpoint_fallbacks=fallbacks)
-    del state
-
-    tracker = Tracker(spec.wandb, spec.run_id, spec_dict, info.is_main, resume_id=wandb_id, log=log)
+    key = spec.resume_key(code_versions(spec.optimizer.cls))
+    run = _resume(spec, sess, ckpt_dir, info, log, key)
+    tracker = Tracker(spec.wandb, spec.run_id, spec_dict, info.is_main, resume_id=run.wandb_id, log=log)
     if tracker.active:
         log(f"wandb {tracker.mode}: run id {tracker.id}, dir {tracker.dir}")
-
-    previous_step = [start]  # the step previous.pt holds after the next save (its rank files are kept)
-
-    def save_checkpoint(step: int, reason: str):
-        settle = getattr(sess.opt, "settle_measurements", None)
-        if settle is not None:  # on every rank: sharded rank measurements are all-gathered here
-            settle()
-        if rank_local:  # each rank's residual first; latest.pt (rank 0, below) then names the step
-            if not info.is_main:
-                ckpt.save_rank(ckpt_dir, info.rank, step, {"resume_key": key, "step": step,
-                                                           "optimizer": sess.opt.state_dict()})
-            dist_mod.barrier(info)
-        if info.is_main:
-            p = ckpt.save(ckpt_dir, {
-                "resume_key": key, "fingerprint": spec.fingerprint, "step": step,
-                "model": sess.model.state_dict(), "optimizer": sess.opt.state_dict(),
-                "rng": ckpt.rng_state(info.device), "history": history, "evals": evals, "ref_loss": ref_loss,
-                "wall_time_s": wall_before + (time.time() - t_process), "timed_tokens": timed_tokens,
-                "timed_time": timed_time, "wandb_id": tracker.id, "world_size": info.world_size,
-                "torch": torch.__version__, "data_checksum": sess.data.checksum,
-                # the rank files this checkpoint goes with (a resume refuses any other)
-                **({"rank_files": ckpt.rank_checksums(ckpt_dir, step, info.world_size)} if rank_local else {})})
-            log(f"checkpoint at step {step} ({reason}): {p}")
-            if rank_local:
-                ckpt.prune_ranks(ckpt_dir, keep_steps=(step, previous_step[0]))
-                previous_step[0] = step
-        dist_mod.barrier(info)
-
-    def do_eval(step: int) -> float:
-        v = sess.evaluate()
-        evals[step] = v
-        log(f"step {step}: val_loss {v:.4f}")
-        return v
-
-    # ------------------------------------------------------------------ loop
-    tokens_per_step = t.global_batch * t.seq_len
-    esteps = set(eval_steps(spec))
-    status, diverged_step, preempted = "ok", None, False
-    pbar = None
-    if info.is_main:
-        from tqdm import tqdm
-
-        tty = sys.stderr.isatty()
-        pbar = tqdm(total=t.steps, initial=start, file=sys.stderr if tty else LineStream(sys.stderr),
-                    desc=spec.run_id[-40:], unit="step", dynamic_ncols=tty, ncols=None if tty else 100,
-                    ascii=None if tty else True, mininterval=0.5 if tty else 30.0, disable=False)
-        log.pbar = pbar
-    try:
-        if start == 0:
-            v0 = do_eval(0)
-            row0 = {c: None for c in HISTORY_COLUMNS}
-            row0.update(step=0, val_loss=v0)
-            history.append(row0)
-            tracker.log({"val_loss": v0}, step=0)
-        seg_steps = 0
-        for step0 in range(start, t.steps):
-            step = step0 + 1
-            t0 = time.perf_counter()
-            r = sess.train_step(step0, stop_requested=flag.requested)
-            dt = time.perf_counter() - t0
-            seg_steps += 1
-            if seg_steps > TIMING_SKIP_STEPS or t.steps - start <= TIMING_SKIP_STEPS:
-                timed_tokens += tokens_per_step
-                timed_time += dt
-            tps = tokens_per_step / dt if dt > 0 else None
-            d = r.diag
-            row = {"step": step, "train_loss": r.loss, "val_loss": None, "lr_scale": r.lr_scale,
-                   "grad_norm": r.grad_norm, "update_rms": _num(d.get("update_rms")),
-                   "eff_rank_mean": _num(d.get("eff_rank_mean")), "eff_rank_min": _num(d.get("eff_rank_min")),
-                   "noise_fraction": _num(d.get("noise_fraction")), "eps": _num(d.get("eps_mean")),
-                   "tokens_per_s": tps, "weight_norm_dev": _num(d.get("weight_norm_dev")), **sess.comm_bytes()}
-            if ref_loss is None and math.isfinite(r.loss):
-                ref_loss = r.loss
-            bad = not math.isfinite(r.loss) or (ref_loss is not None and r.loss > spec.training.divergence_factor
-                                                 * ref_loss)
-            if not bad and step in esteps:
-                row["val_loss"] = do_eval(step)
-                bad = not math.isfinite(row["val_loss"])
-            history.append(row)
-            tracker.log(row, step=step)
-            if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{r.loss:.4f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
-            if bad:
-                status, diverged_step = "diverged", step
-                log(f"diverged at step {step}: train loss {r.loss} (start {ref_loss}, limit "
-                    f"{spec.training.divergence_factor} x start){'' if row['val_loss'] is None else ', val loss ' + str(row['val_loss'])}")
-                break
-            if r.stop:
-                preempted = True
-                save_checkpoint(step, f"preemption signal {flag.name() or 'on another rank'}")
-                break
-            if spec.checkpoint.every and step % spec.checkpoint.every == 0 and step < t.steps:
-                save_checkpoint(step, "periodic")
-    finally:
-        if pbar is not None:
-            pbar.close()
-            log.pbar = None
+    saver = _Checkpointer(spec, sess, ckpt_dir, info, log, key, run, tracker, t_process)
+    status, diverged_step, preempted = _train(spec, sess, run, tracker, saver, flag, info, log)
 
     if preempted:
         if info.is_main:
-            write_csv(out / "history.csv", HISTORY_COLUMNS, history)
+            write_csv(out / "history.csv", HISTORY_COLUMNS, run.history)
         tracker.finish(exit_code=ckpt.PREEMPTED_EXIT_CODE, preempted=True)
         _add_events(ckpt_dir, info, log, record_errors=tracker.errors)
         log(f"preempted: exiting with code {ckpt.PREEMPTED_EXIT_CODE} so that the job is retried; the next start "
@@ -638,50 +714,24 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
 
     # ------------------------------------------------------------------ records
     sess.check_replicas()
-    steps_completed = history[-1]["step"] if history else 0
-    wall = wall_before + (time.time() - t_process)
-    finite = {s: v for s, v in evals.items() if v is not None and math.isfinite(v)}
-    final = evals.get(t.steps) if status == "ok" else None
-    metrics: dict[str, Any] = {
-        "status": status,
-        "diverged_step": diverged_step,
-        "final_val_loss": final,
-        "best_val_loss": min(finite.values()) if finite else None,
-        "val_loss_at": {str(s): finite[s] for s in spec.eval.at_steps if s in finite},
-        "steps_to_loss": {fmt_key(x): next((s for s in sorted(finite) if finite[s] <= x), None)
-                          for x in spec.eval.target_losses},
-        "steps_completed": steps_completed,
-        "tokens_per_s": timed_tokens / timed_time if timed_time > 0 else None,
-        "wall_time_s": wall,
-        # GPUs held x wall time: two ranks sharing one GPU (TRAINER_RANKS_SHARE_GPU) count it once
-        "gpu_hours": info.devices_held * wall / 3600.0 if info.device.type == "cuda" else 0.0,
-        "world_size": info.world_size,
-        "device": info.device.type,
-        "backend": info.backend,
-        "diagnostics": _summarise([r for r in history if r["step"] > 0]),
-        "wandb": tracker.record(),
-        "spec": spec_dict,
-        "fingerprint": spec.fingerprint,
-        "package_version": package_version(),
-        "git_commit": git_commit(),
-        "versions": library_versions(info.device, sess.data.checksum, sess.model),
-    }
+    wall = run.wall_before + (time.time() - t_process)
+    metrics = _metrics(spec, spec_dict, sess, run, status, diverged_step, wall, tracker, info)
     tracker.summary(metrics)
     tracker.finish(exit_code=0)
     events = _add_events(ckpt_dir, info, log, record_errors=tracker.errors)
     metrics.update(events)  # record_errors, checkpoint_fallbacks: of every process of this run
     if spec.checkpoint.keep and status == "ok":
-        save_checkpoint(steps_completed, "final (checkpoint.keep)")
+        saver.save(metrics["steps_completed"], "final (checkpoint.keep)")
     if info.is_main:
         # spec.json again: another invocation's refused job deletes the outputs it would have made (Snakemake
         # removes them before the job starts), the spec.json this run wrote at its start among them
         write_json(out / "spec.json", spec_dict)
-        write_csv(out / "history.csv", HISTORY_COLUMNS, history)
+        write_csv(out / "history.csv", HISTORY_COLUMNS, run.history)
         write_json(out / "metrics.json", metrics)  # last: its presence means the run is done
         if not spec.checkpoint.keep:
             ckpt.remove(ckpt_dir)
     dist_mod.barrier(info)
     flag.finished = True  # from here a signal cannot lose anything (run(hold_signals=True))
-    log(f"done: status {status}, final val loss {final}, best {metrics['best_val_loss']}, "
+    log(f"done: status {status}, final val loss {metrics['final_val_loss']}, best {metrics['best_val_loss']}, "
         f"{metrics['tokens_per_s'] or 0:,.0f} tokens/s, {wall:.1f} s -> {out / 'metrics.json'}")
     return 0

@@ -24,9 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class ModelError(ValueError):
-    """A model that cannot be built as asked."""
+from trainer.models import build_model  # noqa: F401  (every family's models; kept here for its callers)
+from trainer.models.families import ModelError
 
 
 @dataclass(frozen=True)
@@ -185,19 +184,10 @@ def preset_config(arch: str, vocab_size: int | None = None, tie_embeddings: bool
     return replace(cfg, tie_embeddings=tie_embeddings)
 
 
-def build_model(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False,
-                options: dict | None = None, revision: str | None = None) -> nn.Module:
-    """A preset GPT, an nGPT preset ('ngpt-*', trainer/ngpt.py; `options` are its model.options) or a local
-    Hugging Face causal LM ('hf:<path>'). Every model here has forward(idx, targets) -> mean cross-entropy,
-    .vocab_size, .block_size, .flops_per_token(T), .num_params()."""
-    if arch.startswith("ngpt-"):
-        from trainer.ngpt import build_ngpt
-
-        return build_ngpt(arch, vocab_size, tie_embeddings, options)
+def build(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False, options: dict | None = None,
+          revision: str | None = None) -> GPT:
+    """The GPT family's models (trainer/models/families.py "gpt")."""
     if options:
         raise ModelError(f"model.options {options!r}: only the nGPT presets take options")
-    if arch.startswith("hf:"):
-        from trainer.hf import HFCausalLM
-
-        return HFCausalLM(arch[3:], revision=revision)
     return GPT(preset_config(arch, vocab_size, tie_embeddings))
+

@@ -254,6 +254,17 @@ def build_ngpt(arch: str, vocab_size: int | None = None, tie_embeddings: bool = 
     return NGPT(ngpt_config(arch, vocab_size, options))
 
 
+def build(arch: str, vocab_size: int | None = None, tie_embeddings: bool = False, options: dict | None = None,
+          revision: str | None = None) -> NGPT:
+    """The nGPT family's models (trainer/models/families.py "ngpt")."""
+    return build_ngpt(arch, vocab_size, tie_embeddings, options)
+
+
+def step_hook(model: nn.Module, training) -> LazyProjection | None:
+    """The family's per-step hook: the projection back onto the sphere every training.projection_every steps."""
+    return sphere_projection(model, training.projection_every)
+
+
 class LazyProjection:
     """The trainer's hook: after every `every`-th optimizer step, put the model's weights back on the sphere.
 

@@ -13,15 +13,35 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-MODEL_PRESETS = ("tiny", "gpt-124m", "gpt-350m", "gpt-1b", "ngpt-tiny", "ngpt-124m", "ngpt-350m")
-NGPT_RESIDUALS = ("reference", "gated")  # nGPT model.options.residual (trainer/ngpt.py)
-OPTIMIZER_CLASSES = ("Muon", "MuonOrthoNoise", "MuonIsotropic", "MuonNOLAH", "NorMuon", "AdamW", "DeMo")
+
+def _declarations(relpath: str):
+    """A declaration file of this code root (optim/registry.py, trainer/models/families.py), loaded from its
+    path: importing optim/ imports torch, and the workflow loads this file from its path too, so the
+    declarations read are always the same code root's."""
+    path = Path(__file__).resolve().parent.parent / relpath
+    name = f"_declarations_{abs(hash(str(path)))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_REGISTRY = _declarations("optim/registry.py")
+_MODELS = _declarations("trainer/models/families.py")
+
+MODEL_PRESETS = tuple(_MODELS.PRESETS)  # trainer/models/families.py
+OPTIMIZER_CLASSES = tuple(_REGISTRY.OPTIMIZERS)  # optim/registry.py
 DATA_KINDS = ("stdlib", "bin")
 WANDB_MODES = ("disabled", "offline", "online")
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,10 +49,9 @@ COMPILE = ("auto", True, False)
 DTYPES = ("auto", "float32", "bfloat16")
 CAPTURE_WHAT = ("grad", "momentum")
 MAX_VOCAB = 262144  # uint32 shards above 65536 ids (Granite's tokenizer has 100352)
-DEFAULT_ADAMW_PATTERNS = ["embed", "wte", "lm_head", "norm", "bias", "gain"]
-# The longest sequence of each preset (trainer/model.py and trainer/ngpt.py block_size; a test keeps them equal).
-PRESET_BLOCK_SIZE = {"tiny": 1024, "gpt-124m": 4096, "gpt-350m": 4096, "gpt-1b": 4096, "ngpt-tiny": 1024,
-                     "ngpt-124m": 4096, "ngpt-350m": 4096}
+DEFAULT_ADAMW_PATTERNS = list(_REGISTRY.DEFAULT_ADAMW_PATTERNS)  # the factory's too
+# The longest sequence of each preset (trainer/models/families.py; a test keeps them the models' block_size).
+PRESET_BLOCK_SIZE = {name: fam.presets[name] for name, fam in _MODELS.PRESETS.items()}
 # Size bounds, so that a typo cannot ask for terabytes: the history keeps a row per step in memory; a step's
 # batch (global_batch x seq_len tokens) and the validation windows' indices (eval.batches x global_batch,
 # 8 bytes each) are allocated at once.
@@ -41,7 +60,7 @@ MAX_GLOBAL_BATCH = 1 << 20
 MAX_TOKENS_PER_STEP = 1 << 32
 MAX_VAL_WINDOWS = 1 << 20
 # Classes that exchange their own compressed gradients: no rank holds the global gradient to clip.
-SELF_SYNCED_CLASSES = ("DeMo",)
+SELF_SYNCED_CLASSES = _REGISTRY.with_trait("self_synced")
 # Sections that cannot change a run's numbers (the same list as study.spec.OPERATIONAL).
 OPERATIONAL = ("checkpoint", "wandb", "runtime", "fingerprint")
 
@@ -184,16 +203,20 @@ class ModelSpec:
     arch: str
     vocab_size: int | None = None  # presets only: override the preset's vocabulary size
     tie_embeddings: bool = False  # presets only: share the input embedding with the output head
-    options: dict = field(default_factory=dict)  # nGPT presets only: {"residual", "gate_alpha"}, resolved
+    options: dict = field(default_factory=dict)  # the family's model.options, resolved (nGPT: residual, gate_alpha)
     revision: str | None = None  # hf:<Hub id> only: the commit fetched (trainer/hub.py), loaded from the cache
 
     @property
-    def is_ngpt(self) -> bool:
-        return self.arch.startswith("ngpt-")
+    def family(self):
+        return _MODELS.family_of(self.arch)
 
     @property
-    def is_hf(self) -> bool:
-        return self.arch.startswith("hf:")
+    def is_ngpt(self) -> bool:  # a family whose weights live on the sphere
+        return self.family is not None and "sphere" in self.family.traits
+
+    @property
+    def is_hf(self) -> bool:  # a family whose config comes with its weights
+        return self.family is not None and "own_config" in self.family.traits
 
     @property
     def hf_path(self) -> str:
@@ -306,7 +329,7 @@ class RunSpec:
 
         m = c.section(d, "model", {"name", "arch", "vocab_size", "tie_embeddings", "options", "revision"})
         arch = c.get(m, "model.arch", "str") if m else None
-        if arch is not None and arch not in MODEL_PRESETS and not (arch.startswith("hf:") and len(arch) > 3):
+        if arch is not None and _MODELS.family_of(arch) is None:
             c.bad("model.arch", arch, f"one of {list(MODEL_PRESETS)}, 'hf:<local path>' or 'hf:<Hub id>'")
         model = ModelSpec(
             name=(c.get(m, "model.name", "str") if m else None) or "",
@@ -341,8 +364,8 @@ class RunSpec:
         optimizer = OptimizerSpec(arm=(c.get(o, "optimizer.arm", "str", ocls or "") if o else ""),
                                   cls=ocls or "", muon=muon or {}, adamw=adamw or {},
                                   adamw_patterns=patterns or [])
-        if ocls == "AdamW" and muon:
-            c.bad("optimizer.muon", muon, "empty for class AdamW (every parameter goes to AdamW; its settings "
+        if ocls and _REGISTRY.OPTIMIZERS[ocls].takes == "none" and muon:
+            c.bad("optimizer.muon", muon, f"empty for class {ocls} (every parameter goes to AdamW; its settings "
                                           "are optimizer.adamw)")
 
         alpha_default = muon.get("alpha", 0.0) if isinstance(muon, dict) else 0.0
@@ -371,7 +394,7 @@ class RunSpec:
         )
         if training.projection_every not in (None, 1) and not model.is_ngpt:
             c.bad("training.projection_every", training.projection_every,
-                  f"1 for model.arch {model.arch!r} (only the nGPT presets keep weights on the sphere)")
+                  f"1 for model.arch {model.arch!r} (only the {_MODELS.titles('sphere')} keep weights on the sphere)")
         gb, mb = training.global_batch, training.micro_batch
         if gb is not None and mb is not None and gb % mb != 0:
             c.bad("training.micro_batch", mb, f"a divisor of training.global_batch ({gb})")
@@ -476,7 +499,7 @@ class RunSpec:
         if not self.model.is_hf:
             m["vocab_size"] = self.model.vocab_size
             m["tie_embeddings"] = self.model.tie_embeddings
-        if self.model.is_ngpt:
+        if self.model.family is not None and self.model.family.options:
             m["options"] = copy.deepcopy(self.model.options)
         data = {"kind": self.data.kind}
         if self.data.kind == "stdlib":
@@ -525,23 +548,27 @@ class RunSpec:
 
 
 def _model_options(c: _Checker, m: dict, model: ModelSpec) -> dict:
-    """model.options, resolved: for the nGPT presets {"residual": "reference"} or {"residual": "gated",
-    "gate_alpha": 0.15 unless given}; no other arch takes options."""
+    """model.options, resolved by the family's declarations (trainer/models/families.py): every option the
+    family takes with its default written out, e.g. nGPT's {"residual": "reference"} or {"residual": "gated",
+    "gate_alpha": 0.15 unless given}; a family without options takes none."""
     o = c.get(m, "model.options", "dict", {})
-    if not model.is_ngpt:
+    declared = model.family.options if model.family is not None else {}
+    if not declared:
         if o:
-            c.bad("model.options", o, "only for the nGPT presets (ngpt-*)")
+            c.bad("model.options", o, f"only for the {_MODELS.titles(takes_options=True)}")
         return {}
     for k in o:
-        if k not in ("residual", "gate_alpha"):
-            c.bad(f"model.options.{k}", o[k], "an unknown key; allowed keys: ['gate_alpha', 'residual']")
-    residual = c.get(o, "model.options.residual", "choice", "reference", choices=NGPT_RESIDUALS)
-    if residual != "gated":
-        if "gate_alpha" in o:
-            c.bad("model.options.gate_alpha", o["gate_alpha"], "only with model.options.residual 'gated'")
-        return {"residual": "reference"}
-    return {"residual": "gated", "gate_alpha": c.get(o, "model.options.gate_alpha", "float", 0.15, lo=0.0,
-                                                     lo_open=True)}
+        if k not in declared:
+            c.bad(f"model.options.{k}", o[k], f"an unknown key; allowed keys: {sorted(declared)}")
+    out = {}
+    for key, opt in declared.items():
+        if opt.only_with and out.get(opt.only_with[0]) != opt.only_with[1]:
+            if key in o:
+                c.bad(f"model.options.{key}", o[key], f"only with model.options.{opt.only_with[0]} {opt.only_with[1]!r}")
+            continue
+        out[key] = c.get(o, f"model.options.{key}", opt.kind, opt.default, choices=opt.choices or None, lo=opt.lo,
+                         lo_open=opt.lo_open)
+    return out
 
 
 def canonical_json(obj) -> str:
