@@ -438,6 +438,7 @@ def test_one_lr_grid_for_adamw_lr_and_muon_lr_in_two_arms_is_two_sets_of_directo
     trains its own setting; the same two sweeps in one arm would share directories: refused."""
     cfg = copy.deepcopy(tiny)
     cfg["arms"]["adam"] = {"class": "AdamW"}
+    cfg["phases"]["phase1"]["gates"].pop("effective_rank_logged")  # AdamW logs no effective rank (refused)
     grid = [1.0e-3, 1.0e-2]
     cfg["phases"]["phase1"]["runs"] += [{"arm": "adam", "sweep": {"param": "adamw.lr", "values": grid}},
                                         {"arm": "muon", "sweep": {"param": "muon.lr", "values": grid}}]
