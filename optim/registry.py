@@ -113,16 +113,19 @@ OPTIMIZERS = {
     # 2 (issue 15): the effective rank is measured on the host (float64 Gram, LAPACK) and the measurement of
     # step k is applied at step k + rank_every (the noise trigger, and the eff_rank diagnostics of all four);
     # bf16/fp16 parameters: decay and step computed in float32 and rounded once.
-    "Muon": Optimizer("optim.muon", version=2, arguments=MUON, traits=MEASURES),
-    "MuonOrthoNoise": Optimizer("optim.orthonoise", version=2, traits=MEASURES | {"noise"},
+    # 3 (issue 24), the Muon family (NorMuon 2): on CUDA the bf16 Newton-Schulz / Polar Express iterations run
+    # through optim/triton_ns.py (another bf16 rounding of the same iteration) and the update W + s*O is one
+    # pass; the CPU path is bitwise unchanged (its runs re-run once for nothing: the number names the code).
+    "Muon": Optimizer("optim.muon", version=3, arguments=MUON, traits=MEASURES),
+    "MuonOrthoNoise": Optimizer("optim.orthonoise", version=3, traits=MEASURES | {"noise"},
                                 arguments={**MUON, **NOISE, "noise_method": ("qr", "polar"), "reortho_steps": "int0..100"}),
-    "MuonIsotropic": Optimizer("optim.orthonoise", version=2, traits=MEASURES | {"noise"},
+    "MuonIsotropic": Optimizer("optim.orthonoise", version=3, traits=MEASURES | {"noise"},
                                arguments={**MUON, **NOISE, "reortho_steps": "int0..100"}),
-    "MuonNOLAH": Optimizer("optim.nolah", version=2, traits=MEASURES,
+    "MuonNOLAH": Optimizer("optim.nolah", version=3, traits=MEASURES,
                            arguments={**MUON, "gating": "bool", "percentile": "fraction>0",
                                       "percentile_scale": "nonnegative", "sigmoid_projection": "bool"}),
     # inherits Muon's step (a change there alters it too)
-    "NorMuon": Optimizer("optim.normuon", version=1, arguments={**MUON, "beta2": "momentum"}, traits=MEASURES),
+    "NorMuon": Optimizer("optim.normuon", version=2, arguments={**MUON, "beta2": "momentum"}, traits=MEASURES),
     # torch.optim.AdamW for every parameter (its settings are optimizer.adamw)
     "AdamW": Optimizer("optim.adamw", version=1, arguments={}, takes="none"),
     # compressed data-parallel (optim/demo.py): DCT top-k of each rank's momentum, exchanged by all_gather.
