@@ -13,6 +13,7 @@ from analysis.report import has_noise_arms, section_markdown
 from analysis.stats import significance_table
 
 SWEEP = ["lr0.1", "lr0.023", "lr0.05", "lr0.2"]
+GATES = {"phase": "p", "passed": None, "gates": []}
 MUON_ARMS = {"muon": {"class": "Muon", "muon": {"lr": 0.02}}, "normuon": {"class": "NorMuon", "muon": {"lr": 0.02}}}
 
 
@@ -97,7 +98,7 @@ def test_placeholder_left_out_of_the_report(tmp_path):
     why = P.omitted_reason(out["early"])
     assert why and "evaluated step" in why
     text = section_markdown(phase="p", question="q", runs=runs, significance=significance_table(runs, "muon"),
-                            gates={"phase": "p", "passed": None, "gates": []}, plots=list(out.values()), results_root=str(tmp_path),
+                            gates=GATES, plots=list(out.values()), results_root=str(tmp_path),
                             arms=MUON_ARMS, usd_per_gpu_hour=1.0, baseline="muon", tiny=True)
     assert "plots/early.png" not in text and "![Validation loss vs step](plots/val_loss.png)" in text
     assert "_Early training (zoomed): left out, only 1 evaluated step(s)" in text
@@ -106,7 +107,7 @@ def test_placeholder_left_out_of_the_report(tmp_path):
 def test_trigger_table_only_with_noise_arms(tmp_path):
     runs, _ = tables()      # Muon and NorMuon: noise_fraction_mean logged as 0 for every run
     sig = significance_table(runs, "muon")
-    kw = dict(phase="p", question="q", significance=sig, gates={"phase": "p", "passed": None, "gates": []}, plots=[], results_root=str(tmp_path),
+    kw = dict(phase="p", question="q", significance=sig, gates=GATES, plots=[], results_root=str(tmp_path),
               usd_per_gpu_hour=1.0, baseline="muon")
     assert not has_noise_arms(runs, MUON_ARMS)
     assert "Noise trigger rate" not in section_markdown(runs=runs, arms=MUON_ARMS, **kw)
