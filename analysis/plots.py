@@ -279,8 +279,9 @@ def plot_early(curves, runs, path, baseline, early_steps, phase="", max_lines=12
         ev = curves[pd.to_numeric(curves["val_loss"], errors="coerce").notna()]
         st = sorted({int(s) for s in ev["step"] if s <= early_steps})
     if len(st) < 3:
-        return _empty(path, title, f"only {len(st)} evaluated step(s) at or below step {int(early_steps)} "
-                                   f"({', '.join(map(str, st)) or 'none'}): no early-training zoom")
+        return _empty(path, title, f"only {len(st)} evaluated step{'' if len(st) == 1 else 's'} at or below step "
+                                   f"{int(early_steps)} (steps: {', '.join(map(str, st)) or 'none'}); the early-"
+                                   "training zoom needs at least 3")
     _curve_plot(curves, runs, path, col="val_loss", baseline=baseline, xmax=float(early_steps),
                 max_lines=max_lines, title=title,
                 sub="mean over ok seeds (markers: evaluated steps), band = min..max over seeds",

@@ -101,7 +101,8 @@ def test_placeholder_left_out_of_the_report(tmp_path):
                             gates=GATES, plots=list(out.values()), results_root=str(tmp_path),
                             arms=MUON_ARMS, usd_per_gpu_hour=1.0, baseline="muon", tiny=True)
     assert "plots/early.png" not in text and "![Validation loss vs step](plots/val_loss.png)" in text
-    assert "_Early training (zoomed): left out, only 1 evaluated step(s)" in text
+    assert ("_Early training (zoomed): left out, only 1 evaluated step at or below step 60 (steps: 0); the "
+            "early-training zoom needs at least 3._") in text
 
 
 def test_trigger_table_only_with_noise_arms(tmp_path):
