@@ -309,7 +309,7 @@ def _thresholds(gates: dict | None) -> list[tuple[float, str]]:
 
 def plot_forest(runs: pd.DataFrame, path: str, baseline: str, phase: str = "", gates: dict | None = None,
                 max_lines: int = 30) -> None:
-    title = (f"{phase}: difference from the baseline ({baseline_name(runs, baseline)}) in final validation loss"
+    title = (f"{phase}: difference in final validation loss from the baseline, {baseline_name(runs, baseline)}"
              .lstrip(": "))
     r = _prep(runs, baseline)
     sig = significance_table(runs, baseline) if len(r) else pd.DataFrame()
