@@ -119,6 +119,12 @@ def _pick(groups: pd.DataFrame, max_lines: int) -> tuple[pd.DataFrame, str]:
     return order(pd.concat([base, arms]), base_first=True), note
 
 
+def _colors(n: int):
+    """n palette colours in order (the Pareto plot's per-arm colours)."""
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
 BASE_STYLES = [("black", "-"), ("#7f7f7f", "--"), ("black", "-."), ("#7f7f7f", "-"), ("black", "--"),
                ("#7f7f7f", "-.")]
 ARM_LS = ["-", "--", "-."]  # ":" is kept for diverged seeds
