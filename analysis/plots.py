@@ -13,13 +13,21 @@
   vs alpha", whose unpaired bars contradicted the paired table.
 - eff_rank: the effective rank of the momentum (mean over matrices, eff_rank_mean) against step.
 With many configurations only the `max_lines` with the lowest mean final loss (plus the baseline) are
-drawn; the title says so. Legends sit below the axes in columns. Every function always writes a PNG.
+drawn; the title says so. Legends sit below the axes in columns; configurations are ordered by model, arm
+and sweep value as a number (lr1e-3 < lr0.023 < lr0.1 < lr2), and the baseline's label carries its variant
+("muon (lr0.02), baseline"). Each configuration keeps one colour and line style in every curve plot of the
+phase (`styles`: assigned over all of the phase's configurations, not over the ones a plot draws); baselines
+are black/grey in distinct line styles, never two alike.
+Every function always writes a PNG (Snakemake declares them); where there is nothing to draw it writes a
+placeholder that carries the reason in a PNG text chunk (`omitted_reason`), and the report leaves it out and
+prints the reason instead.
 """
 from __future__ import annotations
 
 import io
 import logging
 import math
+import re
 
 import matplotlib
 
@@ -51,11 +59,44 @@ def _prep(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 def _label(g: dict, multi_model: bool) -> str:
     s = (f"{g['model']}: " if multi_model else "") + ("scratch " if g["family"] == "scratch" else "") + g["arm"]
-    if not g["base"] and g["variant"] not in ("default", "", None):
-        s += f" {g['variant']}"
+    if g["variant"] not in ("default", "", None):
+        s += f" ({g['variant']})" if g["base"] else f" {g['variant']}"
     if g["base"]:
-        s += " (baseline)"
+        s += ", baseline"
     return s + f" [n={int(g['n_ok'])}" + (f", {int(g['n_div'])} not ok: dotted" if g["n_div"] else "") + "]"
+
+
+NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def num_key(v) -> tuple:
+    """A sort key that orders sweep values as numbers: "lr0.023" < "lr0.1" < "lr1e0"; "default" first, text
+    pieces alphabetically."""
+    s = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    if s in ("", "default"):
+        return ((0, "", 0.0),)
+    out, pos = [], 0
+    for m in NUM_RE.finditer(s):
+        if m.start() > pos:
+            out.append((1, s[pos:m.start()], 0.0))
+        try:
+            out.append((2, "", float(m.group())))
+        except ValueError:
+            out.append((1, m.group(), 0.0))
+        pos = m.end()
+    if pos < len(s):
+        out.append((1, s[pos:], 0.0))
+    return tuple(out)
+
+
+def order(df: pd.DataFrame, base_first: bool = False) -> pd.DataFrame:
+    """Rows sorted by model, family, arm and then the variant as a number (the baseline first if asked)."""
+    if len(df) == 0:
+        return df
+    keys = [((not bool(r["base"])) if base_first else 0, str(r["model"]), str(r["family"]), str(r["arm"]),
+             num_key(r["variant"]), str(r["variant"])) for r in df.to_dict("records")]
+    idx = sorted(range(len(df)), key=lambda i: keys[i])
+    return df.iloc[idx].reset_index(drop=True)
 
 
 def _groups(r: pd.DataFrame) -> pd.DataFrame:
@@ -63,29 +104,70 @@ def _groups(r: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=KEY + ["base", "n_ok", "n_div", "mean_final"])
     v = pd.to_numeric(r["final_val_loss"], errors="coerce").where(r["status"] == "ok")
     v = v.where(np.isfinite(v))
-    return r.assign(_v=v, _ok=r["status"] == "ok", _div=r["status"] != "ok").groupby(KEY, sort=True).agg(
+    g = r.assign(_v=v, _ok=r["status"] == "ok", _div=r["status"] != "ok").groupby(KEY, sort=True).agg(
         base=("_base", "max"), n_ok=("_ok", "sum"), n_div=("_div", "sum"), mean_final=("_v", "mean")).reset_index()
+    return order(g)
 
 
 def _pick(groups: pd.DataFrame, max_lines: int) -> tuple[pd.DataFrame, str]:
     base = groups[groups["base"]]
-    arms = groups[~groups["base"]].sort_values(["mean_final"] + KEY, na_position="last", kind="mergesort")
+    arms = groups[~groups["base"]].sort_values(["mean_final"], na_position="last", kind="mergesort")
     note = ""
     if len(arms) > max_lines:
         note = f"showing {max_lines} of {len(arms)} configurations (lowest final loss)"
         arms = arms.iloc[:max_lines]
-    return pd.concat([base, arms]).sort_values(["base"] + KEY, ascending=[False] + [True] * len(KEY),
-                                               kind="mergesort"), note
+    return order(pd.concat([base, arms]), base_first=True), note
 
 
 def _colors(n: int):
+    """n palette colours in order (the Pareto plot's per-arm colours)."""
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _save(fig, path: str) -> None:
+BASE_STYLES = [("black", "-"), ("#7f7f7f", "--"), ("black", "-."), ("#7f7f7f", "-"), ("black", "--"),
+               ("#7f7f7f", "-.")]
+ARM_LS = ["-", "--", "-."]  # ":" is kept for diverged seeds
+
+
+def styles(runs: pd.DataFrame, baseline: str) -> dict:
+    """(model, family, arm, variant) -> (colour, line style, is_baseline) for every configuration of the
+    phase's runs, so that a configuration looks the same in every plot of the phase whatever subset a plot
+    draws. Baselines (one per model and family) are black/grey with distinct styles, never alike; arms take
+    tab10 (tab20 beyond 10) colours in order, the line style changing each time the palette wraps."""
+    g = _groups(_prep(runs, baseline))
+    out = {}
+    bases, arms = g[g["base"]], g[~g["base"]]
+    for i, x in enumerate(bases.to_dict("records")):
+        c, ls = BASE_STYLES[i % len(BASE_STYLES)]
+        out[tuple(x[k] for k in KEY)] = (c, ls if i < len(BASE_STYLES) else ARM_LS[(i // len(BASE_STYLES)) % 3],
+                                         True)
+    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    for i, x in enumerate(arms.to_dict("records")):
+        out[tuple(x[k] for k in KEY)] = (cmap(i % cmap.N), ARM_LS[(i // cmap.N) % len(ARM_LS)], False)
+    return out
+
+
+def baseline_name(runs: pd.DataFrame, baseline: str) -> str:
+    """The baseline with its variant(s): "muon (lr0.02)"; the bare name when the variant is the default."""
+    if len(runs) == 0:
+        return baseline
+    r = _prep(runs, baseline)
+    b = r[r["_base"]]
+    vs = sorted({str(v) for v in b["variant"] if str(v) not in ("default", "")}, key=num_key)
+    arms = sorted(set(b["arm"].astype(str))) or [baseline]
+    return ", ".join(arms) + (f" ({', '.join(vs)})" if vs else "")
+
+
+OMITTED_KEY = "muon-ablations-omitted"  # PNG text chunk: why this PNG is a placeholder, not a plot
+
+
+def _save(fig, path: str, omitted: str | None = None) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    meta = {"Software": None}
+    if omitted:
+        meta[OMITTED_KEY] = omitted
+    fig.savefig(buf, format="png", dpi=DPI, metadata=meta)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -95,7 +177,16 @@ def _empty(path: str, title: str, msg: str) -> None:
     ax.set_title(title)
     ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, fontsize=11, wrap=True)
     ax.set_axis_off()
-    _save(fig, path)
+    _save(fig, path, omitted=msg)
+
+
+def omitted_reason(path: str) -> str | None:
+    """Why the PNG at `path` is a placeholder (nothing to draw), or None for a real plot. The report leaves
+    placeholders out and says why (a Snakemake rule must still write every declared PNG)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return (getattr(im, "text", None) or im.info or {}).get(OMITTED_KEY)
 
 
 def _legend_below(fig, handles, labels, n_axes_rows: int = 1) -> None:
@@ -137,19 +228,16 @@ def _curve_plot(curves: pd.DataFrame, runs: pd.DataFrame, path: str, *, col: str
     div_g = {k: g for k, g in c[c["status"] != "ok"].groupby(KEY, sort=False)}
     n_panels = 2 if zoom_tail else 1
     fig, axes = _fig_with_legend(len(chosen), n_panels)
-    cols = _colors(int((~chosen["base"]).sum()))
+    sty = styles(runs, baseline)
     handles, labels = [], []
     smax = float(agg["step"].max()) if len(agg) else 0.0
     for pi, ax in enumerate(axes):
-        ci = 0
         lo, hi = math.inf, -math.inf
         for g in chosen.to_dict("records"):
             k = tuple(g[x] for x in KEY)
+            color, ls, _ = sty.get(k, ("#999999", "-", False))
             # the baseline thick and underneath, so arms that coincide with it stay visible on top
-            color, lw, z = ("black", 2.6, 1.8) if g["base"] else (cols[ci], 1.4, 2)
-            if not g["base"]:
-                ci += 1
-            ls = "-" if (ci <= 10 or g["base"]) else "--"
+            lw, z = (2.6, 1.8) if g["base"] else (1.4, 2)
             a = agg_g.get(k)
             h = None
             if a is not None and len(a):
@@ -197,8 +285,9 @@ def plot_early(curves, runs, path, baseline, early_steps, phase="", max_lines=12
         ev = curves[pd.to_numeric(curves["val_loss"], errors="coerce").notna()]
         st = sorted({int(s) for s in ev["step"] if s <= early_steps})
     if len(st) < 3:
-        return _empty(path, title, f"only {len(st)} evaluated step(s) at or below step {int(early_steps)} "
-                                   f"({', '.join(map(str, st)) or 'none'}): no early-training zoom")
+        return _empty(path, title, f"only {len(st)} evaluated step{'' if len(st) == 1 else 's'} at or below step "
+                                   f"{int(early_steps)} (steps: {', '.join(map(str, st)) or 'none'}); the early-"
+                                   "training zoom needs at least 3")
     _curve_plot(curves, runs, path, col="val_loss", baseline=baseline, xmax=float(early_steps),
                 max_lines=max_lines, title=title,
                 sub="mean over ok seeds (markers: evaluated steps), band = min..max over seeds",
@@ -226,17 +315,17 @@ def _thresholds(gates: dict | None) -> list[tuple[float, str]]:
 
 def plot_forest(runs: pd.DataFrame, path: str, baseline: str, phase: str = "", gates: dict | None = None,
                 max_lines: int = 30) -> None:
-    title = f"{phase}: difference from the baseline ({baseline}) in final validation loss".lstrip(": ")
+    title = (f"{phase}: difference in final validation loss from the baseline, {baseline_name(runs, baseline)}"
+             .lstrip(": "))
     r = _prep(runs, baseline)
     sig = significance_table(runs, baseline) if len(r) else pd.DataFrame()
     if len(sig) == 0:
         return _empty(path, title, "no arm-vs-baseline comparison")
-    sig = sig.sort_values(["model", "family", "arm", "variant"], kind="mergesort").reset_index(drop=True)
+    sig = order(sig)
     note = ""
     if len(sig) > max_lines:
         note = f"; showing {max_lines} of {len(sig)} (largest improvement first)"
-        sig = sig.sort_values("diff_pct", kind="mergesort").iloc[:max_lines].sort_values(
-            ["model", "family", "arm", "variant"], kind="mergesort").reset_index(drop=True)
+        sig = order(sig.sort_values("diff_pct", kind="mergesort").iloc[:max_lines])
     multi = sig["model"].nunique() > 1
     h = 1.2 + 0.34 * len(sig)
     longest = max(len(f"{m}: {a} {v}  (n=10/10, 1 div)") if multi else len(f"{a} {v}  (n=10/10, 1 div)")

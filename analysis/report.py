@@ -159,6 +159,48 @@ def trigger_rates(runs: pd.DataFrame, arms: Mapping[str, Any] | None = None, tol
     return md, flags
 
 
+def _noise_classes() -> set[str]:
+    """The optimizer classes that take noise settings (alpha), read from optim/arguments.py without
+    importing optim (which imports torch)."""
+    try:
+        from study.spec import load_file_module
+
+        table = load_file_module(Path(__file__).resolve().parents[1], "optim/arguments.py").OPTIMIZER_ARGUMENTS
+        return {c for c, a in table.items() if "alpha" in a}
+    except (ImportError, OSError, AttributeError):
+        return {"MuonOrthoNoise", "MuonIsotropic"}
+
+
+def has_noise_arms(runs: pd.DataFrame, arms: Mapping[str, Any] | None) -> bool:
+    """Whether the phase ran a noise arm: an arm whose class takes noise settings, or (for an arm whose
+    settings the report was not given) one whose runs noised some matrix-step. The trigger-rate table is
+    only shown then: for Muon-only studies it is a column of zeros."""
+    if len(runs) == 0:
+        return False
+    noisy = _noise_classes()
+    used = sorted(set(runs["arm"].astype(str)))
+    for a in used:
+        st = (arms or {}).get(a)
+        if isinstance(st, Mapping) and "class" in st:
+            if str(st["class"]) in noisy:
+                return True
+            continue
+        if "noise_fraction_mean" in runs:
+            t = pd.to_numeric(runs.loc[runs["arm"].astype(str) == a, "noise_fraction_mean"], errors="coerce")
+            if (t > 0).any():
+                return True
+    return False
+
+
+def _omitted(path: str) -> str | None:
+    try:
+        from .plots import omitted_reason
+
+        return omitted_reason(path)
+    except (OSError, ValueError):  # not written yet or not a PNG: link it as before
+        return None
+
+
 def _has_trigger(arms: Mapping | None, arm: str) -> bool:
     st = (arms or {}).get(arm) or {}
     return any(k in TRIGGER_KEYS for k in (st.get("muon") or {}))
@@ -316,7 +358,7 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
         parts += ["### Arm selected from an earlier phase", "", selection_markdown(selection)]
     parts += ["### Gates", "", gates_markdown(gates, short=True),
               f"### Significance against the baseline ({md_escape(baseline)})", "", significance_markdown(significance)]
-    trig, flags = trigger_rates(runs, arms)
+    trig, flags = trigger_rates(runs, arms) if has_noise_arms(runs, arms) else ("", [])
     if trig:
         parts += ["### Noise trigger rate per configuration", "", trig]
         parts += [f"- **{md_escape(f)}**" for f in flags] + ([""] if flags else [])
@@ -333,7 +375,11 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
                 "pareto": "Final validation loss against the bytes each rank sends per step (Pareto front)"}
     for p in plots:
         stem = Path(p).stem
-        parts += [f"![{captions.get(stem, stem)}]({_rel(p, results_root)})", ""]
+        why = _omitted(p)
+        if why:  # a placeholder PNG (nothing to draw, as on the tiny twin): left out, and why
+            parts += [f"_{captions.get(stem, stem)}: left out, {md_escape(why.rstrip('.'))}._", ""]
+        else:
+            parts += [f"![{captions.get(stem, stem)}]({_rel(p, results_root)})", ""]
     parts += ["### Runs", "", runs_md, "### Optimizer settings (as used)", ""]
     used = sorted(set(runs["arm"].astype(str))) if len(runs) else []
     for arm in used:
