@@ -160,15 +160,11 @@ def trigger_rates(runs: pd.DataFrame, arms: Mapping[str, Any] | None = None, tol
 
 
 def _noise_classes() -> set[str]:
-    """The optimizer classes that take noise settings (alpha), read from optim/arguments.py without
-    importing optim (which imports torch)."""
-    try:
-        from study.spec import load_file_module
+    """The optimizer classes with the 'noise' trait, read from optim/registry.py without importing optim
+    (which imports torch)."""
+    from study.spec import load_file_module
 
-        table = load_file_module(Path(__file__).resolve().parents[1], "optim/arguments.py").OPTIMIZER_ARGUMENTS
-        return {c for c, a in table.items() if "alpha" in a}
-    except (ImportError, OSError, AttributeError):
-        return {"MuonOrthoNoise", "MuonIsotropic"}
+    return set(load_file_module(Path(__file__).resolve().parents[1], "optim/registry.py").with_trait("noise"))
 
 
 def has_noise_arms(runs: pd.DataFrame, arms: Mapping[str, Any] | None) -> bool:
