@@ -188,3 +188,47 @@ def test_a_studys_own_analysis_stage_is_two_files_and_one_generic_rule(wf):
     finally:
         extras.write_text(original)
         (wf / "bad.yaml").unlink(missing_ok=True)
+
+
+EXAMPLE_GATE_ENTRY = '''    "beats_baseline_everywhere": GateKind(
+        "every named arm lowers the mean final loss by more than min_improvement",
+        {"min_improvement": Param("fraction", 0.0, "the relative improvement each arm must exceed"),
+         "arms": Param("arms", None, "the arms judged (null: every arm)", nullable=True)},
+        mode="all", boundary=lambda s: 1 - float(s["min_improvement"]), distance=_thr("min_improvement", 0.01),
+        hypotheses=lambda s, arms: arms.named(s.get("arms"))),
+'''
+
+EXAMPLE_GATE_FUNCTION = '''
+
+def k_beats_baseline_everywhere(c: Ctx, s: dict) -> tuple[list, str]:
+    m = float(s["min_improvement"])
+    claim = f"mean final loss < baseline x (1 - {m:.1%}) for every arm"
+    return [_arm_vs_base(c, k, c.metric, s, claim) for k in c.arm_keys(s["arms"])], claim
+'''
+
+
+def test_a_gate_kind_is_one_entry_and_its_function_and_the_design_counts_it(wf):
+    kinds, gates = wf / "analysis" / "gate_kinds.py", wf / "analysis" / "gates.py"
+    originals = kinds.read_text(), gates.read_text()
+    kinds.write_text(originals[0].replace("GATE_KINDS: dict[str, GateKind] = {\n",
+                                          "GATE_KINDS: dict[str, GateKind] = {\n" + EXAMPLE_GATE_ENTRY, 1))
+    gates.write_text(originals[1] + EXAMPLE_GATE_FUNCTION)
+    study = block("yaml").replace("name: lrcheck", "name: lrgate").replace(
+        "    gates:\n      no_crashes: {kind: no_crashes}\n",
+        "    gates:\n      no_crashes: {kind: no_crashes}\n      all_beat: {kind: beats_baseline_everywhere}\n", 1)
+    assert "all_beat" in study
+    (wf / "config" / "studies" / "lrgate.yaml").write_text(study)
+    try:
+        assert changed_files(wf) - {"config/studies/lrcheck.yaml"} == {
+            "analysis/gate_kinds.py", "analysis/gates.py", "config/studies/lrgate.yaml"}
+        # the copy's analysis/ must be the one the design job imports (not the installed checkout's)
+        r = subprocess.run([sys.executable, "-m", "snakemake", "results/lrgate/design.json", "--config", "study=lrgate",
+                            "-j1"], cwd=wf, capture_output=True, text=True, timeout=600, env=env(PYTHONPATH=str(wf)))
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = [g for g in json.loads((wf / "results" / "lrgate" / "design.json").read_text())["rows"]
+                if g["gate"] == "all_beat"]
+        # the design check counts one hypothesis per arm the gate judges (the new entry's `hypotheses`)
+        assert rows and rows[0]["kind"] == "beats_baseline_everywhere" and rows[0]["hypotheses"] >= 1, rows
+    finally:
+        kinds.write_text(originals[0])
+        gates.write_text(originals[1])
