@@ -204,6 +204,16 @@ def default_pool() -> HostRankPool:
         return _default_pool
 
 
+def _forget_pool_in_child() -> None:
+    # A forked child has none of the parent's threads: the parent's pool would take jobs and never run them
+    # (a DDP test forking its ranks hung here). The child makes its own pool when it first needs one.
+    global _default_pool, _default_lock
+    _default_pool, _default_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def set_default_workers(n: int) -> HostRankPool:
     """Replace the shared pool by one of n workers (operational: the values do not depend on n)."""
     global _default_pool

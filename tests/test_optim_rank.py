@@ -239,3 +239,27 @@ def test_pinned_buffers_are_reused_only_once_read():
     assert torch.equal(r3, r1)  # the same device, the same calls: bitwise
     pool.shutdown()
     ref.shutdown()
+
+
+def _rank_in_forked_child(q):
+    from optim.rank import submit_effective_rank
+
+    q.put(float(submit_effective_rank(torch.eye(6).expand(2, 6, 6).contiguous()).result()[0]))
+
+
+def test_a_forked_child_measures_ranks_with_a_pool_of_its_own():
+    """The shared host pool's threads do not survive fork: a child that reused the parent's pool waited for
+    ever (the forked DDP test hung the suite). The child makes its own."""
+    import multiprocessing as mp
+
+    from optim.rank import submit_effective_rank
+
+    submit_effective_rank(torch.eye(4).expand(1, 4, 4).contiguous()).result()  # the parent's pool exists
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_rank_in_forked_child, args=(q,))
+    p.start()
+    p.join(timeout=300)  # seconds when it works; a hang is what this catches
+    if p.is_alive():
+        p.kill()
+    assert p.exitcode == 0 and abs(q.get(timeout=10) - 6.0) < 1e-6
