@@ -23,6 +23,7 @@ from study.config_errors import NUMBER_LIKE, describe
 from study.load import apply_defaults, non_finite_numbers
 from study.extras import EXTRAS, with_extras
 from study.labels import variant_label
+from study import selections as sels
 from study.hub import MODEL_TOKENIZER, check_hub_data, hub_model_id, is_shards
 from study.spec import eval_at_steps, load_file_module, optimizer_registry, text_data_dir
 
@@ -75,18 +76,40 @@ def run_entries(phase: dict) -> list[dict]:
     return [base if isinstance(base, dict) else {"arm": base}] + list(phase.get("runs", []))
 
 
-def selectable_arms(config: dict, phase: str, _seen: frozenset = frozenset()) -> set[str]:
-    """The arms a selecting phase can take from the phase it selects from (select.arms, else that phase's run
-    arms, an arm it selected itself standing for the arms it could select)."""
-    sel = config["phases"][phase].get("select")
-    if not sel or phase in _seen or sel["from"] not in config["phases"]:
+def selectable_arms(config: dict, phase: str, ref: str = SELECTED, _seen: frozenset = frozenset()) -> set[str]:
+    """The arms a selection (`ref`: 'selected' or 'selected:NAME') of a phase can take from the phase it
+    selects from (its arms, else that phase's run arms, an arm it selected itself standing for the arms it
+    could select)."""
+    decl = sels.refs(config["phases"][phase]).get(ref)
+    if not decl or phase in _seen or decl.get("from") not in config["phases"]:
         return set()
-    if sel.get("arms"):
-        return set(sel["arms"])
+    if decl.get("arms"):
+        return set(decl["arms"])
     out = set()
-    for entry in config["phases"][sel["from"]].get("runs", []):
-        out |= selectable_arms(config, sel["from"], _seen | {phase}) if entry["arm"] == SELECTED else {entry["arm"]}
+    for entry in config["phases"][decl["from"]].get("runs", []):
+        out |= (selectable_arms(config, decl["from"], entry["arm"], _seen | {phase}) if sels.is_ref(entry["arm"])
+                else {entry["arm"]})
     return out
+
+
+def later_selections(config: dict, phase: str) -> dict[str, list[tuple[str, dict]]]:
+    """{reference: [(later phase, declaration)]} of the later phases' selections from this phase: what a
+    gate's 'selected' / 'selected:NAME' means in a phase that selects nothing itself (every later selection
+    from it is 'selected'; a named one is also 'selected:NAME')."""
+    out: dict[str, list] = {}
+    for q, cfg in config["phases"].items():
+        for d in sels.declared(cfg):
+            if d.get("from") == phase:
+                out.setdefault(SELECTED, []).append((q, d))
+                if d["name"] is not None:
+                    out.setdefault(sels.ref_of(d["name"]), []).append((q, d))
+    return out
+
+
+def pick_of(decls: list[tuple[str, dict]]) -> dict | None:
+    """The one {arms, rule} a set of later selections agree on (None when they differ)."""
+    picks = [{"arms": d.get("arms"), "rule": d.get("rule") or "significant_best"} for _, d in decls]
+    return picks[0] if picks and all(p == picks[0] for p in picks) else None
 
 
 def variant_table(config: dict) -> dict:
@@ -111,12 +134,15 @@ def variant_table(config: dict) -> dict:
         where.setdefault((arm, label), key)
 
     for pname, phase in config["phases"].items():
-        chosen = selectable_arms(config, pname)
+        decls = sels.refs(phase)
         for i, entry in enumerate(run_entries(phase)):
             key = f"phases.{pname}.runs[{i - 1}]" if i else f"phases.{pname}.baseline"
-            arms = chosen if entry["arm"] == SELECTED else {entry["arm"]}
-            if entry.get("value") == SELECTED and "select" in phase:
-                upstream = after.get(phase["select"]["from"], {})
+            arms = selectable_arms(config, pname, entry["arm"]) if sels.is_ref(entry["arm"]) else {entry["arm"]}
+            # the selection whose value the entry takes: its arm's ('selected:X' as arm), else its value's
+            ref = entry["arm"] if sels.is_ref(entry["arm"]) else entry.get("value")
+            if sels.is_ref(entry.get("value")) and ref in decls:
+                chosen = selectable_arms(config, pname, ref)
+                upstream = after.get(decls[ref]["from"], {})
                 for arm in sorted(arms):
                     for cand in sorted(chosen):
                         for label, setting in upstream.get(cand, {}).items():
@@ -324,7 +350,7 @@ class _Checks:
         """Whether some phase runs this arm on this model."""
         for p in self.c["phases"].values():
             models = {p["model"]} | ({p["scratch"]["model"]} if "scratch" in p else set())
-            if model in models and any(e["arm"] in (arm, SELECTED) for e in run_entries(p)):
+            if model in models and any(e["arm"] == arm or sels.is_ref(e["arm"]) for e in run_entries(p)):
                 return True
         return False
 
@@ -350,67 +376,119 @@ class _Checks:
             for key, model in zip(("model", "scratch.model"), models):
                 if model not in self.c["models"]:
                     self.bad(f"{where}.{key}: {model!r} is not in models (known: {', '.join(sorted(self.c['models']))})")
-            sel = p.get("select")
-            if sel:
-                src = sel["from"]
-                if src not in names or names.index(src) >= names.index(pname):
-                    self.bad(f"{where}.select.from: {src!r} is not a phase before {pname} "
-                             f"(earlier phases: {', '.join(names[:names.index(pname)]) or 'none'})")
-                    sel = None
-                else:
-                    if "gate" in sel and sel["gate"] not in self.c["phases"][src]["gates"]:
-                        self.bad(f"{where}.select.gate: {sel['gate']!r} is not a gate of {src} "
-                                 f"(its gates: {', '.join(self.c['phases'][src]['gates']) or 'none'})")
-                    src_arms = {e["arm"] for e in run_entries(self.c["phases"][src])}
-                    for arm in sel.get("arms", []):
-                        if arm not in src_arms:
-                            self.bad(f"{where}.select.arms: {arm!r} is not an arm of {src} "
-                                     f"(its arms: {', '.join(sorted(src_arms))})")
+            valid = self.check_selections(where, pname, p, names)
             for key in ("force",):
                 if key in p and "select" not in p:
                     self.bad(f"{where}.{key}: only meaningful with select")
             if "scratch" in p:
                 if "select" not in p:
                     self.bad(f"{where}.scratch: needs select (the scratch pair uses the selected arm)")
+                name = p["scratch"].get("selection")
+                named = [d["name"] for d in sels.declared(p) if d["name"] is not None]
+                if "select" in p and sels.ref_of(name) not in sels.refs(p):
+                    self.bad(f"{where}.scratch.selection: {name!r} " + (
+                        "is missing: the phase declares several selections; name the one whose arm the scratch "
+                        "pair trains" if name is None else "names no selection of this phase")
+                        + f" (allowed: {', '.join(named) or 'none'})")
                 if p["scratch"]["model"] == p["model"]:
                     self.bad(f"{where}.scratch.model: {p['model']!r} is the phase's model too; the scratch pair "
                              "needs a model entry of its own (its runs would be counted twice)")
-            arms = self.check_entries(where, p, bool(sel))
+            arms = self.check_entries(where, p, valid)
             if "measure" in p and not any(self.c["arms"].get(a, {}).get("capture") for a in arms):
                 self.bad(f"{where}.measure: needs an arm with capture (arms.NAME.capture.steps) among its runs")
-            if sel:
-                self.check_selected_values(where, p, sel)
-            self.check_gates(where, p, arms, bool(sel))
+            self.check_selected_values(where, p, valid)
+            self.check_gates(where, pname, p, arms)
 
-    def check_selected_values(self, where: str, p: dict, sel: dict) -> None:
-        """An arm that takes the selected value must have the setting the earlier phase swept."""
-        src = self.c["phases"][sel["from"]]
-        candidates = set(sel.get("arms") or [])
-        params = {e["sweep"]["param"] for e in src["runs"] if "sweep" in e
-                  and (not candidates or e["arm"] in candidates)}
-        for i, entry in enumerate(run_entries(p)):
-            if entry.get("value") != SELECTED or entry["arm"] not in self.c["arms"]:
+    def check_selections(self, where: str, pname: str, p: dict, names: list) -> dict[str, dict]:
+        """Each declared selection: its phase, gate and arms exist, names are unique. Returns the valid ones by
+        reference (study/selections.py)."""
+        decls = sels.declared(p)
+        seen: dict[str, int] = {}
+        bad_refs = set()
+        for i, sel in enumerate(decls):
+            key = f"{where}.{sels.key_of(p, i)}"
+            if sel["name"] is not None:
+                if sel["name"] in seen:
+                    self.bad(f"{key}.name: {sel['name']!r} is declared twice in {where}.select "
+                             f"(select[{seen[sel['name']]}] too); each selection needs its own name")
+                seen.setdefault(sel["name"], i)
+            src = sel["from"]
+            if src not in names or names.index(src) >= names.index(pname):
+                self.bad(f"{key}.from: {src!r} is not a phase before {pname} "
+                         f"(earlier phases: {', '.join(names[:names.index(pname)]) or 'none'})")
+                bad_refs.add(sels.ref_of(sel["name"]))
                 continue
+            if "gate" in sel and sel["gate"] not in self.c["phases"][src]["gates"]:
+                self.bad(f"{key}.gate: {sel['gate']!r} is not a gate of {src} "
+                         f"(its gates: {', '.join(self.c['phases'][src]['gates']) or 'none'})")
+            src_arms = {e["arm"] for e in run_entries(self.c["phases"][src])}
+            for arm in sel.get("arms", []):
+                if arm not in src_arms:
+                    self.bad(f"{key}.arms: {arm!r} is not an arm of {src} "
+                             f"(its arms: {', '.join(sorted(src_arms))})")
+        return {r: d for r, d in sels.refs(p).items() if sels.ref_of(d["name"]) not in bad_refs}
+
+    def allowed_refs(self, p: dict) -> str:
+        allowed = sorted(sels.refs(p))
+        return ", ".join(allowed) if allowed else "none: the phase has no select"
+
+    def check_ref(self, key: str, where: str, p: dict, ref: str, what: str) -> bool:
+        """A reference in a run entry (arm/value) or scratch: one of the phase's own selections."""
+        if ref in sels.refs(p):
+            return True
+        if "select" not in p:
+            self.bad(f"{key}: {ref!r} needs {where}.select (the phase it selects from)")
+        elif ref == SELECTED:
+            self.bad(f"{key}: 'selected' is ambiguous: this phase declares {len(sels.declared(p))} selections; "
+                     f"name one ({what}; allowed: {self.allowed_refs(p)})")
+        else:
+            self.bad(f"{key}: {ref!r} names no selection of this phase ({what}; allowed: {self.allowed_refs(p)})")
+        return False
+
+    def check_selected_values(self, where: str, p: dict, valid: dict[str, dict]) -> None:
+        """An arm that takes the selected value must have the setting the earlier phase swept."""
+        for i, entry in enumerate(run_entries(p)):
+            ref = entry.get("value")
+            if not sels.is_ref(ref) or ref not in valid or entry["arm"] not in self.c["arms"]:
+                continue
+            sel = valid[ref]
+            src = self.c["phases"][sel["from"]]
+            candidates = set(sel.get("arms") or [])
+            params = {e["sweep"]["param"] for e in src["runs"] if "sweep" in e
+                      and (not candidates or e["arm"] in candidates)}
             for param in sorted(params):
                 why = self.settable(entry["arm"], param)
                 if why:
                     key = f"{where}.runs[{i - 1}]" if i else f"{where}.baseline"
-                    self.bad(f"{key}.value: the value selected from {sel['from']} sets {param}, which is {why}")
+                    named = f" ({ref})" if ref != SELECTED else ""
+                    self.bad(f"{key}.value: the value selected from {sel['from']}{named} sets {param}, which is "
+                             f"{why}")
 
-    def check_entries(self, where: str, p: dict, selects: bool) -> set[str]:
+    def check_entries(self, where: str, p: dict, valid: dict[str, dict]) -> set[str]:
         arms, seen = set(), set()
         for i, entry in enumerate(run_entries(p)):
             key = f"{where}.runs[{i - 1}]" if i else f"{where}.baseline"
             arm = entry["arm"]
-            if arm == SELECTED:
-                if not selects:
-                    self.bad(f"{key}.arm: 'selected' needs {where}.select (the phase it selects from)")
+            if sels.is_ref(entry.get("value")) or entry.get("value") is not None:
+                value = entry.get("value")
+                if not sels.is_ref(value):
+                    self.bad(f"{key}.value: {value!r} is not allowed ('selected', or 'selected:NAME' with NAME one "
+                             f"of the phase's selections: {self.allowed_refs(p)})")
+                elif sels.is_ref(arm) and value != arm:
+                    self.bad(f"{key}.value: {value!r} beside arm {arm!r}: a selected arm runs at its own selection's "
+                             "value; leave value out")
+                else:
+                    self.check_ref(f"{key}.value", where, p, value, "the selection whose value this arm takes")
+            if sels.is_ref(arm):
+                ok = self.check_ref(f"{key}.arm", where, p, arm, "the selection whose arm and value this entry runs")
                 if i == 0:
                     self.bad(f"{key}: the baseline cannot be the selected arm")
-                arms.add(SELECTED)
-                if "sweep" in entry and selects:  # every arm that can be selected must take the swept setting
-                    src = self.c["phases"][p["select"]["from"]]
-                    for cand in sorted(set(p["select"].get("arms") or [e["arm"] for e in src["runs"]]) - {SELECTED}):
+                arms.add(arm)
+                if "sweep" in entry and ok and arm in valid:  # every arm that can be selected must take the sweep
+                    sel = valid[arm]
+                    src = self.c["phases"][sel["from"]]
+                    for cand in sorted(set(sel.get("arms") or [e["arm"] for e in src["runs"]])
+                                       - {a for a in (e["arm"] for e in src["runs"]) if sels.is_ref(a)}):
                         if cand in self.c["arms"]:
                             why = self.settable(cand, entry["sweep"]["param"])
                             if why:
@@ -421,8 +499,6 @@ class _Checks:
                 self.bad(f"{key}.arm: {arm!r} is not in arms (known: {', '.join(sorted(self.c['arms']))})")
                 continue
             arms.add(arm)
-            if entry.get("value") == SELECTED and not selects:
-                self.bad(f"{key}.value: 'selected' needs {where}.select (the phase it selects from)")
             sweep = entry.get("sweep")
             values = [None]
             if sweep:
@@ -444,7 +520,7 @@ class _Checks:
             if declared is not None and "noise" in declared.traits:
                 alpha = {**self.c["optimizer_defaults"]["muon"], **self.c["arms"][arm].get("muon", {})}.get("alpha")
                 alphas = values if sweep and sweep["param"] == "muon.alpha" else [alpha]
-                if entry.get("value") != SELECTED and any(a is None or a == 0 for a in alphas):
+                if not sels.is_ref(entry.get("value")) and any(a is None or a == 0 for a in alphas):
                     self.bad(f"{key}: a noise arm ({arm}) needs alpha > 0 (sweep muon.alpha or set it on the arm)")
             pair = (arm, repr(sweep), entry.get("value"))
             if pair in seen:
@@ -452,7 +528,19 @@ class _Checks:
             seen.add(pair)
         return arms
 
-    def check_gates(self, where: str, p: dict, arms: set[str], selects: bool) -> None:
+    def gate_refs(self, pname: str, p: dict) -> tuple[dict[str, list], str]:
+        """{reference: candidate arms} a gate of this phase may name, and what to say is allowed: the phase's
+        own selections, else the picks of the later selections from it (study/selections.py)."""
+        if "select" in p:
+            return ({r: list(d.get("arms") or selectable_arms(self.c, pname, r)) for r, d in sels.refs(p).items()},
+                    self.allowed_refs(p))
+        later = later_selections(self.c, pname)
+        out = {r: sorted({a for _, d in ds for a in (d.get("arms") or [])}) for r, ds in later.items()}
+        return out, (", ".join(sorted(later)) if later else "none: no later phase selects from this one")
+
+    def check_gates(self, where: str, pname: str, p: dict, arms: set[str]) -> None:
+        refs, allowed = self.gate_refs(pname, p)
+        later = later_selections(self.c, pname) if "select" not in p else {}
         for gname, g in p["gates"].items():
             gwhere = f"{where}.gates.{gname}"
             resolved, problems = self.gate_kinds.resolve(gwhere, g)
@@ -461,8 +549,25 @@ class _Checks:
             if not resolved:
                 continue
             for key, arm in self.gate_kinds.arm_references(resolved):
-                # 'selected' is the arm the phase took from an earlier one, else the phase's own best arm
-                if arm != SELECTED and arm not in arms:
+                if sels.is_ref(arm):
+                    # the pick of this phase's selection, or (a phase that selects nothing) of a later phase's
+                    # selection from it; never the rule over every arm, which could pick a control (issue 19)
+                    if arm not in refs:
+                        if "select" in p:
+                            why = (f"is ambiguous: this phase declares {len(sels.declared(p))} selections"
+                                   if arm == SELECTED else "names no selection of this phase")
+                        elif not later:
+                            why = ("means the pick of a later phase's select: from this phase, and no phase "
+                                   "selects from it (name the arms to judge, or select from this phase later)")
+                        else:
+                            why = "names no later selection from this phase"
+                        self.bad(f"{gwhere}.{key}: {arm!r} {why} (allowed: {allowed})")
+                    elif arm in later and pick_of(later[arm]) is None:
+                        self.bad(f"{gwhere}.{key}: {arm!r} is ambiguous: the later selections from this phase ("
+                                 + ", ".join(f"{q}.select" + (f" {d['name']}" if d["name"] else "")
+                                             for q, d in later[arm])
+                                 + ") take different arms or rules; name one (selected:NAME)")
+                elif arm not in arms:
                     self.bad(f"{gwhere}.{key}: {arm!r} is not an arm of {where} (its arms: "
                              f"{', '.join(sorted(arms))})")
             for key, step in self.gate_kinds.step_references(resolved):
@@ -474,15 +579,14 @@ class _Checks:
             model = resolved.get("model")
             if model is not None and model not in (p["model"], p.get("scratch", {}).get("model")):
                 self.bad(f"{gwhere}.model: {model!r} is not a model of {where}")
-            self.check_gate_metric(gwhere, p, resolved)
+            self.check_gate_metric(gwhere, p, resolved, refs)
             if resolved["kind"] == "reaches_target_sooner" and "scratch" not in p:
                 self.bad(f"{gwhere}: kind reaches_target_sooner needs a scratch pair ({where}.scratch)")
-
 
     # metrics an optimizer class never logs (a gate on them cannot work: it would show up only at the end)
     NOT_LOGGED = {"eff_rank_mean": ("AdamW",), "eff_rank_min": ("AdamW",)}
 
-    def check_gate_metric(self, gwhere: str, p: dict, resolved: dict) -> None:
+    def check_gate_metric(self, gwhere: str, p: dict, resolved: dict, refs: dict | None = None) -> None:
         """Refuse a gate on a metric that an arm it judges (its arms, 'selected''s candidates, and the
         baseline for metric_higher; every arm of the phase for metric_logged) never logs."""
         metric = resolved.get("metric")
@@ -497,9 +601,9 @@ class _Checks:
             judged = set(resolved.get("arms") or []) | {base}
         else:
             return
-        if SELECTED in judged:
-            judged.discard(SELECTED)
-            judged |= set((p.get("select") or {}).get("arms") or [])
+        for ref in [a for a in judged if sels.is_ref(a)]:
+            judged.discard(ref)
+            judged |= set((refs or {}).get(ref) or [])
         for arm in sorted(a for a in judged if isinstance(a, str)):
             cls = (self.c.get("arms", {}).get(arm) or {}).get("class")
             if cls in classes:

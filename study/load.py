@@ -206,7 +206,20 @@ def apply_defaults(config: dict, schema: dict) -> dict:
 
     def fill(value, node) -> None:
         node = resolve(node)
-        if not isinstance(value, dict) or not isinstance(node, dict):
+        if not isinstance(node, dict):
+            return
+        # a choice of shapes (phases.P.select: one mapping or a list of them): fill the shape the value has
+        for option in node.get("oneOf", []):
+            option = resolve(option)
+            if isinstance(option, dict) and option.get("type") == ("object" if isinstance(value, dict) else "array"):
+                fill(value, option)
+        for part in node.get("allOf", []):
+            fill(value, part)
+        if isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                fill(item, node["items"])
+            return
+        if not isinstance(value, dict):
             return
         for key, sub in node.get("properties", {}).items():
             sub = resolve(sub)

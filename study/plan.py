@@ -16,6 +16,7 @@ from pathlib import Path
 from study.checks import PlanError, check, run_entries, variant_table
 from study.labels import fmt_value, variant_label
 from study.run_specs import run_spec_problems
+from study import selections as sels
 from study.spec import build_spec, load_code_versions, run_settings
 
 SELECTED = "selected"
@@ -109,11 +110,24 @@ class Plan:
     def needs_selection(self, phase: str) -> bool:
         return "select" in self.phase(phase)
 
+    def selection_refs(self, phase: str, selection: dict | None) -> dict[str, dict]:
+        """{'selected' / 'selected:NAME': that selection's record} (study/selections.py)."""
+        return sels.by_ref(self.phase(phase), selection)
+
+    def _sel(self, phase: str, ref: str, selection: dict | None) -> dict:
+        by = self.selection_refs(phase, selection)
+        if ref not in by or by[ref].get("arm") is None:
+            decl = sels.refs(self.phase(phase)).get(ref)
+            src = decl["from"] if decl else "an earlier phase"
+            raise PlanError(f"{phase} needs the arm selected from {src} ({ref})")
+        return by[ref]
+
     def phase_runs(self, phase: str, selection: dict | None = None) -> list[PhaseRun]:
-        """Every run of the phase, once, in a stable order; a selecting phase needs its selection."""
+        """Every run of the phase, once, in a stable order; a selecting phase needs its selection (a
+        list-form phase: {"selections": {NAME: record}}, study/selections.py)."""
         cfg = self.phase(phase)
-        if self.needs_selection(phase) and (selection is None or selection.get("arm") is None):
-            raise PlanError(f"{phase} needs the arm selected from {cfg['select']['from']}")
+        for ref in sels.refs(cfg):
+            self._sel(phase, ref, selection)  # every selection the phase declares, before any run is named
         out, seen = [], set()
 
         def add(role, model, seeds, arm, variants):
@@ -130,15 +144,16 @@ class Plan:
             add("arm", cfg["model"], cfg["seeds"], arm, variants)
         if "scratch" in cfg:  # the baseline and the selected arm again, trained from scratch
             sc = cfg["scratch"]
+            chosen = self._sel(phase, sels.ref_of(sc.get("selection")), selection)
             add("scratch_baseline", sc["model"], sc["seeds"], base_arm, base_variants)
-            add("scratch_arm", sc["model"], sc["seeds"], selection["arm"], [selection["variant"]])
+            add("scratch_arm", sc["model"], sc["seeds"], chosen["arm"], [chosen["variant"]])
         return out
 
     def baseline_of(self, phase: str, selection: dict | None = None) -> tuple[str, list[str]]:
         entry = self.phase(phase)["baseline"]
         if isinstance(entry, str):
             entry = {"arm": entry}
-        return next(iter(self._entry_variants(entry, selection)))
+        return next(iter(self._entry_variants(phase, entry, selection)))
 
     def baseline_arm(self, phase: str) -> str:
         entry = self.phase(phase)["baseline"]
@@ -146,16 +161,19 @@ class Plan:
 
     def _groups(self, phase: str, selection: dict | None):
         for entry in self.phase(phase)["runs"]:
-            yield from self._entry_variants(entry, selection)
+            yield from self._entry_variants(phase, entry, selection)
 
-    def _entry_variants(self, entry: dict, selection: dict | None):
-        if entry["arm"] == SELECTED and "sweep" not in entry:
-            yield selection["arm"], [selection["variant"]]
+    def _entry_variants(self, phase: str, entry: dict, selection: dict | None):
+        arm_ref = sels.is_ref(entry["arm"])
+        if arm_ref and "sweep" not in entry:
+            chosen = self._sel(phase, entry["arm"], selection)
+            yield chosen["arm"], [chosen["variant"]]
             return
-        arm = selection["arm"] if entry["arm"] == SELECTED else entry["arm"]
+        arm = self._sel(phase, entry["arm"], selection)["arm"] if arm_ref else entry["arm"]
         # a selected value and a sweep together make compound labels: lr0.01+projection_every3
-        takes_value = entry["arm"] == SELECTED or entry.get("value") == SELECTED
-        prefix = [selection["variant"]] if takes_value and selection.get("param") else []
+        value_ref = entry["arm"] if arm_ref else (entry.get("value") if sels.is_ref(entry.get("value")) else None)
+        chosen = self._sel(phase, value_ref, selection) if value_ref else None
+        prefix = [chosen["variant"]] if chosen and chosen.get("param") else []
         if "sweep" in entry:
             labels = [variant_label(entry["sweep"]["param"], v) for v in entry["sweep"]["values"]]
             yield arm, ["+".join(prefix + [label]) for label in labels]
@@ -181,14 +199,24 @@ class Plan:
         return sorted(runs)
 
     def possible_selections(self, phase: str) -> list[dict | None]:
-        """Every selection the phase could receive: each candidate (arm, variant) of the phase it selects from."""
+        """Every selection the phase could receive: each candidate (arm, variant) of the phase it selects from
+        (a list-form phase: every combination of its selections' candidates)."""
         if not self.needs_selection(phase):
             return [None]
-        sel = self.phase(phase)["select"]
-        candidates = set(sel.get("arms") or [])
+        cfg = self.phase(phase)
+        if not sels.is_list_form(cfg):
+            return self._choices(cfg["select"])
+        combos: list[dict] = [{}]
+        for decl in sels.declared(cfg):
+            combos = [{**c, decl["name"]: choice} for c in combos for choice in self._choices(decl)]
+        return [{"selections": c} for c in combos]
+
+    def _choices(self, decl: dict) -> list[dict]:
+        """The (arm, variant) choices one selection can make among its phase's candidates."""
+        candidates = set(decl.get("arms") or [])
         out = []
-        for upstream in self.possible_selections(sel["from"]):
-            for arm, variants in self._groups(sel["from"], upstream):
+        for upstream in self.possible_selections(decl["from"]):
+            for arm, variants in self._groups(decl["from"], upstream):
                 if candidates and arm not in candidates:
                     continue
                 for v in variants:
