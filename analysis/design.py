@@ -53,10 +53,16 @@ def _main_arms(ph: Mapping) -> list[tuple]:
 
 def design_arms(ph: Mapping) -> DesignArms:
     """What GateKind.hypotheses reads of a phase: its main and scratch arm configurations and the arms
-    'selected' stands for (`selected_arms` of the phase: every variant of them is judged)."""
+    'selected' stands for (`selected_arms` of the phase: a list, or {reference: arms} with several named
+    selections, 'selected:NAME' each; every variant of them is judged)."""
     scratch = sorted({(c["model"], c["arm"], c.get("variant", "default")) for c in ph.get("configs", [])
                       if c.get("role") == "scratch_arm"})
     sel = ph.get("selected_arms")
+    if isinstance(sel, Mapping):  # {reference: arms} of a phase with several (named) selections
+        by = tuple((str(r), tuple(a or ())) for r, a in sel.items())
+        plain = dict(by).get("selected")
+        return DesignArms(main=tuple(_main_arms(ph)), scratch=tuple(scratch), selected=plain or None,
+                          selected_by=by)
     return DesignArms(main=tuple(_main_arms(ph)), scratch=tuple(scratch), selected=tuple(sel) if sel else None)
 
 

@@ -31,6 +31,11 @@ from typing import Callable
 REQUIRED = object()
 SELECTED = "selected"  # the arm a phase took from an earlier phase (study `select:`)
 
+
+def is_selected(x) -> bool:
+    """'selected' or 'selected:NAME' (one of several named selections, study/selections.py)."""
+    return isinstance(x, str) and (x == SELECTED or x.startswith(SELECTED + ":"))
+
 TYPES = ("number", "fraction", "int", "step", "arm", "arms", "metric", "bool", "model", "text")
 
 
@@ -60,10 +65,19 @@ class GateKind:
 class DesignArms:
     """What the design check knows of a phase's configurations, for GateKind.hypotheses:
     `main` (model, arm, variant) of the main-family arms, `scratch` those of the scratch arms, `selected`
-    the arms 'selected' stands for (None: one configuration, the phase's own pick)."""
+    the arms 'selected' stands for (None: one configuration, the phase's own pick), and `selected_by`
+    ((reference, arms), ...) the arms each named reference ('selected:NAME') stands for."""
     main: tuple = ()
     scratch: tuple = ()
     selected: tuple | None = None
+    selected_by: tuple = ()
+
+    def arms_for(self, ref: str) -> tuple | None:
+        """The arms a reference stands for (None: unknown before the selection, one configuration)."""
+        by = dict(self.selected_by)
+        if ref in by:
+            return tuple(by[ref]) if by[ref] else None
+        return self.selected if ref == SELECTED else None
 
     def named(self, names, model=None) -> int:
         rows = [a for a in self.main if model is None or a[0] == model]
@@ -71,8 +85,10 @@ class DesignArms:
             return len(rows)
         n = 0
         for x in names:
-            if x == SELECTED:
-                n += (sum(1 for a in rows if a[1] in self.selected) or 1) if self.selected else 1
+            if is_selected(x):
+                arms = self.arms_for(x)
+                # every variant of the selected arm that the gate judges (a sweep built on the pick)
+                n += (sum(1 for a in rows if a[1] in arms) or 1) if arms else 1
             else:
                 n += sum(1 for a in rows if a[1] == x)
         return n
@@ -199,9 +215,10 @@ GATE_KINDS: dict[str, GateKind] = {
 def _pairs(s: dict, arms: DesignArms) -> int:
     """arm_better_than_arm's hypotheses: one per (better, worse) configuration pair it forms."""
     def keys(name):
-        if name == SELECTED:
-            sel = [a for a in arms.main if arms.selected and a[1] in arms.selected]
-            return sel or [("?", SELECTED, "?")]
+        if is_selected(name):
+            chosen = arms.arms_for(name)
+            sel = [a for a in arms.main if chosen and a[1] in chosen]
+            return sel or [("?", name, "?")]
         return [a for a in arms.main if a[1] == name]
     better, worse = keys(s["better"]), keys(s["worse"])
     n = 0
@@ -235,8 +252,8 @@ def _type_ok(p: Param, v) -> bool:
 
 def _type_words(p: Param) -> str:
     words = {"number": "a finite number", "fraction": "a number between 0 and 1", "int": "an integer >= 0",
-             "step": "a training step (integer >= 1)", "arm": "an arm of the phase, or 'selected'",
-             "arms": "a non-empty list of arms of the phase (or 'selected')", "metric": "a runs.csv column",
+             "step": "a training step (integer >= 1)", "arm": "an arm of the phase, 'selected' or 'selected:NAME'",
+             "arms": "a non-empty list of arms of the phase (or 'selected', 'selected:NAME')", "metric": "a runs.csv column",
              "bool": "true or false", "model": "a model name", "text": "a non-empty string"}[p.type]
     return words + (" or null" if p.nullable else "")
 
