@@ -27,9 +27,12 @@ on either side the hypothesis is tested by an exact rank test (stats.rank_test; 
 last), and a judged arm with such a run cannot PASS (at best INSUFFICIENT; FAIL when the test says no).
 A gate over several hypotheses: mode "any" (beats_baseline, any_better_than_arm) PASSes when ANY passes,
 FAILs when every one fails; mode "all" needs ALL (any fail -> FAIL).
-'selected': the arm the phase took from an earlier one (its selection); in a phase that selects nothing
-itself, the arm the later phase's selection would take from this phase (the same rule over the same
-candidates: `pick` = that `select:`), never a control outside its candidates.
+'selected': the arm the phase took from an earlier one (its selection); with several named selections,
+'selected:NAME' is that selection's pick (each claim about a winner judges its own selection's arm). In a
+phase that selects nothing itself, the arm the later phase's selection would take from this phase (the same
+rule over the same candidates: `pick` = that `select:`, or {reference: select} for named ones), never a
+control outside its candidates; with no later selection at all (refused by the pre-run check) the phase's
+own pick among the arms that are neither its baseline nor a control (an arm a gate compares against).
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from scipy import stats as sps
 
 from . import power as pw
 from .design import with_floor
-from .gate_kinds import GATE_KINDS, SELECTED, function_name, resolve
+from .gate_kinds import GATE_KINDS, SELECTED, function_name, is_selected, resolve
 from .io import clean, fmt_p, is_num, md_table
 from .stats import baseline_mask, holm, pairing, pooled_rel_sd, rank_test, ratio_test, usable_mask, with_family
 
@@ -62,78 +65,142 @@ def _run_label(r: Mapping) -> str:
     return f"{_label(r.get('model'), r.get('arm'), r.get('variant'))}/seed{int(r.get('seed'))}"
 
 
+def selections_by_ref(selection: Mapping | None) -> dict[str, dict]:
+    """{'selected' / 'selected:NAME': record} of a phase's selection.json: one record (select_arm's dict,
+    'selected'), or {"selections": {NAME: record}} ('selected:NAME'; plain 'selected' too when only one)."""
+    if not selection:
+        return {}
+    if isinstance(selection.get("selections"), Mapping):
+        out = {f"{SELECTED}:{k}": dict(v) for k, v in selection["selections"].items()}
+        if len(out) == 1:
+            out[SELECTED] = next(iter(out.values()))
+        return out
+    out = {SELECTED: dict(selection)}
+    if selection.get("name"):
+        out[f"{SELECTED}:{selection['name']}"] = dict(selection)
+    return out
+
+
+def picks_by_ref(pick: Mapping | None) -> dict[str, dict]:
+    """{reference: {arms, rule}} of the later selections from a phase: one {arms, rule} ('selected'), or
+    {'selected' / 'selected:NAME': {arms, rule}}."""
+    if not pick:
+        return {}
+    if "rule" in pick or "arms" in pick:
+        return {SELECTED: dict(pick)}
+    return {str(k): dict(v) for k, v in pick.items() if v}
+
+
 class Ctx:
     def __init__(self, runs: pd.DataFrame, curves: pd.DataFrame | None, baseline: str, phase: str,
                  selection: Mapping | None = None, noise_sd: float | None = None, metric: str = "final_val_loss",
-                 pick: Mapping | None = None, significance: pd.DataFrame | None = None):
+                 pick: Mapping | None = None, significance: pd.DataFrame | None = None,
+                 controls: set | None = None):
         self.runs = with_family(runs).reset_index(drop=True) if len(runs) else pd.DataFrame(
             columns=["phase", "role", "model", "arm", "variant", "alpha", "seed", "status", metric, "family"])
         self.curves = curves if curves is not None else pd.DataFrame()
         self.baseline, self.phase, self.metric = baseline, phase, metric
-        self.selection = dict(selection) if selection else None
+        self.selections = selections_by_ref(selection)
+        self.selection = self.selections.get(SELECTED)
         self.noise_sd = float(noise_sd) if is_num(noise_sd) and float(noise_sd) > 0 else None
         self.is_base = baseline_mask(self.runs, baseline) if len(self.runs) else pd.Series(dtype=bool)
         self.main = self.runs[self.runs["family"] == "main"] if len(self.runs) else self.runs
-        self.selected_note = ""
+        self.selected_notes: dict[str, str] = {}
         self.notes: list[str] = []
-        self.pick = dict(pick) if pick else None
+        self.picks = picks_by_ref(pick)
+        self.pick = self.picks.get(SELECTED)
+        # the arms the phase's gates compare against (a gate's worse / ref side): controls, never 'selected'
+        self.controls = set(controls or ())
         self.significance = significance
         self._sd_cache: dict = {}
         self._grouped = None
         self._qty: dict = {}
+        self._picked: dict = {}
+
+    @property
+    def selected_note(self) -> str:
+        return self.selected_notes.get(SELECTED, "")
 
     # ------------------------------------------------------------------------------------------ arms
     def arm_keys(self, names: list | None) -> list[tuple]:
         """(model, arm, variant) of the main-family non-baseline configurations named (None: all);
-        'selected' is the arm the phase took from an earlier one, or this phase's best arm."""
+        'selected' / 'selected:NAME' is that selection's pick (an earlier phase's, or the later phase's
+        selection from this one)."""
         r = self.main[~self.is_base.loc[self.main.index]] if len(self.main) else self.main
         keys = sorted({tuple(x) for x in r[KEY].itertuples(index=False)}) if len(r) else []
         if names is None:
             return keys
         out = []
         for n in names:
-            if n == SELECTED:
-                out += [k for k in self.selected_keys() if k not in out]
+            if is_selected(n):
+                out += [k for k in self.selected_keys(n) if k not in out]
             else:
                 out += [k for k in keys if k[1] == n and k not in out]
         return out
 
-    def selected_keys(self) -> list[tuple]:
+    def selected_keys(self, ref: str = SELECTED) -> list[tuple]:
         r = self.main[~self.is_base.loc[self.main.index]] if len(self.main) else self.main
-        if self.selection and self.selection.get("arm"):
-            arm, var = self.selection["arm"], self.selection.get("variant")
+        if self.selections:
+            sel = self.selections.get(ref)
+            if not sel or not sel.get("arm"):
+                self.selected_notes[ref] = (f"{ref!r}: no such selection in this phase (it has "
+                                            f"{', '.join(sorted(self.selections))}), nothing judged")
+                return []
+            arm, var = sel["arm"], sel.get("variant")
             m = r["arm"] == arm
             if var is not None and "variant" in r:
                 # the selected variant, or the phase's own variants built on it (a sweep of the selected arm:
                 # topk0.01 for a selected 'default', lr0.03+projection_every3 for a selected lr0.03)
                 v = r["variant"].astype(str)
                 mine = (v == str(var)) | v.str.startswith(f"{var}+")
-                if not (m & mine).any() and not self.selection.get("param"):
+                if not (m & mine).any() and not sel.get("param"):
                     mine = pd.Series(True, index=r.index)  # an unswept choice, swept by this phase: all of it
                 m &= mine
-            self.selected_note = f"'selected' = {arm} {var or ''} (from the earlier phase's selection)".strip()
+            self.selected_notes[ref] = (f"{ref!r} = {arm}" + (f" {var}" if var else "")
+                                        + " (from the earlier phase's selection)")
             return sorted({tuple(x) for x in r.loc[m, KEY].itertuples(index=False)})
-        return self.own_pick()
+        return self.own_pick(ref)
 
-    def own_pick(self) -> list[tuple]:
-        """No earlier selection: the arm the later phase's `select:` (self.pick: arms, rule) takes from this
-        phase, by analysis.selection.best_arm on this phase's significance table; without a pick, the
-        same rule (significant_best) over every arm, and the note says so."""
+    def own_pick(self, ref: str = SELECTED) -> list[tuple]:
+        """No earlier selection: the arm the later phase's `select:` (self.picks[ref]: arms, rule) takes from
+        this phase, by analysis.selection.best_arm on this phase's significance table. Without a later
+        selection (the pre-run check refuses that study; a direct call can still get here) the same rule,
+        significant_best, over the arms that are neither the baseline nor a control (an arm a gate of the
+        phase compares against), and the note says so."""
+        if ref in self._picked:
+            return self._picked[ref]
         from .selection import best_arm
         from .stats import significance_table
         if self.significance is None or not len(self.significance):
             self.significance = significance_table(self.runs, self.baseline, metric=self.metric) \
                 if len(self.runs) else pd.DataFrame()
-        arms = (self.pick or {}).get("arms")
-        rule = (self.pick or {}).get("rule") or "significant_best"
-        chosen, applied, _ = best_arm(self.significance, list(arms) if arms else None, rule)
+        pick = self.picks.get(ref)
+        if pick is None and self.picks:
+            self.selected_notes[ref] = (f"{ref!r}: no later selection from this phase is named so (known: "
+                                        f"{', '.join(sorted(self.picks))}), nothing judged")
+            self._picked[ref] = []
+            return []
+        arms = (pick or {}).get("arms")
+        if pick is None:
+            sig = self.significance
+            every = sorted(set(sig["arm"])) if len(sig) and "arm" in sig else []
+            arms = [a for a in every if a not in self.controls]
+        rule = (pick or {}).get("rule") or "significant_best"
+        chosen, applied, _ = best_arm(self.significance, list(arms) if arms is not None else None, rule)
         if chosen is None:
-            self.selected_note = "'selected': no candidate without a diverged seed, nothing judged"
+            self.selected_notes[ref] = f"{ref!r}: no candidate without a diverged seed, nothing judged"
+            self._picked[ref] = []
             return []
         key = (chosen["model"], chosen["arm"], str(chosen.get("variant") or "default"))
-        fam = (f"among {', '.join(arms)}" if arms else "among every arm (no later phase names candidates)")
-        self.selected_note = (f"'selected' = {_label(*key)}: the pick of the later phase's selection "
-                              f"({applied}, {fam}); its estimate is optimistic")
+        if pick is not None:
+            fam = f"among {', '.join(arms)}" if arms else "among every arm of the phase"
+            what = "the pick of the later phase's selection"
+        else:
+            fam = (f"among {', '.join(arms)}: no later phase selects from this one, so every arm but the "
+                   f"baseline and the controls ({', '.join(sorted(self.controls)) or 'none'})")
+            what = "this phase's own pick"
+        self.selected_notes[ref] = f"{ref!r} = {_label(*key)}: {what} ({applied}, {fam}); its estimate is optimistic"
+        self._picked[ref] = [key]
         return [key]
 
     def base_rows(self, model: str, family: str = "main") -> pd.DataFrame:
@@ -552,9 +619,8 @@ def k_equal_bytes(c: Ctx, s: dict) -> dict:
     if len(r) == 0:
         return _result(INSUFFICIENT, claim, "no runs", "the phase has no finished runs")
     names = list(s["arms"])
-    sel = c.arm_keys([SELECTED]) if SELECTED in names else []
-    r = r.assign(_v=c.column(r, col), _who=[SELECTED if (m, a, v) in sel else a
-                                             for m, a, v in r[KEY].itertuples(index=False)])
+    sel = {k: n for n in names if is_selected(n) for k in c.arm_keys([n])}
+    r = r.assign(_v=c.column(r, col), _who=[sel.get((m, a, v), a) for m, a, v in r[KEY].itertuples(index=False)])
     r = r[r["_who"].isin(names) | r["arm"].isin(names)]
     r = r.assign(_who=np.where(r["arm"].isin(names), r["arm"], r["_who"]))
     means = r.groupby(["model", "variant", "_who"])["_v"].mean()
@@ -658,6 +724,18 @@ def kind_function(kind: str) -> Callable:
     return fn
 
 
+def control_arms(resolved: Mapping[str, Mapping]) -> set[str]:
+    """The arms the phase's gates compare against (arm_better_than_arm / any_better_than_arm `worse`,
+    interaction `ref`): the controls, which a phase's own 'selected' never picks."""
+    out = set()
+    for st in resolved.values():
+        for key in ("worse", "ref"):
+            v = st.get(key)
+            if isinstance(v, str) and not is_selected(v) and GATE_KINDS[st["kind"]].params.get(key) is not None:
+                out.add(v)
+    return out
+
+
 def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves: pd.DataFrame | None,
                    gates: Mapping[str, Any] | None, baseline: str, phase: str, *, selection: Mapping | None = None,
                    noise_sd: float | None = None, power_floor: float | None = None,
@@ -665,9 +743,9 @@ def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves
     """gates: {instance name: {kind: K, ...settings}} (resolved again here: unknown kinds or settings raise
     ValueError naming them). `significance`: the phase's significance table (what a later phase's
     selection reads; computed from runs when None), used for 'selected' when no earlier selection gives it;
-    `pick`: the later phase's `select:` from this phase ({arms, rule}). `power_floor` (the study's
+    `selection`: this phase's selection.json (one record, or {"selections": {NAME: record}}: 'selected:NAME');
+    `pick`: the later phase's `select:` from this phase ({arms, rule}, or {reference: {arms, rule}}). `power_floor` (the study's
     default) applies to statistical gates that do not set their own (the design check's flag)."""
-    ctx = Ctx(runs, curves, baseline, phase, selection, noise_sd, pick=pick, significance=significance)
     resolved = {}
     for name, settings in (gates or {}).items():
         settings = with_floor(settings, power_floor)
@@ -675,6 +753,8 @@ def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves
         if problems:
             raise ValueError("; ".join(problems))
         resolved[name] = st
+    ctx = Ctx(runs, curves, baseline, phase, selection, noise_sd, pick=pick, significance=significance,
+              controls=control_arms(resolved))
     hyps: dict[str, tuple] = {}
     for name, st in resolved.items():
         if GATE_KINDS[st["kind"]].statistical:
@@ -718,8 +798,10 @@ def evaluate_gates(runs: pd.DataFrame, significance: pd.DataFrame | None, curves
                 det = "; ".join(_describe(h) for h in hs)
             if notes:
                 det = "; ".join(notes) + ". " + det
-            if ctx.selected_note and any(SELECTED in (v if isinstance(v, list) else [v]) for v in st.values()):
-                det = ctx.selected_note + ". " + det
+            used = [x for v in st.values() for x in (v if isinstance(v, list) else [v]) if is_selected(x)]
+            said = [ctx.selected_notes[x] for x in dict.fromkeys(used) if ctx.selected_notes.get(x)]
+            if said:
+                det = "; ".join(said) + ". " + det
             res = _result(verdict, f"{who} judged configuration: {claim}; one-sided bounds, Holm over the phase's "
                           f"{k} hypotheses at {float(st['level']):g} (PASS and FAIL sides alike), min n {st['min_n']}",
                           obs, det,
