@@ -123,6 +123,9 @@ def landing_html(title: str, summary: str, phases: list[dict], design_csv: str |
         if sel and sel.get("arm"):
             out.append(f"<p>Runs the arm selected from the earlier phase: <strong>{e(sel['arm'])}</strong> "
                        f"({e(sel.get('variant'))}).</p>")
+        for name, r in ((sel or {}).get("selections") or {}).items():  # several named selections
+            if r.get("arm"):
+                out.append(f"<p>Selection {e(name)}: <strong>{e(r['arm'])}</strong> ({e(r.get('variant'))}).</p>")
         out.append(gates_table_html(p["gates"], f"gates-{p['phase']}"))
         out.append(f"<h4>{e(p['phase'])}: runs</h4>")
         out.append(csv_table_html(p["runs_csv"], RUN_COLUMNS, f"runs-{p['phase']}"))

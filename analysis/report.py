@@ -270,6 +270,24 @@ def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: fl
         if (gh.fillna(0) == 0).all():
             out.append("GPU-hours and cost are 0: these runs used no CUDA device (GPU-hours are world size x "
                        "wall hours only on CUDA).")
+    for name, one in _selection_records(selection):
+        out += _selection_caveats(runs, one, name)
+    if gates and gates.get("k_family"):
+        out.append(f"The gates' {gates['k_family']} statistical hypotheses form one Holm family (one-sided).")
+    return out
+
+
+def _selection_records(selection: Mapping | None) -> list[tuple]:
+    """[(name or None, record)] of a selection.json (several named selections: one per name)."""
+    if not selection:
+        return []
+    if isinstance(selection.get("selections"), Mapping):
+        return [(str(k), v) for k, v in selection["selections"].items()]
+    return [(None, selection)]
+
+
+def _selection_caveats(runs: pd.DataFrame, selection: Mapping, name: str | None) -> list[str]:
+    out: list[str] = []
     if selection:
         if selection.get("forced") and selection.get("gate_passed") is not True:
             out.append("This phase was FORCED by the configuration although the earlier phase's gate did not "
@@ -286,9 +304,10 @@ def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: fl
             if again:
                 out.append(f"Seeds {', '.join(map(str, again))} were also used to select the arm: on those seeds "
                            "this phase is not an independent confirmation.")
-    if gates and gates.get("k_family"):
-        out.append(f"The gates' {gates['k_family']} statistical hypotheses form one Holm family (one-sided).")
-    return out
+    if not name:
+        return out
+    return [x.replace("**Warning carried on:**", f"**Warning carried on (selection {name}):**")
+            if x.startswith("**") else f"Selection {name}: {x}" for x in out]
 
 
 def selection_markdown(sel: Mapping) -> str:
@@ -331,8 +350,11 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
     summary = {"phase": phase, "question": question, "passed": gates.get("passed"), "n_pass": npass,
                "n_gates": ng, "n_runs": tot["n"], "n_diverged": tot["n_diverged"],
                "gpu_hours": round(tot["gpu_hours"], 6), "cost": round(tot["cost"], 4), "tiny": bool(tiny)}
-    if selection:
+    if selection and not isinstance(selection.get("selections"), Mapping):
         summary["selected"] = {"arm": selection.get("arm"), "variant": selection.get("variant")}
+    elif selection:
+        summary["selected"] = {n: {"arm": r.get("arm"), "variant": r.get("variant")}
+                               for n, r in selection["selections"].items()}
     # the summary is JSON inside an HTML comment: no '--' or '>' may close it early
     js = (json.dumps(summary, sort_keys=True).replace("--", "\\u002d\\u002d").replace(">", "\\u003e")
           .replace("<", "\\u003c"))
@@ -350,8 +372,10 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
     dl = design_lines(design, phase)
     if dl:
         parts += ["### Design check (before the runs)", ""] + [f"- {x}" for x in dl] + [""]
-    if selection:
-        parts += ["### Arm selected from an earlier phase", "", selection_markdown(selection)]
+    for name, one in _selection_records(selection):
+        # one section per selection: chosen value, re-pick rate, flat sweep, winner's curse (its winners_curse)
+        parts += [f"### Selection {md_escape(name)}" + (f" (from {md_escape(one.get('from'))})" if one.get("from") else "")
+                  if name else "### Arm selected from an earlier phase", "", selection_markdown(one)]
     parts += ["### Gates", "", gates_markdown(gates, short=True),
               f"### Significance against the baseline ({md_escape(baseline)})", "", significance_markdown(significance)]
     trig, flags = trigger_rates(runs, arms) if has_noise_arms(runs, arms) else ("", [])

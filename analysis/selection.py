@@ -141,7 +141,11 @@ def gate_verdict(gates: dict | None, gate: str | None):
 
 def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = False,
                arms: list[str] | None = None, rule: str = "significant_best", gate: str | None = None,
-               seeds_used: list | None = None) -> dict:
+               seeds_used: list | None = None, carries_baseline: bool = True, name: str | None = None) -> dict:
+    """The selection record (selection.json). `carries_baseline`: the later phase compares with the very
+    baseline of the earlier phase (study.selections.carries_baseline); a baseline the earlier phase's
+    baseline_sane gate flagged then goes on with a WARNING (baseline_flags), otherwise with a note that this
+    phase's baseline is another configuration. `name`: the selection's name (several named selections)."""
     verdict, what = gate_verdict(gates, gate)
     chosen, applied, cands = best_arm(significance, arms, rule)
     if chosen is None:
@@ -169,9 +173,12 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
     # a baseline the earlier phase flagged (baseline_sane FAIL) is carried on: say so wherever the pick goes
     flags = [f"{g.get('name')}: {g.get('detail')}" for g in (gates or {}).get("gates", [])
              if g.get("kind") == "baseline_sane" and g.get("verdict") == "FAIL"]
-    if flags:
+    if flags and carries_baseline:
         reason += ("; WARNING: the earlier phase flagged its baseline (" + "; ".join(flags) + "): a later phase "
                    "that carries it on compares with a baseline that may be broken or untuned")
+    elif flags:
+        reason += ("; the earlier phase flagged its baseline (" + "; ".join(flags) + "); the later phase's "
+                   "baseline is another configuration (re-tuned or another arm), so the flag does not carry on")
 
     def num(x):
         return float(x) if is_num(x) else None
@@ -190,7 +197,8 @@ def select_arm(significance: pd.DataFrame, gates: dict | None, force: bool = Fal
         "reason": reason,
         "candidates": cands,
         "winners_curse": None if chosen is None else _curse(significance, arms, applied, chosen),
-        "baseline_flags": flags,
+        "baseline_flags": flags if carries_baseline else [],
+        **({"name": name} if name else {}),
         "selection_seeds": sorted({int(s) for s in (seeds_used or [])}),
     }
 
@@ -276,3 +284,15 @@ def bootstrap_selection(significance: pd.DataFrame, arms: list[str] | None, rule
                          k_family=int(kf) if is_num(kf) else None, reps=reps)
     out.update(k=len(recs), sd_pct=100 * math.sqrt(var / dof))
     return out
+
+
+def combined_record(named: dict) -> dict:
+    """The selection.json of a phase with several named selections (study/selections.py): the records by
+    name, and what the workflow's stop check reads across them (gate_passed: all of theirs; reason: each
+    one's, named)."""
+    recs = {str(k): dict(v) for k, v in named.items()}
+    passed = [r.get("gate_passed") for r in recs.values()]
+    gate_passed = False if False in passed else (True if passed and all(x is True for x in passed) else None)
+    return {"selections": recs, "gate_passed": gate_passed,
+            "forced": any(bool(r.get("forced")) for r in recs.values()),
+            "reason": "; ".join(f"{k}: {r.get('reason', '')}" for k, r in recs.items())}

@@ -207,7 +207,7 @@ def status_data(view: StudyView, jobs: int | None = None) -> dict:
             "verdict": None if gates is None else gates.get("passed"),
             "gates": None if gates is None else [{"name": g.get("name"), "verdict": g.get("verdict")}
                                                  for g in gates.get("gates", [])],
-            "selection": None if selection is None else {k: selection.get(k) for k in ("arm", "variant", "gate_passed")},
+            "selection": None if selection is None else _selection_summary(selection),
             "remaining_run_s": left})
     eta = total_left / parallel
     return {"study": view.label, "phases": phases, "parallel_runs": parallel, "eta_s": eta,
@@ -215,6 +215,16 @@ def status_data(view: StudyView, jobs: int | None = None) -> dict:
             "eta_basis": ("median measured wall time of finished runs per model" +
                           (f"; the time limit for {', '.join(sorted(unmeasured))} (nothing measured yet)"
                            if unmeasured else "")) + f", {parallel} run(s) at a time"}
+
+
+def _selection_summary(selection: dict) -> dict:
+    """arm, variant, gate_passed of a selection.json; with several named selections, each one's under
+    'selections' (study/selections.py)."""
+    keys = ("arm", "variant", "gate_passed")
+    out = {k: selection.get(k) for k in keys}
+    if isinstance(selection.get("selections"), dict):
+        out["selections"] = {n: {k: r.get(k) for k in keys} for n, r in selection["selections"].items()}
+    return out
 
 
 def verdict_word(v) -> str:
@@ -245,6 +255,9 @@ def status_text(d: dict) -> str:
         out.append(phase_line(p))
         if p["selection"] and p["selection"].get("arm"):
             out.append(f"{'':<12}   selected: {p['selection']['arm']} {p['selection']['variant']}")
+        for name, s in ((p["selection"] or {}).get("selections") or {}).items():
+            if s.get("arm"):
+                out.append(f"{'':<12}   selected ({name}): {s['arm']} {s['variant']}")
         for r in p["running"]:
             prog = r["progress"]
             extra = "" if not prog else (f" step {prog['step']}/{prog['total']}, ETA {duration(prog['eta_s'])}")

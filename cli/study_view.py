@@ -66,15 +66,18 @@ class StudyView:
         if not plan.needs_selection(phase):
             out = PhaseRuns(phase, planned, plan.phase_runs(phase))
         else:
-            source = cfg["select"]["from"]
+            from study.selections import declared, stop_reason
+
+            source = ", ".join(dict.fromkeys(d["from"] for d in declared(cfg)))
             sel_path = self.path(f"{self.results}/{phase}/selection.json")
             if not sel_path.exists():
                 out = PhaseRuns(phase, planned, None, f"waits for {source}'s selection")
             else:
                 sel = read_selection(sel_path)
-                if sel.get("gate_passed") is not True and not cfg.get("force", False):
+                stop = stop_reason(sel, bool(cfg.get("force", False)))
+                if stop and stop[0] == "gate":
                     out = PhaseRuns(phase, planned, None, f"stopped: the {source} gate did not pass")
-                elif sel.get("arm") is None:
+                elif stop:
                     out = PhaseRuns(phase, planned, None, f"stopped: nothing of {source} could be selected")
                 else:
                     out = PhaseRuns(phase, planned, plan.phase_runs(phase, sel))

@@ -149,19 +149,20 @@ rule plots:
 
 checkpoint select:
     # A selecting phase's runs depend on an earlier phase's results: they are known only after this runs.
+    # One file per phase; with several named selections (study/selections.py) it holds each one's record.
     input:
-        significance=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/significance.csv",
-        gates=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/gates.json",
-        runs=lambda w: f"{RESULTS}/{PLAN.phase(w.phase)['select']['from']}/runs.csv",
+        unpack(select_inputs),
     output:
         json=R("{phase}/selection.json"),
     log:
         L("{phase}/select.log"),
     params:
         force=lambda w: PLAN.phase(w.phase).get("force", False),
-        candidate_arms=lambda w: PLAN.phase(w.phase)["select"].get("arms"),
-        rule=lambda w: PLAN.phase(w.phase)["select"]["rule"],
-        gate=lambda w: PLAN.phase(w.phase)["select"].get("gate"),
+        selections=lambda w: [{k: d.get(k) for k in ("name", "from", "arms", "rule", "gate")}
+                              for d in declared_selections(PLAN.phase(w.phase))],
+        list_form=lambda w: selection_list_form(PLAN.phase(w.phase)),
+        carries_baseline=lambda w: [carries_baseline(STUDY, w.phase, d)
+                                    for d in declared_selections(PLAN.phase(w.phase))],
     conda:
         "../envs/analysis.yaml"
     script:

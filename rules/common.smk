@@ -1,6 +1,8 @@
 # Wildcard shapes (built from the study, so no other path matches) and the helpers every rule file uses.
 
 from study.extras import EXTRAS, extras_of
+from study.selections import carries_baseline, declared as declared_selections, is_list_form as selection_list_form
+from study.selections import records as selection_records, stop_reason
 
 
 def one_of(names):
@@ -55,23 +57,33 @@ def check_targets():
 
 
 def selection(phase):
-    """The arm/value a phase takes from an earlier one (the select checkpoint); stops when its gate failed."""
+    """The arm/value a phase takes from an earlier one (the select checkpoint; with several named selections
+    each one's); stops when a selection's gate failed or it picked nothing. A baseline the earlier phase's
+    sanity gate flagged and this phase carries on is said here, before the phase's runs are submitted."""
     cfg = PLAN.phase(phase)
-    source = cfg["select"]["from"]
+    sources = ", ".join(dict.fromkeys(d["from"] for d in declared_selections(cfg)))
     sel = read_selection(checkpoints.select.get(phase=phase).output.json)
-    if sel.get("gate_passed") is not True and not cfg.get("force", False):
+    stop = stop_reason(sel, bool(cfg.get("force", False)))
+    if stop and stop[0] == "gate":
         raise WorkflowError(
-            f"{phase} stops here: the {source} gate did not pass ({sel.get('reason', 'no reason recorded')}). "
-            f"See {RESULTS}/{source}/gates.md. To run {phase} anyway, set phases.{phase}.force: true.")
-    if sel.get("arm") is None:
-        raise WorkflowError(f"{phase} stops here: nothing of {source} could be selected "
-                            f"({sel.get('reason', 'no reason recorded')}).")
+            f"{phase} stops here: the {sources} gate did not pass ({stop[1]}). "
+            f"See {', '.join(f'{RESULTS}/{s}/gates.md' for s in sources.split(', '))}. To run {phase} anyway, "
+            f"set phases.{phase}.force: true.")
+    if stop:
+        raise WorkflowError(f"{phase} stops here: nothing of {sources} could be selected ({stop[1]}).")
     if workflow.is_main_process and phase not in SELECTIONS_ANNOUNCED:
         # Snakemake's "N of M steps" total grows here (a checkpoint adds the phase's jobs): say why.
         SELECTIONS_ANNOUNCED.add(phase)
         n = len(PLAN.phase_runs(phase, sel))
-        logger.info(f"{phase}: takes {source}'s selection ({sel['arm']} {sel['variant']}); its {n} runs join the "
+        picks = ", ".join((f"{name}: " if name else "") + f"{r['arm']} {r['variant']}"
+                          for name, r in selection_records(sel))
+        logger.info(f"{phase}: takes {sources}'s selection ({picks}); its {n} runs join the "
                     f"jobs, so Snakemake's step total grows (`muon-ablations status` counts them from the start)")
+        for name, r in selection_records(sel):
+            for flag in r.get("baseline_flags") or []:
+                logger.warning(f"{phase}: WARNING: carries on the baseline that the phase it selects from "
+                               f"flagged ({flag}): its comparisons with that baseline may be against a broken or "
+                               f"untuned one")
     return sel
 
 
@@ -311,17 +323,36 @@ def design_entry(phase, sel=None):
             "configs": [dict(zip(("model", "arm", "variant", "role"), c)) for c in configs],
             "gpu_hours_per_run": hours, "n_runs": len(runs),
             "scratch_seeds": cfg.get("scratch", {}).get("seeds"),
-            "selected_arms": [sel["arm"]] if sel and sel.get("arm") else None}
+            "selected_arms": selected_arms(phase, sel)}
+
+
+def selected_arms(phase, sel):
+    """What the design check counts 'selected' as: the selected arm ([arm]); with several named selections
+    {'selected:NAME': [arm]} (and 'selected' when there is one)."""
+    if not sel:
+        return None
+    if not selection_list_form(PLAN.phase(phase)):
+        return [sel["arm"]] if sel.get("arm") else None
+    return {ref: [r["arm"]] for ref, r in PLAN.selection_refs(phase, sel).items() if r.get("arm")}
 
 
 def later_pick(phase):
-    """The `select:` of the later phase that selects from this one ({arms, rule}; None): what the gates'
-    'selected' means in a phase that selects nothing itself (analysis/gates.py)."""
-    for q in PLAN.phases:
-        sel = PLAN.phase(q).get("select") or {}
-        if sel.get("from") == phase:
-            return {"arms": sel.get("arms"), "rule": sel.get("rule") or "significant_best"}
-    return None
+    """The later phases' selections from this one ({reference: {arms, rule}}; None when there are none):
+    what the gates' 'selected' / 'selected:NAME' mean in a phase that selects nothing itself
+    (analysis/gates.py; the pre-run check refuses a reference that is ambiguous or means nothing)."""
+    from study.checks import later_selections, pick_of
+
+    if PLAN.needs_selection(phase):
+        return None
+    picks = {ref: pick_of(decls) for ref, decls in later_selections(STUDY, phase).items()}
+    return {ref: p for ref, p in picks.items() if p} or None
+
+
+def select_inputs(wildcards):
+    """The earlier phases' tables each selection of the phase reads, in the order of its `select:`."""
+    srcs = [d["from"] for d in declared_selections(PLAN.phase(wildcards.phase))]
+    return {key: [f"{RESULTS}/{s}/{name}" for s in srcs]
+            for key, name in (("significance", "significance.csv"), ("gates", "gates.json"), ("runs", "runs.csv"))}
 
 
 def design_study():

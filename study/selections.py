@@ -98,17 +98,6 @@ def records(record: Mapping | None) -> list[tuple[str | None, dict]]:
     return [(None, dict(record))]
 
 
-def combined(named: Mapping[str, Mapping]) -> dict:
-    """The selection.json of a list-form phase: its records by name, and what the workflow's stop check
-    reads across them (gate_passed: every selection's; reason: each one's, named)."""
-    recs = {str(k): dict(v) for k, v in named.items()}
-    passed = [r.get("gate_passed") for r in recs.values()]
-    gate_passed = False if False in passed else (True if passed and all(p is True for p in passed) else None)
-    return {"selections": recs, "gate_passed": gate_passed,
-            "forced": any(bool(r.get("forced")) for r in recs.values()),
-            "reason": "; ".join(f"{k}: {r.get('reason', '')}" for k, r in recs.items())}
-
-
 def stop_reason(record: Mapping, force: bool) -> tuple[str, str] | None:
     """Why a selecting phase cannot run with this selection.json: ('gate', reason) when a selection's gate
     did not pass (and the phase is not forced), ('none', reason) when a selection picked nothing; None when
