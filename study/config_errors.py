@@ -34,9 +34,23 @@ def describe(error: jsonschema.ValidationError) -> str:
                 f"(e.g. 1.0e-3): YAML 1.1 reads 1e-3 as text")
     if v == "enum":
         return f"{where}: {value!r} is not allowed (allowed: {', '.join(map(str, error.validator_value))})"
+    if v == "pattern" and "selected" in str(error.validator_value):
+        return (f"{where}: {value!r} is not allowed ('selected', or 'selected:NAME' with NAME a selection of the "
+                f"phase's select:)")
     if v == "pattern":
         return f"{where}: {value!r} does not match the pattern {error.validator_value}"
     if v == "oneOf":
+        # a choice of shapes (a mapping or a list of them, phases.P.select): the errors of the shape the value
+        # has say what is wrong with it, one line (the first; the others follow once it is fixed)
+        shape = "object" if isinstance(value, dict) else "array" if isinstance(value, list) else None
+        options = [o for o in error.schema.get("oneOf", []) if isinstance(o, dict)]
+        idx = [i for i, o in enumerate(options) if o.get("type") == shape]
+        if shape == "object" and not idx:
+            idx = [i for i, o in enumerate(options) if "$ref" in o]
+        inner = sorted((c for c in error.context or [] if c.schema_path and c.schema_path[0] in idx),
+                       key=lambda c: -len(c.absolute_path))
+        if inner:
+            return describe(inner[0])
         return f"{where}: {value!r} is neither of the allowed forms ({error.schema.get('oneOf')})"
     return f"{where}: {error.message}"
 
