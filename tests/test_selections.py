@@ -340,3 +340,18 @@ def test_the_report_has_one_selection_section_each():
     muon_part = md[md.index("### Selection muon_lr"):md.index("### Selection adamw_lr")]
     assert "selected: **muon** lr0.03" in muon_part and "a re-run on new seeds would pick muon lr0.03 again" in muon_part
     assert "Selection muon_lr: Winner's curse" in md and "Selection adamw_lr: Winner's curse" in md
+
+
+def test_the_landing_page_and_status_name_each_selection(tmp_path):
+    from analysis.html import landing_html
+    from cli.commands import _selection_summary
+    sel = sweep_selection()
+    runs_csv = tmp_path / "runs.csv"
+    confirm_runs().to_csv(runs_csv, index=False)
+    html = landing_html("T", "S", [{"phase": "confirm", "question": "Q?", "runs_csv": str(runs_csv),
+                                    "gates": {"passed": None, "gates": []}, "selection": sel}])
+    assert "Selection muon_lr: <strong>muon</strong> (lr0.03)" in html
+    assert "Selection adamw_lr: <strong>adamw</strong> (lr0.01)" in html
+    summary = _selection_summary(sel)
+    assert summary["selections"] == {"muon_lr": {"arm": "muon", "variant": "lr0.03", "gate_passed": True},
+                                     "adamw_lr": {"arm": "adamw", "variant": "lr0.01", "gate_passed": True}}
