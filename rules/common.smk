@@ -327,11 +327,11 @@ def design_entry(phase, sel=None):
 
 
 def selected_arms(phase, sel):
-    """What the design check counts 'selected' as: the selected arm ([arm]); with several named selections
+    """What the design check counts 'selected' as: the selected arm ([arm]); with named selections
     {'selected:NAME': [arm]} (and 'selected' when there is one)."""
     if not sel:
         return None
-    if not selection_list_form(PLAN.phase(phase)):
+    if not any(d["name"] for d in declared_selections(PLAN.phase(phase))):
         return [sel["arm"]] if sel.get("arm") else None
     return {ref: [r["arm"]] for ref, r in PLAN.selection_refs(phase, sel).items() if r.get("arm")}
 

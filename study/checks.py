@@ -469,8 +469,8 @@ class _Checks:
         for i, entry in enumerate(run_entries(p)):
             key = f"{where}.runs[{i - 1}]" if i else f"{where}.baseline"
             arm = entry["arm"]
-            if sels.is_ref(entry.get("value")) or entry.get("value") is not None:
-                value = entry.get("value")
+            if entry.get("value") is not None:
+                value = entry["value"]
                 if not sels.is_ref(value):
                     self.bad(f"{key}.value: {value!r} is not allowed ('selected', or 'selected:NAME' with NAME one "
                              f"of the phase's selections: {self.allowed_refs(p)})")
