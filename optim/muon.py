@@ -290,11 +290,10 @@ class Muon(torch.optim.Optimizer):
         float32 contiguous tensors, unsharded, and the base class's momentum (no _after_momentum hook)."""
         if type(self)._after_momentum is not Muon._after_momentum or self._world()[0] != 1:
             return False
-        if not (params[0].is_cuda and triton_step.usable(params)):
+        if not params[0].is_cuda:
             return False
-        if not (triton_step.usable(grads) and triton_step.usable(bufs)):
-            return False
-        return grads is raw or triton_step.usable(raw)
+        # one call: float32, contiguous and on one device across the three lists (the kernels index flat memory)
+        return triton_step.usable(params + grads + bufs + ([] if grads is raw else raw))
 
     def _buckets(self, gi: int, params: list[Tensor]) -> list[Bucket]:
         key = (gi, tuple(id(p) for p in params))
