@@ -31,8 +31,11 @@ Writes JSON (--out, default stdout) and prints a table last.
 
 --peers DIR adds the public kernels (benchmarks/peers.py: Dion's, modded-nanogpt's) as rows of the same run;
 every row gets `torch_muon_over_this` (torch.optim.Muon's time over the row's, same gap), and the
-"Muon (no rank check, torch path)" row runs optim.Muon with OPTIM_TRITON=0. `orthogonalize_all_ms` times
-the orthogonalization alone of the whole model for optim and each peer.
+"Muon (no rank check, torch path)" row runs optim.Muon with OPTIM_TRITON=0, "Muon (no rank check, unfused step)"
+with OPTIM_FUSED_STEP=0 (the foreach momentum and update around the Newton-Schulz kernels: optim/triton_step.py).
+`orthogonalize_all_ms` times the orthogonalization alone of the whole model for optim and each peer.
+--rank-gpu adds `rank_gpu_candidates` (first size): device calls for the effective rank (cuSOLVER eigvalsh of the
+Gram in float64/float32, svdvals with each driver, MAGMA), ms per matrix and their distance from the host path.
 """
 
 from __future__ import annotations
