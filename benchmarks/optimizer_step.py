@@ -31,8 +31,11 @@ Writes JSON (--out, default stdout) and prints a table last.
 
 --peers DIR adds the public kernels (benchmarks/peers.py: Dion's, modded-nanogpt's) as rows of the same run;
 every row gets `torch_muon_over_this` (torch.optim.Muon's time over the row's, same gap), and the
-"Muon (no rank check, torch path)" row runs optim.Muon with OPTIM_TRITON=0. `orthogonalize_all_ms` times
-the orthogonalization alone of the whole model for optim and each peer.
+"Muon (no rank check, torch path)" row runs optim.Muon with OPTIM_TRITON=0, "Muon (no rank check, unfused step)"
+with OPTIM_FUSED_STEP=0 (the foreach momentum and update around the Newton-Schulz kernels: optim/triton_step.py).
+`orthogonalize_all_ms` times the orthogonalization alone of the whole model for optim and each peer.
+--rank-gpu adds `rank_gpu_candidates` (first size): device calls for the effective rank (cuSOLVER eigvalsh of the
+Gram in float64/float32, svdvals with each driver, MAGMA), ms per matrix and their distance from the host path.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from optim import triton_ns  # noqa: E402
 from optim.orthogonalize import orthogonalize_stacks  # noqa: E402
 import optim.noise  # noqa: E402
 import optim.rank  # noqa: E402
+import optim.triton_step  # noqa: E402
 from optim.nolah import kth_smallest_nonneg  # noqa: E402
 from optim.noise import NoiseSource, haar_polar, haar_qr, isotropic  # noqa: E402
 from optim.orthogonalize import cubic_newton_schulz, orthogonalize  # noqa: E402
@@ -104,10 +108,13 @@ def configs(quick: bool, only: str | None = None):
     ]
     rows.insert(4, ("Muon (no rank check, torch path)", lambda ps: _TorchPath(optim.Muon(ps, **dict(base, rank_every=0))),
                     None))
+    rows.insert(5, ("Muon (no rank check, unfused step)",
+                    lambda ps: _TorchPath(optim.Muon(ps, **dict(base, rank_every=0)), optim.triton_step.ENV_SWITCH), None))
     for label, fn in PEER_ORTHO.items():
-        rows.insert(5, (f"peer: {label}", lambda ps, fn=fn: peers.PeerMuon(ps, fn), None))
+        rows.insert(6, (f"peer: {label}", lambda ps, fn=fn: peers.PeerMuon(ps, fn), None))
     if quick:
         keep = ("torch.optim.Muon", "Muon", "Muon (no rank check)", "Muon (no rank check, torch path)",
+                "Muon (no rank check, unfused step)",
                 "OrthoNoise qr always", "Isotropic always", "NOLAH") + tuple(f"peer: {k}" for k in PEER_ORTHO)
         rows = [r for r in rows if r[0] in keep]
     if only is not None:
@@ -120,21 +127,22 @@ PEER_ORTHO: dict = {}  # label -> orthogonalization of a stack (benchmarks/peers
 
 
 class _TorchPath:
-    """An optim optimizer stepped with the Triton kernels switched off (OPTIM_TRITON=0): the torch path."""
+    """An optim optimizer stepped with the Triton kernels switched off (OPTIM_TRITON=0): the torch path;
+    with switch=OPTIM_FUSED_STEP, only the fused momentum/update kernels off (optim/triton_step.py)."""
 
-    def __init__(self, opt):
-        self.opt = opt
+    def __init__(self, opt, switch=triton_ns.ENV_SWITCH):
+        self.opt, self.switch = opt, switch
 
     def step(self):
-        saved = os.environ.get(triton_ns.ENV_SWITCH)
-        os.environ[triton_ns.ENV_SWITCH] = "0"
+        saved = os.environ.get(self.switch)
+        os.environ[self.switch] = "0"
         try:
             return self.opt.step()
         finally:
             if saved is None:
-                del os.environ[triton_ns.ENV_SWITCH]
+                del os.environ[self.switch]
             else:
-                os.environ[triton_ns.ENV_SWITCH] = saved
+                os.environ[self.switch] = saved
 
     @property
     def step_count(self):
@@ -341,6 +349,66 @@ def bench_rank_host(shapes, device, workers_list):
     return out
 
 
+def bench_rank_gpu(shapes, device, sample: int = 4):
+    """Candidate device calls for the effective rank (issue 24): each on `sample` matrices of every distinct
+    shape (ms per matrix, CUDA events around one batched call, after a warm-up call on one), and the largest
+    relative difference of the effective ranks from the host float64 path's (optim.rank, the reference)."""
+    out = {"sample_per_shape": sample}
+    g = torch.Generator(device="cpu").manual_seed(5)
+    timer = Timer(device)
+
+    def erank_from_s(s):
+        s = s.double().clamp(min=0)
+        p = s / s.sum(-1, keepdim=True)
+        return torch.exp(-torch.special.xlogy(p, p).sum(-1))
+
+    def erank_from_lam(lam):
+        return erank_from_s(lam.double().clamp(min=0).sqrt())
+
+    for shape in sorted(set(shapes)):
+        # a decaying spectrum (as momentum buffers have: effective rank ~ 1/8 of the side), not white noise
+        k = min(shape)
+        U = torch.linalg.qr(torch.randn(sample, shape[0], k, generator=g))[0]
+        V = torch.linalg.qr(torch.randn(sample, shape[1], k, generator=g))[0]
+        s = torch.exp(-torch.arange(k, dtype=torch.float32) / (k / 16))
+        M = ((U * s) @ V.mT * 1e-3).to(device)
+        ref = optim.rank.effective_rank(M).double().cpu()
+        row = {"host_float64_erank_mean": float(ref.mean())}
+        cands = {
+            "eigvalsh fp64 of Gram (cuSOLVER)": lambda X: erank_from_lam(torch.linalg.eigvalsh(gram64(X))),
+            "eigvalsh fp32 of Gram (cuSOLVER)": lambda X: erank_from_lam(torch.linalg.eigvalsh(gram64(X).float())),
+            "svdvals fp32": lambda X: erank_from_s(torch.linalg.svdvals(X.float())),
+            "svdvals fp64": lambda X: erank_from_s(torch.linalg.svdvals(X.double())),
+            "svdvals fp32 gesvdj": lambda X: erank_from_s(torch.linalg.svdvals(X.float(), driver="gesvdj")),
+            "svdvals fp32 gesvda": lambda X: erank_from_s(torch.linalg.svdvals(X.float(), driver="gesvda")),
+        }
+        for name, fn in cands.items():
+            try:
+                fn(M[:1])  # warm-up (handles, workspaces)
+                sync(device)
+                box = []
+                ms = timer.run(lambda: box.append(fn(M)), 1)[0]
+                val = box[0].double().cpu()
+                row[name] = {"ms_per_matrix": ms / sample, "max_rel_vs_host_fp64": float(((val - ref).abs() / ref).max())}
+            except Exception as e:  # a driver that this build lacks
+                row[name] = repr(e)[:200]
+        try:
+            saved = torch.backends.cuda.preferred_linalg_library()
+            torch.backends.cuda.preferred_linalg_library("magma")
+            fn = cands["eigvalsh fp64 of Gram (cuSOLVER)"]
+            fn(M[:1])
+            sync(device)
+            ms = timer.run(lambda: fn(M), 1)[0]
+            row["eigvalsh fp64 of Gram (MAGMA)"] = {"ms_per_matrix": ms / sample}
+        except Exception as e:
+            row["eigvalsh fp64 of Gram (MAGMA)"] = repr(e)[:200]
+        finally:
+            torch.backends.cuda.preferred_linalg_library(saved)
+        out[f"{shape[0]}x{shape[1]} (x{shapes.count(shape)} in the model)"] = row
+        print(f"rank gpu {shape}: {row}", file=sys.stderr, flush=True)
+    return out
+
+
 def bench_ortho_all(shapes, device, reps):
     """The orthogonalization alone of every matrix of the model (bf16, 5 steps), ms per call (CUDA events,
     median): optim's stacks together (Triton on CUDA) and one stack at a time on the torch path, each peer
@@ -455,6 +523,7 @@ def main(argv=None):
     ap.add_argument("--peers", default=None, help="folder with the public kernels' files (benchmarks/peers.py)")
     ap.add_argument("--peer-commits", default="", help="recorded in the JSON: where the peer files came from")
     ap.add_argument("--ortho-reps", type=int, default=20)
+    ap.add_argument("--rank-gpu", action="store_true", help="time device calls for the effective rank (first size)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a few steps (seconds)")
     ap.add_argument("--out", default="-")
     args = ap.parse_args(argv)
@@ -505,7 +574,7 @@ def main(argv=None):
             print(f"[{size}] check vs torch.optim.Muon: {entry['check_vs_torch_muon']}", file=sys.stderr, flush=True)
         if args.gaps == "auto":
             plan = [(GAP_MS[size], None), (0.0, ("Muon", "Muon (no rank check)", "Muon (no rank check, torch path)",
-                                                 "torch.optim.Muon") + tuple(f"peer: {k}" for k in PEER_ORTHO))]
+                                                 "Muon (no rank check, unfused step)", "torch.optim.Muon") + tuple(f"peer: {k}" for k in PEER_ORTHO))]
         else:
             plan = [(float(g), None) for g in args.gaps.split(",")]
         for gap, only_rows in plan:
@@ -543,6 +612,8 @@ def main(argv=None):
         del params, grads
         entry["orthogonalize_all_ms"] = bench_ortho_all(shapes, device, args.ortho_reps)
         print(f"[{size}] orthogonalization alone: {entry['orthogonalize_all_ms']}", file=sys.stderr, flush=True)
+        if args.rank_gpu and size == sizes[0]:
+            entry["rank_gpu_candidates"] = bench_rank_gpu(shapes, device)
         if not args.no_pieces:
             only = [w.strip() for w in args.pieces.split(",")] if args.pieces else None
             entry["pieces_ms"] = bench_pieces(shapes, device, args.piece_reps, 1.0, only)

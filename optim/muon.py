@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .orthogonalize import ORTHOGONALIZERS, PRECISIONS, orthogonalize_stacks, resolve_eps
+from . import triton_step
 from .rank import RankJob, submit_effective_rank
 from .sphere import adjust_ratio, apply_update, check_options, decay_rate, replaces_update, resolve_weight_decay_scale
 from .registry import ALGORITHM_VERSIONS, check_arguments
@@ -76,6 +77,8 @@ class BucketContext:
     alpha: float = 0.0
     persist: bool = False  # whether buffer_delta is gathered and added (decided alike on all ranks)
     buffer_delta: Tensor | None = None  # (len(rows), r, c) added to the momentum buffers (None: zeros)
+    fused: bool = False  # momentum and update through optim/triton_step.py's kernels
+    update_norms: Tensor | None = None  # (B,) norms of the unperturbed stack, when the kernel made them
 
 
 class Muon(torch.optim.Optimizer):
@@ -153,6 +156,7 @@ class Muon(torch.optim.Optimizer):
         self._bucket_cache: dict = {}
         self._diag: dict = {}
         self._rank_jobs: dict = {}  # bucket indices -> _PendingRanks (the deferred effective ranks)
+        self._tables = triton_step.AddressTables()  # device tables of addresses for the fused kernels
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group plus validation, "initial_lr" and the global parameter indices."""
@@ -256,16 +260,23 @@ class Muon(torch.optim.Optimizer):
             grads = self._transform_grads(raw, group)
             bufs = [s["momentum_buffer"] for s in states]
             beta = group["momentum"]
-            torch._foreach_lerp_(bufs, grads, 1 - beta)
-            self._after_momentum(grads, bufs, group)
-            updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
+            fused = False
+            if self._fusable(grads, raw, bufs, params):
+                updates = grads  # a marker: momentum and Nesterov per bucket in _prepare_bucket (triton_step)
+                fused = True
+            else:
+                torch._foreach_lerp_(bufs, grads, 1 - beta)
+                self._after_momentum(grads, bufs, group)
+                updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
             # three phases, so that all of the group's stacks are orthogonalized together (one set of
             # launches on the GPU: optim/triton_ns.py); per bucket the calls are those of one bucket at a time
-            work = [self._prepare_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats)
+            work = [self._prepare_bucket(bucket, group, step, rank_step, raw, bufs, updates, states, stats,
+                                         fused=fused)
                     for bucket in self._buckets(gi, params)]
             live = [i for i, (_, U) in enumerate(work) if U is not None]
             outs = orthogonalize_stacks([work[i][1] for i in live], self.orthogonalizer, self.ns_steps,
-                                        self.ns_precision, self.eps)
+                                        self.ns_precision, self.eps,
+                                        norms=[work[i][0].update_norms for i in live])
             orth = dict(zip(live, outs))
             for i, (ctx, _) in enumerate(work):
                 self._finish_bucket(ctx, orth.get(i), stats)
@@ -273,6 +284,16 @@ class Muon(torch.optim.Optimizer):
         self._diag = stats.finish()
         self._end_step(step, ctxs)
         return loss
+
+    def _fusable(self, grads, raw, bufs, params) -> bool:
+        """Whether this group's step runs through optim/triton_step.py's kernels: CUDA with Triton on,
+        float32 contiguous tensors, unsharded, and the base class's momentum (no _after_momentum hook)."""
+        if type(self)._after_momentum is not Muon._after_momentum or self._world()[0] != 1:
+            return False
+        if not params[0].is_cuda:
+            return False
+        # one call: float32, contiguous and on one device across the three lists (the kernels index flat memory)
+        return triton_step.usable(params + grads + bufs + ([] if grads is raw else raw))
 
     def _buckets(self, gi: int, params: list[Tensor]) -> list[Bucket]:
         key = (gi, tuple(id(p) for p in params))
@@ -300,7 +321,8 @@ class Muon(torch.optim.Optimizer):
             return dist.get_world_size(), dist.get_rank()
         return 1, 0
 
-    def _prepare_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats):
+    def _prepare_bucket(self, bucket, group, step, rank_step, raw, bufs_all, updates_all, states_all, stats,
+                        fused=False):
         """The bucket's context (rank check, plan) and its perturbed stack of updates (None: no rows here)."""
         r, c = bucket.shape
         n = len(bucket.params)
@@ -308,6 +330,17 @@ class Muon(torch.optim.Optimizer):
         per = -(-n // world)
         rows = range(min(rank * per, n), min((rank + 1) * per, n))
         pos = bucket.positions
+        U = u_norms = None
+        if fused:  # momentum, Nesterov and the norms in one kernel, U written as the stack (world == 1);
+            # updates_all holds the (transformed) gradients then
+            U, g_norms, u_norms = triton_step.momentum_nesterov(
+                [updates_all[i] for i in pos], [bufs_all[i] for i in pos], group["momentum"], group["nesterov"],
+                self._tables)
+            U = U.view(n, r, c)
+            if updates_all is not raw:  # transformed gradients: the statistics are of the raw ones
+                g_norms = _norms32([raw[i] for i in pos])
+        else:
+            g_norms = _norms32([raw[i] for i in pos])
         ctx = BucketContext(
             step=step,
             group=group,
@@ -315,8 +348,9 @@ class Muon(torch.optim.Optimizer):
             states=[states_all[i] for i in pos],
             grads=[raw[i].view(r, c) for i in pos],
             bufs=[bufs_all[i].view(r, c) for i in pos],
-            grad_norms=_norms32([raw[i] for i in pos]),
+            grad_norms=g_norms,
             rows=rows,
+            fused=fused,
         )
         if rank_step:
             ranks = self._deferred_ranks(ctx, per, n, world)
@@ -326,8 +360,12 @@ class Muon(torch.optim.Optimizer):
         self._plan(ctx)
         if not len(rows):
             return ctx, None
-        U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
-        return ctx, self._perturb(U, ctx)
+        if U is None:
+            U = torch.stack([updates_all[pos[i]].view(r, c) for i in rows])
+        X = self._perturb(U, ctx)
+        if X is U:  # unperturbed: the orthogonalizer can use the kernel's norms
+            ctx.update_norms = u_norms
+        return ctx, X
 
     def _finish_bucket(self, ctx: BucketContext, O: Tensor | None, stats) -> None:
         """Gather the orthogonalized rows (O None: none here), then the update and the statistics."""
@@ -352,9 +390,15 @@ class Muon(torch.optim.Optimizer):
         lr, wd = group["lr"], group["weight_decay"]
         ratio = adjust_ratio(group["adjust_lr_fn"], r, c)
         rate = decay_rate(self.weight_decay_scale, lr, wd, ratio)  # lr * wd with the default scale
-        stats.update_sq.append(torch.linalg.vector_norm(O, dtype=torch.float32).square() * ratio**2)
+        if ctx.fused:  # W * (1 - rate) - lr * ratio * O from O's own dtype, and its norm: optim/triton_step.py
+            osq = triton_step.apply_update(bucket.params, O, 1 - rate, -lr * ratio, self._tables)
+            stats.update_sq.append(osq * ratio**2)
+        else:
+            stats.update_sq.append(torch.linalg.vector_norm(O, dtype=torch.float32).square() * ratio**2)
         views = [p.view(r, c) for p in bucket.params]
-        if views[0].dtype in _LOW_PRECISION:
+        if ctx.fused:
+            pass
+        elif views[0].dtype in _LOW_PRECISION:
             _update_low_precision_(views, O, 1 - rate, -lr * ratio)
         else:
             if wd != 0:

@@ -162,12 +162,15 @@ _KERNEL_DTYPE = torch.bfloat16  # what the kernels iterate in (a float32 stand-i
 
 
 def orthogonalize_stacks(stacks: list[Tensor], method: str = "newton_schulz", steps: int = 5,
-                         precision: str = "bf16", eps: float | None = None) -> list[Tensor]:
+                         precision: str = "bf16", eps: float | None = None,
+                         norms: list[Tensor | None] | None = None) -> list[Tensor]:
     """`orthogonalize` of each stack (B_i, m_i, n_i) of a list, returned in the same order and shapes.
 
     On CUDA with Triton, for the quintic methods in bf16, the stacks run together through the kernels of
     optim/triton_ns.py (symmetric products; stacks with the same small side share launches). Elsewhere
     each stack goes through `orthogonalize`, exactly as one call per stack would.
+    `norms` (kernel path only): for each stack, its (B,) float32 Frobenius norms if the caller has them
+    (optim.Muon's fused momentum kernel), or None: they are then taken here.
     """
     live = [S for S in stacks if S.numel()]
     if (method not in ("newton_schulz", "polar_express") or precision != "bf16" or not live
@@ -175,11 +178,15 @@ def orthogonalize_stacks(stacks: list[Tensor], method: str = "newton_schulz", st
         return [orthogonalize(S, method, steps, precision, eps) for S in stacks]
     eps = resolve_eps(method, eps)
     xs = []
-    for S in live:
+    given = [nm for S, nm in zip(stacks, norms or [None] * len(stacks)) if S.numel()]
+    for S, nm in zip(live, given):
         # the normalisation of newton_schulz / polar_express, with the norm taken of S itself (float32) and
         # one rounding to bf16 (there: the norm of the bf16 copy, and a division in bf16)
-        norm = torch.linalg.vector_norm(S, dim=(-2, -1), keepdim=True,
-                                        dtype=None if S.dtype == torch.float64 else torch.float32).float()
+        if nm is not None:
+            norm = nm.float().reshape(-1, 1, 1)
+        else:
+            norm = torch.linalg.vector_norm(S, dim=(-2, -1), keepdim=True,
+                                            dtype=None if S.dtype == torch.float64 else torch.float32).float()
         scale = 1.0 / (norm.clamp(min=eps) if method == "newton_schulz" else norm * POLAR_EXPRESS_SAFETY + eps)
         X = torch.empty(S.shape, device=S.device, dtype=_KERNEL_DTYPE)
         xs.append(torch.mul(S, scale, out=X))

@@ -116,16 +116,20 @@ OPTIMIZERS = {
     # 3 (issue 24), the Muon family (NorMuon 2): on CUDA the bf16 Newton-Schulz / Polar Express iterations run
     # through optim/triton_ns.py (another bf16 rounding of the same iteration) and the update W + s*O is one
     # pass; the CPU path is bitwise unchanged (its runs re-run once for nothing: the number names the code).
-    "Muon": Optimizer("optim.muon", version=3, arguments=MUON, traits=MEASURES),
-    "MuonOrthoNoise": Optimizer("optim.orthonoise", version=3, traits=MEASURES | {"noise"},
+    # 4 (issue 24, second part), Muon/OrthoNoise/Isotropic (NorMuon 3): on CUDA the momentum, Nesterov blend,
+    # norms and the update run in optim/triton_step.py's kernels (the norms summed in another order: another
+    # bf16 rounding of the normalised update); CPU bitwise unchanged. NOLAH stays 3: its momentum hook keeps
+    # the foreach path, bitwise as before on every device.
+    "Muon": Optimizer("optim.muon", version=4, arguments=MUON, traits=MEASURES),
+    "MuonOrthoNoise": Optimizer("optim.orthonoise", version=4, traits=MEASURES | {"noise"},
                                 arguments={**MUON, **NOISE, "noise_method": ("qr", "polar"), "reortho_steps": "int0..100"}),
-    "MuonIsotropic": Optimizer("optim.orthonoise", version=3, traits=MEASURES | {"noise"},
+    "MuonIsotropic": Optimizer("optim.orthonoise", version=4, traits=MEASURES | {"noise"},
                                arguments={**MUON, **NOISE, "reortho_steps": "int0..100"}),
     "MuonNOLAH": Optimizer("optim.nolah", version=3, traits=MEASURES,
                            arguments={**MUON, "gating": "bool", "percentile": "fraction>0",
                                       "percentile_scale": "nonnegative", "sigmoid_projection": "bool"}),
     # inherits Muon's step (a change there alters it too)
-    "NorMuon": Optimizer("optim.normuon", version=2, arguments={**MUON, "beta2": "momentum"}, traits=MEASURES),
+    "NorMuon": Optimizer("optim.normuon", version=3, arguments={**MUON, "beta2": "momentum"}, traits=MEASURES),
     # torch.optim.AdamW for every parameter (its settings are optimizer.adamw)
     "AdamW": Optimizer("optim.adamw", version=1, arguments={}, takes="none"),
     # compressed data-parallel (optim/demo.py): DCT top-k of each rank's momentum, exchanged by all_gather.
