@@ -196,6 +196,14 @@ def test_stacked_projection_equals_one_matrix_at_a_time():
                                    rtol=2e-7, atol=0)
         torch.testing.assert_close(torch.linalg.vector_norm(p, dim=dim), torch.ones(p.shape[1 - dim]), rtol=0, atol=1e-6)
     assert model.normalize_weights().item() < 1e-6  # on the sphere already
+    # CPU: bitwise what one matrix at a time gives (the trainer's version stays: CPU results unchanged)
+    a, b = build_model("ngpt-tiny"), build_model("ngpt-tiny")
+    with torch.no_grad():
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.mul_(1.5), pb.copy_(pa)
+    b.STACK_AT_LEAST = 10**9  # every matrix on its own: the former loop
+    assert torch.equal(a.normalize_weights(), b.normalize_weights())
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
 
 
 def test_lazy_projection_only_every_kth_step():
