@@ -68,4 +68,7 @@ res["summary"] = s
 write_json(os.environ["OUT"] + "/train_throughput_h200_issue24_s2.json", res)
 print(json.dumps(s, indent=1))
 PY
+echo "== 5 GPU tests at ${SECONDS}s" | tee -a "$LOG"
+timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_distro_measure.py tests/test_optim_demo.py \
+  -k "gpu or cuda" 2>&1 | tail -3 | tee -a "$LOG"
 echo "== done at ${SECONDS}s" | tee -a "$LOG"
