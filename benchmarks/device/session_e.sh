@@ -15,7 +15,7 @@ LOG=$OUT/session_e.log
 nvidia-smi -L | tee -a "$LOG"; nproc | tee -a "$LOG"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$LOG"
 echo "== 1 distro measure at ${SECONDS}s" | tee -a "$LOG"
-timeout 170 python3 benchmarks/distro_measure_gpu.py --text data/kernel_docs.jsonl.xz \
+timeout 170 python3 benchmarks/distro_measure_gpu.py --text data/kernel_docs.jsonl.xz --steps 20 --capture-steps 10 20 \
   --out "$OUT/distro_measure_h200_issue24_s2.json" 2>&1 | tee -a "$LOG" | tail -6
 echo "== 2 compressor at ${SECONDS}s" | tee -a "$LOG"
 timeout 120 python3 benchmarks/compressor.py --dct-matmuls bmm,mm --out "$OUT/compressor_h200_issue24_s2.json" 2>&1 \
@@ -38,12 +38,12 @@ import os; json.dump(r, open(os.environ["OUT"] + "/projection.json", "w")); prin
 PY
 echo "== 4 throughput at ${SECONDS}s" | tee -a "$LOG"
 TT="python3 benchmarks/train_throughput.py --global-batch 32 --micro-batch 16 --optimizers Muon --warmup 3"
-timeout 150 $TT --model gpt-124m --steps 20 --out /tmp/tt_gpt.json 2>&1 | tee -a "$LOG" | tail -3
-timeout 150 $TT --model ngpt-124m --steps 20 --profile-steps 3 --out /tmp/tt_ngpt_alone.json 2>&1 | tee -a "$LOG" | tail -3
+timeout 150 $TT --model gpt-124m --steps 12 --out /tmp/tt_gpt.json 2>&1 | tee -a "$LOG" | tail -3
+timeout 150 $TT --model ngpt-124m --steps 12 --profile-steps 3 --out /tmp/tt_ngpt_alone.json 2>&1 | tee -a "$LOG" | tail -3
 echo "== 4b four sharing at ${SECONDS}s" | tee -a "$LOG"
 rm -rf /tmp/bar4
 for i in 1 2 3 4; do
-  timeout 200 $TT --model ngpt-124m --steps 30 --barrier /tmp/bar4:4 --out /tmp/tt_ngpt_shared$i.json > /tmp/tt_shared$i.log 2>&1 &
+  timeout 200 $TT --model ngpt-124m --steps 20 --barrier /tmp/bar4:4 --out /tmp/tt_ngpt_shared$i.json > /tmp/tt_shared$i.log 2>&1 &
 done
 wait
 tail -2 /tmp/tt_shared*.log | tee -a "$LOG"
