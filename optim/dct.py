@@ -159,11 +159,12 @@ def _ieee_fp32(device: torch.device):
 
 # How the chunks' two small transforms are multiplied on CUDA: "bmm" (A @ c @ B as torch.matmul does it: a
 # batched a x a x b product per chunk, then one folded product) or "mm" (both sides as single large
-# products over all chunks at once, the chunks' rows moved next to each other and back by two copies:
-# cuBLAS runs one (a x a) @ (a x N*b) product far better than N tiny ones). Same arithmetic in IEEE
-# float32 (another summation order: results differ by rounding only). The CPU always takes "bmm", so the
-# CPU twins and tests keep their bits. Chosen from benchmarks/compressor.py's figures (issue 24).
-CUDA_MATMUL = "mm"
+# products over all chunks at once, the chunks' rows moved next to each other and back by two copies).
+# Same arithmetic in IEEE float32, another summation order (rounding only). The CPU always takes "bmm".
+# Measured on an H200 (benchmarks/results/compressor_h200_issue24_s2.json, GPT-124M's 72 matrices): the
+# DCT 2.6-2.8 ms either way, compression + decoding no faster with "mm"; so "bmm" stays, and DeMo's
+# numbers with it (version 2).
+CUDA_MATMUL = "bmm"
 CUDA_MATMULS = ("bmm", "mm")
 
 

@@ -131,9 +131,7 @@ OPTIMIZERS = {
     # compressed data-parallel (optim/demo.py): DCT top-k of each rank's momentum, exchanged by all_gather.
     # 2 (issue 20): delta accumulates lr * g, and a coefficient is the mean over the ranks that sent it
     # (bloc97/DeMo); Polar Express's epsilon as above for 'pre'/'post'.
-    # 3 (issue 24): on CUDA the chunks' DCT runs as two large products over all chunks (optim.dct.CUDA_MATMUL
-    # "mm": another float32 summation order); the CPU's results bitwise unchanged.
-    "DeMo": Optimizer("optim.demo", version=3, traits=frozenset({"self_synced"}), arguments={
+    "DeMo": Optimizer("optim.demo", version=2, traits=frozenset({"self_synced"}), arguments={
         "lr": "nonnegative", "compression_decay": "momentum", "chunk": "int1..1024", "topk": "fraction>0",
         "sign": "bool", "value_dtype": ("float32", "bfloat16"), "orthogonalize": ("none", "pre", "post"),
         "pre_update": ("sign", "rescale", "raw"), "weight_decay": "nonnegative",

@@ -46,7 +46,7 @@ for i in 1 2 3 4; do
   timeout 200 $TT --model ngpt-124m --steps 20 --barrier /tmp/bar4:4 --out /tmp/tt_ngpt_shared$i.json > /tmp/tt_shared$i.log 2>&1 &
 done
 wait
-tail -2 /tmp/tt_shared*.log | tee -a "$LOG"
+tail -n 2 /tmp/tt_shared*.log | tee -a "$LOG"
 python3 - <<'PY' 2>&1 | tee -a "$LOG"
 import glob, json, os
 from trainer.records import write_json
