@@ -144,7 +144,16 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def svdvals_batched(x: torch.Tensor, workers: int = 0) -> torch.Tensor:
+# cuSOLVER's driver for the GPU's float64 singular values (torch.linalg.svdvals(driver=...)); None: torch's
+# choice (gesvdj, Jacobi, one matrix at a time above 32 x 32). Measured on an H200 on 768 x 768 R factors of
+# GPT-124M gradients (benchmarks/distro_measure_gpu.py, benchmarks/results/distro_measure_h200_issue24_s2.json):
+# gesvd 48.5 ms a matrix, max error 3e-16 sigma_max against LAPACK; gesvdj (torch's) 59.4 ms, 2e-13;
+# gesvda 6.2 ms but sigma_min off by 4e-9 relative (approximate: the condition numbers need better).
+GPU_SVD_DRIVER: str | None = "gesvd"
+GPU_SVD_DRIVERS = (None, "gesvd", "gesvdj", "gesvda")
+
+
+def svdvals_batched(x: torch.Tensor, workers: int = 0, driver: str | None = "default") -> torch.Tensor:
     """Singular values (descending) of a stack (B, m, n), in float64.
 
     A non-square stack is first reduced to its triangular QR factor (B, k, k), k = min(m, n), whose
@@ -152,13 +161,18 @@ def svdvals_batched(x: torch.Tensor, workers: int = 0) -> torch.Tensor:
     On a GPU the stack goes to torch.linalg.svdvals in one call (cuSOLVER). On the CPU, LAPACK's own
     threads are slow for matrices of this size (8 SVDs of 768 x 768 took 52 s with 2 threads and 2.8 s
     with 1 on the 2-core machine), so each matrix gets one thread and `workers` threads (0: all cores)
-    take the matrices in parallel (torch releases the GIL inside LAPACK).
+    take the matrices in parallel (torch releases the GIL inside LAPACK). `driver` (CUDA only): cuSOLVER's
+    SVD driver, one of GPU_SVD_DRIVERS; "default" takes GPU_SVD_DRIVER.
     """
     x = x.double()
     m, n = x.shape[-2:]
     if x.device.type != "cpu":
+        if driver == "default":
+            driver = GPU_SVD_DRIVER
+        if driver not in GPU_SVD_DRIVERS:
+            raise ValueError(f"svd driver={driver!r} is not allowed; use one of {list(GPU_SVD_DRIVERS)}")
         r = x if m == n else torch.linalg.qr(x if m > n else x.mT, mode="r")[1]
-        return torch.linalg.svdvals(r)
+        return torch.linalg.svdvals(r, driver=driver)
 
     def one(a: torch.Tensor) -> torch.Tensor:
         r = a if m == n else torch.linalg.qr(a if m > n else a.mT, mode="r")[1]
@@ -226,11 +240,13 @@ def _batches(items: list[dict], max_bytes: float) -> list[list[int]]:
 
 def measure(items: list[dict], topk: Sequence[float] = TOPK, cond_topk: Sequence[float] = COND_TOPK, chunk: int = 64,
             orthogonalizer: str = "polar_express", ns_steps: int = 5, device: str | torch.device | None = "auto",
-            workers: int = 0, max_batch_bytes: float = 2.0e8, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+            workers: int = 0, max_batch_bytes: float = 2.0e8, log=None, svd_driver: str | None = "default"
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(tables, spectra) for every item (see the module docstring), the same rows in the same order as
     measure_reference, computed over same-shape stacks: on the GPU when there is one (device 'auto'),
     else on the CPU with `workers` threads for the SVDs (0: all cores). Everything on x is float64; the
-    orthogonalizer runs in float32 as in the reference (full float32: TF32 is switched off)."""
+    orthogonalizer runs in float32 as in the reference (full float32: TF32 is switched off). svd_driver:
+    cuSOLVER's SVD driver on the GPU (see svdvals_batched)."""
     dev = pick_device(device)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference's float32 is IEEE float32
@@ -241,7 +257,7 @@ def measure(items: list[dict], topk: Sequence[float] = TOPK, cond_topk: Sequence
         for batch in _batches(items, max_batch_bytes):
             x = torch.stack([items[i]["x"] for i in batch]).to(dev, torch.float64)
             o = orthogonalize(x.float(), orthogonalizer, ns_steps, "fp32").double()
-            s = svdvals_batched(x, workers)
+            s = svdvals_batched(x, workers, svd_driver)
             per = {"s": s, "f": {}}
             for f in fs:
                 xh, ex = compress_decode_batched(x, chunk, f)
@@ -253,7 +269,7 @@ def measure(items: list[dict], topk: Sequence[float] = TOPK, cond_topk: Sequence
                     r["pre/input"] = _compare_batched(oh, x)
                     r["energy"] = (ex, eo)
                 if f in cond_topk:
-                    r["s_recon"] = svdvals_batched(xh, workers)
+                    r["s_recon"] = svdvals_batched(xh, workers, svd_driver)
                 per["f"][f] = r
             per = _to_cpu(per)
             for j, i in enumerate(batch):
@@ -559,7 +575,8 @@ def gaussian_topk_energy(q: float) -> float:
 def run(capture_paths: Sequence[str], tables_csv: str, spectra_csv: str, md: str, topk: Sequence[float] = TOPK,
         cond_topk: Sequence[float] = COND_TOPK, chunk: int = 64, orthogonalizer: str = "polar_express",
         seed: int = 0, what: Sequence[str] = REAL, max_per_file: int = 0, ranks: Sequence[int] = RANKS,
-        title: str = "Seed 004 on real gradients", device: str = "auto", workers: int = 0, log=None) -> pd.DataFrame:
+        title: str = "Seed 004 on real gradients", device: str = "auto", workers: int = 0, log=None,
+        svd_driver: str | None = "default") -> pd.DataFrame:
     """Load the captures, add the synthetic matrices, measure (`device`: 'auto' = the GPU when there is
     one; `workers`: CPU threads for the SVDs, 0 = all cores) and write the tables and the section."""
     from analysis.io import atomic_write_text, write_csv
@@ -571,7 +588,8 @@ def run(capture_paths: Sequence[str], tables_csv: str, spectra_csv: str, md: str
     items = real + synthetic_like([tuple(it["x"].shape) for it in real], seed, ranks)
     if log is not None:
         log.info("%d captured matrices loaded, %d in all with the synthetic ones", len(real), len(items))
-    tables, spectra = measure(items, topk, cond_topk, chunk, orthogonalizer, device=device, workers=workers, log=log)
+    tables, spectra = measure(items, topk, cond_topk, chunk, orthogonalizer, device=device, workers=workers, log=log,
+                              svd_driver=svd_driver)
     write_csv(tables, tables_csv)
     write_csv(spectra, spectra_csv)
     atomic_write_text(md, section_markdown(tables, title))

@@ -300,6 +300,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="--distributed: timed steps per arm")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--dct-matmuls", default=None, help="comma list of optim.dct.CUDA_MATMUL values to time in "
+                   "this run (one device: each under by_dct_matmul, the default's also at the top level)")
     a = p.parse_args()
     if a.smoke:
         a.iters = min(a.iters, 3)
@@ -315,8 +317,21 @@ def main() -> None:
             meta["device"] = torch.cuda.get_device_name(device)
         else:
             meta["device"] = "cpu"
-        res = single(a, device)
-        print_single(res)
+        impls = a.dct_matmuls.split(",") if a.dct_matmuls else [D.CUDA_MATMUL]
+        default, by = D.CUDA_MATMUL, {}
+        for impl in impls:
+            if impl not in D.CUDA_MATMULS:
+                raise SystemExit(f"--dct-matmuls: {impl!r} is not allowed; use {list(D.CUDA_MATMULS)}")
+            D.CUDA_MATMUL = impl
+            try:
+                by[impl] = single(a, device)
+            finally:
+                D.CUDA_MATMUL = default
+            print(f"optim.dct.CUDA_MATMUL = {impl!r}", file=sys.stderr)
+            print_single(by[impl])
+        res = dict(by.get(default, by[impls[0]]))
+        res["dct_matmul"] = default if default in by else impls[0]
+        res["by_dct_matmul"] = by
     res = {**meta, **res}
     text = json.dumps(res, indent=2)
     if a.out:

@@ -69,8 +69,54 @@ def make_spec(a, cls: str, corpus: str) -> dict:
         "eval": {"every": 0, "batches": 1},
         "data": {"kind": "stdlib", "path": corpus},
         "wandb": {"mode": "disabled"},
-        "runtime": {"device": a.device, "compile": a.compile, "dtype": "auto"},
+        "runtime": {"device": a.device, "compile": a.compile, "dtype": "auto", "deterministic": not a.nondeterministic},
     }
+
+
+def wait_barrier(spec: str, timeout: float = 600.0) -> None:
+    """--barrier DIR:N: N processes start their timed steps together (each writes DIR/<pid>, then waits
+    until N files are there), so that runs sharing one GPU are timed while all of them run."""
+    d, n = spec.rsplit(":", 1)
+    Path(d).mkdir(parents=True, exist_ok=True)
+    (Path(d) / str(os.getpid())).touch()
+    t0 = time.time()
+    while len(list(Path(d).iterdir())) < int(n):
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"--barrier {spec}: {len(list(Path(d).iterdir()))} of {n} processes after {timeout} s")
+        time.sleep(0.05)
+
+
+def profile_steps(sess: Session, a, info, step0: int) -> dict:
+    """Where one run's step goes: torch.profiler over --profile-steps more steps. busy = the summed time of
+    the device's kernels / the steps' wall time (one stream: kernels do not overlap), the host's top
+    operators by self time, the device's top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = info.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            for i in range(a.profile_steps):
+                sess.train_step(step0 + i)
+            wall = time.perf_counter() - t0
+        ev = prof.key_averages()
+        dev_us = sum(e.self_device_time_total for e in ev if getattr(e, "device_type", None) is not None
+                     and "CUDA" in str(e.device_type)) if cuda else 0.0
+        host = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+        kern = sorted((e for e in ev if e.self_device_time_total > 0), key=lambda e: e.self_device_time_total,
+                      reverse=True)[:12] if cuda else []
+        return {"steps": a.profile_steps, "wall_ms_per_step": 1e3 * wall / a.profile_steps,
+                "device_busy_ms_per_step": dev_us / 1e3 / a.profile_steps,
+                "device_busy_fraction": (dev_us / 1e6) / wall if cuda else None,
+                "host_top": [{"name": e.key[:90], "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / a.profile_steps,
+                              "calls_per_step": e.count / a.profile_steps} for e in host],
+                "device_top": [{"name": e.key[:90], "ms_per_step": e.self_device_time_total / 1e3 / a.profile_steps,
+                                "calls_per_step": e.count / a.profile_steps} for e in kern]}
+    except Exception as e:  # noqa: BLE001 - the profile is extra: its failure must not lose the timings
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def bench_one(sess: Session, a, info) -> dict:
@@ -80,6 +126,8 @@ def bench_one(sess: Session, a, info) -> dict:
     losses, step_s, opt_ms, diag_step = [], [], [], []
     for i in range(a.warmup + a.steps):
         timed = i >= a.warmup
+        if i == a.warmup and a.barrier:
+            wait_barrier(a.barrier)
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -111,6 +159,8 @@ def bench_one(sess: Session, a, info) -> dict:
         "first_train_loss": losses[0],
         "step_ms": [t * 1e3 for t in step_s],
     }
+    if a.profile_steps:
+        res["profile"] = profile_steps(sess, a, info, a.warmup + a.steps)
     if all(o is not None for o in opt_ms):
         steady_opt = [o for o, d in zip(opt_ms, diag_step) if not d] or opt_ms
         diag_opt = [o for o, d in zip(opt_ms, diag_step) if d]
@@ -148,9 +198,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON result file")
     p.add_argument("--compare", default=None, help="1-GPU result JSON of the same settings: adds scaling efficiency")
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps: checks the script")
+    p.add_argument("--nondeterministic", action="store_true", help="runtime.deterministic false (default true, "
+                   "the studies' and the trainer's default)")
+    p.add_argument("--barrier", default=None, help="DIR:N: start the timed steps when N processes are ready")
+    p.add_argument("--profile-steps", type=int, default=0, help="profile this many more steps (torch.profiler)")
+    p.add_argument("--smoke-model", default="tiny", help="the model of --smoke (tiny, ngpt-tiny)")
     a = p.parse_args(argv)
     if a.smoke:
-        a.model, a.seq_len, a.global_batch, a.micro_batch = "tiny", 64, 16, 8
+        a.model, a.seq_len, a.global_batch, a.micro_batch = a.smoke_model, 64, 16, 8
         a.steps, a.warmup, a.device, a.compile = min(a.steps, 3), 1, "cpu", "false"
     a.compile = {"auto": "auto", "true": True, "false": False}[a.compile]
 

@@ -126,6 +126,22 @@ def from_chunks(c: Tensor, L: Layout) -> Tensor:
     return x.reshape(L.shape)
 
 
+def to_chunks_into(out: Tensor, x: Tensor, L: Layout) -> Tensor:
+    """to_chunks(x, L) written into out (n_chunks, a, b) by one copy (to_chunks then a copy would be two)."""
+    out.view(L.rows // L.a, L.cols // L.b, L.a, L.b).copy_(
+        x.reshape(L.rows // L.a, L.a, L.cols // L.b, L.b).permute(0, 2, 1, 3))
+    return out
+
+
+def from_chunks_into(out: Tensor, c: Tensor, L: Layout) -> Tensor:
+    """from_chunks(c, L) written into out (of L.shape) by one copy (out contiguous; else two)."""
+    if not out.is_contiguous():
+        return out.copy_(from_chunks(c, L))
+    out.view(L.rows // L.a, L.a, L.cols // L.b, L.b).copy_(
+        c.reshape(L.rows // L.a, L.cols // L.b, L.a, L.b).permute(0, 2, 1, 3))
+    return out
+
+
 @contextmanager
 def _ieee_fp32(device: torch.device):
     """Full float32 matmuls on CUDA (the trainer enables TF32, whose 10-bit mantissa would make the
@@ -141,13 +157,40 @@ def _ieee_fp32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
+# How the chunks' two small transforms are multiplied on CUDA: "bmm" (A @ c @ B as torch.matmul does it: a
+# batched a x a x b product per chunk, then one folded product) or "mm" (both sides as single large
+# products over all chunks at once, the chunks' rows moved next to each other and back by two copies).
+# Same arithmetic in IEEE float32, another summation order (rounding only). The CPU always takes "bmm".
+# Measured on an H200 (benchmarks/results/compressor_h200_issue24_s2.json, GPT-124M's 72 matrices): the
+# DCT 2.6-2.8 ms either way, compression + decoding no faster with "mm"; so "bmm" stays, and DeMo's
+# numbers with it (version 2).
+CUDA_MATMUL = "bmm"
+CUDA_MATMULS = ("bmm", "mm")
+
+
+def _two_sided(c: Tensor, left: Tensor, right: Tensor, impl: str | None = None) -> Tensor:
+    """left @ c[n] @ right for every chunk n of c (N, a, b); left (a, a), right (b, b). impl: "bmm" | "mm";
+    None: "bmm" on the CPU, CUDA_MATMUL on CUDA."""
+    if impl is None:
+        impl = CUDA_MATMUL if c.device.type == "cuda" else "bmm"
+    if impl not in CUDA_MATMULS:
+        raise ValueError(f"optim.dct.CUDA_MATMUL={impl!r} is not allowed; use one of {list(CUDA_MATMULS)}")
+    if impl == "bmm":
+        return left @ c @ right
+    n, a, b = c.shape
+    y = c.reshape(n * a, b) @ right                      # every chunk's rows times right: one product
+    y = y.view(n, a, b).transpose(0, 1).reshape(a, n * b)  # (a, N*b): chunk n's rows side by side
+    z = left @ y                                         # one (a x a) @ (a x N*b) product
+    return z.view(a, n, b).transpose(0, 1).contiguous()
+
+
 def dct_chunks(c: Tensor) -> Tensor:
     """(N, a, b) chunks -> (N, a*b) coefficients (2-D orthonormal DCT of each chunk)."""
     n, a, b = c.shape
     da = dct_matrix(a, c.dtype, c.device)
     db = dct_matrix(b, c.dtype, c.device)
     with _ieee_fp32(c.device):
-        return (da @ c @ db.T).reshape(n, a * b)
+        return _two_sided(c, da, db.T).reshape(n, a * b)
 
 
 def idct_chunks(coef: Tensor, a: int, b: int) -> Tensor:
@@ -156,7 +199,7 @@ def idct_chunks(coef: Tensor, a: int, b: int) -> Tensor:
     da = dct_matrix(a, c.dtype, c.device)
     db = dct_matrix(b, c.dtype, c.device)
     with _ieee_fp32(c.device):
-        return da.T @ c @ db
+        return _two_sided(c, da.T, db)
 
 
 def dct(x: Tensor, L: Layout) -> Tensor:

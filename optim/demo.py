@@ -205,7 +205,11 @@ class DeMo(torch.optim.Optimizer):
         a, b, k = Ls[0].a, Ls[0].b, Ls[0].k
         deltas = [self.state[items[i][0]]["delta"] for i in bucket]
         views = [d.reshape(L.rows, L.cols) for d, L in zip(deltas, Ls)]
-        X = torch.cat([D.to_chunks(v, L) for v, L in zip(views, Ls)])
+        X = torch.empty(sum(L.n_chunks for L in Ls), a, b, dtype=deltas[0].dtype, device=deltas[0].device)
+        off = 0
+        for v, L in zip(views, Ls):  # one copy per matrix into the bucket's chunks (not a copy, then a cat)
+            D.to_chunks_into(X[off:off + L.n_chunks], v, L)
+            off += L.n_chunks
         C = D.dct_chunks(X)
         if self.mode == "pre":
             O = self._orth_by_shape(views)
@@ -218,7 +222,7 @@ class DeMo(torch.optim.Optimizer):
         X.sub_(D.idct_chunks(D.scatter(idx, ef, a * b), a, b))  # error feedback: the sent part leaves delta
         off = 0
         for d, L in zip(deltas, Ls):
-            d.copy_(D.from_chunks(X[off:off + L.n_chunks], L).reshape(d.shape))
+            D.from_chunks_into(d, X[off:off + L.n_chunks], L)
             off += L.n_chunks
         segs = [idx.to(Ls[0].idx_dtype).reshape(-1).view(torch.uint8)]
         segs.append(D.pack_signs(vals) if self.sign else vals.to(self.value_dtype).reshape(-1).view(torch.uint8))

@@ -175,10 +175,19 @@ def test_svdvals_batched_matches_lapack_on_wide_tall_and_square():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_measure_equals_the_float64_reference(one_thread):
+@pytest.mark.parametrize("driver", ["default", None, "gesvd", "gesvdj"])
+def test_gpu_measure_equals_the_float64_reference(one_thread, driver):
     items = _mixed_items()
     ref = M.measure_reference(items, topk=(0.05, 0.25), cond_topk=(0.05, 0.25))
-    _assert_matches_reference(M.measure(items, topk=(0.05, 0.25), cond_topk=(0.05, 0.25), device="cuda"), ref)
+    _assert_matches_reference(M.measure(items, topk=(0.05, 0.25), cond_topk=(0.05, 0.25), device="cuda",
+                                        svd_driver=driver), ref)
+
+
+def test_a_bad_svd_driver_is_named():
+    if not torch.cuda.is_available():
+        pytest.skip("the driver applies on CUDA only")
+    with pytest.raises(ValueError, match="svd driver='qr'.*allowed"):
+        M.svdvals_batched(torch.randn(2, 4, 4, device="cuda"), driver="qr")
 
 
 def test_two_runs_matrices_stay_apart(tmp_path):

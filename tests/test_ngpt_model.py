@@ -172,6 +172,40 @@ def test_after_a_step_with_projection_every_vector_has_norm_one_along_its_axis(c
         assert (norms_along(p, dim) - 1).abs().max() < 1e-6, name
 
 
+def test_stacked_projection_equals_one_matrix_at_a_time():
+    """normalize_weights stacks same-shape matrices (issue 24); each vector must come out as w / ||w|| of
+    its own float32 norm along its own axis, and the returned drift as the per-matrix mean (CPU: the same
+    float32 reduction, so 1 ulp-level tolerances)."""
+    torch.manual_seed(0)
+    model = build_model("ngpt-tiny")
+    groups = model._sphere_groups()
+    assert any(len(n) >= model.STACK_AT_LEAST for _, n in groups) and any(len(n) < model.STACK_AT_LEAST for _, n in groups)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.3 * torch.rand_like(p))  # off the sphere, each vector by its own factor
+    before = {n: model.get_parameter(n).detach().clone() for n in model.sphere_dims()}
+    want = []
+    for n, dim in model.sphere_dims().items():
+        norm = torch.linalg.vector_norm(before[n], dim=dim, keepdim=True, dtype=torch.float32)
+        want.append(norm.flatten())
+    dev = model.normalize_weights()
+    assert dev.item() == pytest.approx(torch.cat(want).sub(1).abs().mean().item(), rel=1e-6)
+    for (n, dim), norm in zip(model.sphere_dims().items(), want):
+        p = model.get_parameter(n)
+        torch.testing.assert_close(p, before[n] / norm.view_as(torch.linalg.vector_norm(before[n], dim=dim, keepdim=True)),
+                                   rtol=2e-7, atol=0)
+        torch.testing.assert_close(torch.linalg.vector_norm(p, dim=dim), torch.ones(p.shape[1 - dim]), rtol=0, atol=1e-6)
+    assert model.normalize_weights().item() < 1e-6  # on the sphere already
+    # CPU: bitwise what one matrix at a time gives (the trainer's version stays: CPU results unchanged)
+    a, b = build_model("ngpt-tiny"), build_model("ngpt-tiny")
+    with torch.no_grad():
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.mul_(1.5), pb.copy_(pa)
+    b.STACK_AT_LEAST = 10**9  # every matrix on its own: the former loop
+    assert torch.equal(a.normalize_weights(), b.normalize_weights())
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
 def test_lazy_projection_only_every_kth_step():
     m = ngpt()
     proj = LazyProjection(m, 3)

@@ -130,6 +130,54 @@ def test_dct_is_orthonormal_and_matches_scipy(shape):
         assert torch.allclose(d @ d.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", D.CUDA_MATMULS)
+def test_both_chunk_products_compute_the_transform(impl):
+    """The CUDA path's "mm" (both sides as single products over all chunks) and "bmm" are the same
+    transform: float64 to 1e-12 (rounding), chunks of 64 x 64, 48 x 50 and vectors (a = 1)."""
+    g = torch.Generator().manual_seed(11)
+    for n, a, b in ((37, 64, 64), (5, 48, 50), (9, 1, 64)):
+        c = torch.randn(n, a, b, dtype=torch.float64, generator=g)
+        da, db = D.dct_matrix(a, torch.float64), D.dct_matrix(b, torch.float64)
+        want = torch.einsum("ik,nkl,jl->nij", da, c, db)
+        got = D._two_sided(c, da, db.T, impl)
+        assert got.shape == (n, a, b) and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(D._two_sided(got, da.T, db, impl), c, rtol=0, atol=1e-12)  # the inverse
+    with pytest.raises(ValueError, match="CUDA_MATMUL='fft'.*allowed"):
+        D._two_sided(c, da, db.T, "fft")
+
+
+def test_chunks_written_in_place_equal_the_copies():
+    g = torch.Generator().manual_seed(13)
+    for shape in ((96, 100), (97, 64), (3, 5, 8), (130,)):
+        L = D.make_layout(shape, 64, 0.1)
+        x = torch.randn(shape, generator=g)
+        out = torch.full((L.n_chunks + 2, L.a, L.b), float("nan"))  # poisoned, with a margin left alone
+        D.to_chunks_into(out[1:-1], x.reshape(L.rows, L.cols), L)
+        assert torch.equal(out[1:-1], D.to_chunks(x.reshape(L.rows, L.cols), L)) and out[0].isnan().all()
+        back = torch.full(shape, float("nan"))
+        assert torch.equal(D.from_chunks_into(back, out[1:-1], L), x)
+        if len(shape) == 2:  # a non-contiguous target takes the two-copy path
+            t = torch.full(shape[::-1], float("nan")).T
+            assert torch.equal(D.from_chunks_into(t, out[1:-1], L), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_dct_matches_the_cpu_float64_transform():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(20, 64, 64, generator=g)
+    want = D.dct_chunks(x.double())
+    for impl in D.CUDA_MATMULS:
+        old, D.CUDA_MATMUL = D.CUDA_MATMUL, impl
+        try:
+            got = D.dct_chunks(x.cuda()).double().cpu()  # IEEE float32 (TF32 off inside): ~1e-6 relative
+            back = D.idct_chunks(got.float().cuda(), 64, 64).double().cpu()
+        finally:
+            D.CUDA_MATMUL = old
+        assert (got - want).abs().max() < 1e-5 * want.abs().max()
+        assert (back - x.double()).abs().max() < 1e-5 * x.abs().max()
+
+
 def test_chunks_of_awkward_shapes_tile_exactly():
     def t(L):
         return (L.rows, L.cols, L.a, L.b, L.k)
