@@ -12,8 +12,9 @@ params:  phases ({phase: {seeds, baseline, configs: [{model, arm, variant, role}
          say they are the twin's time limits at the real study's price)
 output:  csv (design.csv: one row per phase x statistical gate, analysis.design.COLUMNS),
          md (design.md: the table and one line per underpowered gate with the seeds that fix it),
-         json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}}; the
-         gates and significance scripts read its noise sd); optional html (design.html: the table as a page
+         json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}, "cost":
+         {phase: {runs, runs_by_model, gpu_hours_per_run, gpu_hours}}}; the gates and significance scripts read
+         its noise sd, the report its planned cost (analysis/costs.py)); optional html (design.html: the table as a page
          for `snakemake --report`, with the underpowered gates' lines)
 Underpowered gates are logged as warnings.
 """
@@ -48,7 +49,10 @@ with logged(sm, "design") as log:
     atomic_write_text(sm.output.md, design_markdown(rows, tiny=bool(getattr(p, "tiny", False))))
     all_noise = {ph: {"sd": noise.get(ph, (prior, "prior"))[0], "source": noise.get(ph, (prior, "prior"))[1]}
                  for ph in order}
-    write_json({"rows": rows, "warnings": warn, "noise": all_noise}, sm.output.json)
+    from analysis.costs import planned
+
+    cost = {ph: planned(phases[ph]) for ph in order if ph in phases}  # the report sets the measured beside it
+    write_json({"rows": rows, "warnings": warn, "noise": all_noise, "cost": cost}, sm.output.json)
     if "html" in sm.output.keys():
         from analysis.html import csv_table_html, e, page
 
