@@ -4,9 +4,9 @@ a run alone all of it, two ranks of one run on one GPU (TRAINER_RANKS_SHARE_GPU=
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-
 
 import pytest
 
@@ -112,7 +112,7 @@ def test_a_run_beside_another_process_on_its_gpu_counts_half(tmp_path):
     assert "NVML compute processes" in m["gpu_share_source"]
     # another process holds a CUDA context on the same GPU for the whole run: every sample lists two
     hold = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "0"})
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
     try:
         assert hold.stdout.readline().strip() == "ready"
         beside, out_beside, _ = run_train(spec, tmp_path, "beside", **fast)
@@ -127,5 +127,6 @@ def test_a_run_beside_another_process_on_its_gpu_counts_half(tmp_path):
     two, out_two, _ = run_train(spec, tmp_path, "two", nproc=2, TRAINER_RANKS_SHARE_GPU="1", **fast)
     assert two.returncode == 0, two.stderr[-3000:]
     t = metrics(out_two)
-    assert t["gpu_share"] == pytest.approx(1.0, abs=1e-9) and t["gpu_hours"] == pytest.approx(t["wall_time_s"] / 3600.0), t["gpu_share_source"]
+    assert t["gpu_share"] == pytest.approx(1.0, abs=1e-9), t["gpu_share_source"]
+    assert t["gpu_hours"] == pytest.approx(t["wall_time_s"] / 3600.0)
 
