@@ -228,3 +228,25 @@ def test_twin_report_and_dry_run_design_check_after_runs_exist(tmp_path, short_t
     line = next(x for x in out1.splitlines() if "design check (orthonoise-tiny) cost: phase2:" in x)
     assert "GPU-h projected" in line and "mean of 8 measured run(s) of the study" in line, line
     assert "Nothing to be done" in snakemake(wf, "phase1", *args, "-n").stdout
+
+
+def test_phase_design_check_projects_from_the_earlier_runs_it_takes_as_inputs(tmp_path):
+    """design_phase's inputs are the earlier phases' runs.csv (its noise): their measured GPU-h project the
+    phase's at-80% cost in its design.json and design.md; without them it stays the plan."""
+    from analysis.io import write_csv
+
+    res = tmp_path / "results"
+    lg = str(tmp_path / "logs" / "x.log")
+    write_csv(write_phase(tmp_path / "r", "phase1", [1, 2]), str(res / "phase1" / "runs.csv"))
+    phases = {"phase2": entry(seeds=(3,))}
+    out = {"csv": str(res / "phase2" / "design.csv"), "md": str(res / "phase2" / "design.md"),
+           "json": str(res / "phase2" / "design.json")}
+    params = {"phases": phases, "order": ["phase1", "phase2"], "usd_per_gpu_hour": 2.0}
+    script("design", sm({"runs": [str(res / "phase1" / "runs.csv")]}, out, params, lg))
+    row = json.loads(Path(out["json"]).read_text())["rows"][0]
+    assert row["gpu_hours_at_target_projected"] == pytest.approx(row["gpu_hours_at_target"] * 0.02 / 0.5)
+    assert "GPU-h projected from measured runs (tiny: mean of 6 measured run(s) of the study)" in \
+        Path(out["md"]).read_text()
+    script("design", sm({"runs": []}, out, params, lg))
+    assert "projected" not in Path(out["md"]).read_text()
+    assert "gpu_hours_at_target_projected" not in json.loads(Path(out["json"]).read_text())["rows"][0]

@@ -42,6 +42,11 @@ with logged(sm, "design") as log:
                   usd_per_gpu_hour=float(getattr(p, "usd_per_gpu_hour", 0) or 0),
                   power_target=float(getattr(p, "power_target", None) or 0.8),
                   power_floor=getattr(p, "power_floor", None))
+    from analysis.costs import planned, project_design_rows
+
+    # a phase's own design check has the earlier phases' runs as inputs (its noise): their measured GPU-h
+    # project its at-80% cost too; the whole study's check has none and stays the plan
+    rows = project_design_rows(rows, phases, tables)
     warn = warnings_for(rows)
     for w in warn:
         log.warning("%s", w)
@@ -49,8 +54,6 @@ with logged(sm, "design") as log:
     atomic_write_text(sm.output.md, design_markdown(rows, tiny=bool(getattr(p, "tiny", False))))
     all_noise = {ph: {"sd": noise.get(ph, (prior, "prior"))[0], "source": noise.get(ph, (prior, "prior"))[1]}
                  for ph in order}
-    from analysis.costs import planned
-
     cost = {ph: planned(phases[ph]) for ph in order if ph in phases}  # the report sets the measured beside it
     write_json({"rows": rows, "warnings": warn, "noise": all_noise, "cost": cost}, sm.output.json)
     if "html" in sm.output.keys():
