@@ -8,6 +8,10 @@ configuration, and every grouping of the analysis uses it. `param` is the swept 
 ("" when none), `value` its number (NaN when none), `alpha` the OrthoNoise noise alpha (kept for the plots).
 A record without `variant` (older run lists) gets `alpha<alpha>` or `default`.
 
+`gpu_hours` is GPUs held x wall hours; `gpu_share` the fraction of them the run had (NaN: not measured, or
+CPU); `gpu_hours_by_share` = gpu_hours x gpu_share (gpu_hours where no share was measured): what the report
+counts.
+
 Optional measurements (NaN, or 0 for the counts, when the run did not record them): bytes_sent_per_step and
 allreduce_bytes_per_step (metrics["diagnostics"], means over steps; runs of world size > 1),
 weight_norm_dev_mean and weight_norm_dev_max (metrics["diagnostics"], nGPT runs), n_record_errors and
@@ -32,7 +36,8 @@ ID_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha"
 HEAD_COLS = ID_COLS + ["status", "diverged_step", "steps_completed", "final_val_loss", "best_val_loss"]
 TAIL_COLS = ["eff_rank_mean", "noise_fraction_mean", "bytes_sent_per_step", "allreduce_bytes_per_step",
              "weight_norm_dev_mean", "weight_norm_dev_max", "n_record_errors", "n_checkpoint_fallbacks",
-             "tokens_per_s", "wall_time_s", "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]
+             "tokens_per_s", "wall_time_s", "gpu_hours", "gpu_share", "gpu_hours_by_share", "world_size", "wandb_id",
+             "fingerprint", "run_dir"]
 HISTORY_COLS = ["val_loss", "train_loss", "eff_rank_mean", "bytes_sent_per_step", "weight_norm_dev"]
 CURVE_COLS = ["phase", "role", "model", "arm", "variant", "param", "value", "alpha", "seed", "step"] + HISTORY_COLS
 ROLES = ("baseline", "arm", "scratch_baseline", "scratch_arm")
@@ -138,6 +143,10 @@ def run_record(meta: Mapping[str, Any], metrics: Mapping[str, Any], phase: str |
         "tokens_per_s": _float(metrics.get("tokens_per_s")),
         "wall_time_s": _float(metrics.get("wall_time_s")),
         "gpu_hours": _float(metrics.get("gpu_hours")),
+        # the fraction of its GPUs the run had (trainer/gpu_share.py); GPU-h by share counts whole GPUs without it
+        "gpu_share": _float(metrics.get("gpu_share")),
+        "gpu_hours_by_share": _float(metrics.get("gpu_hours")) * (
+            _float(metrics.get("gpu_share")) if math.isfinite(_float(metrics.get("gpu_share"))) else 1.0),
         "world_size": _int_or_nan(metrics.get("world_size")),
         "wandb_id": (wandb.get("id") if isinstance(wandb, dict) else None) or "",
         "fingerprint": metrics.get("fingerprint") or "",

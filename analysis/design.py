@@ -205,6 +205,14 @@ def design(phases: Mapping[str, Mapping], *, prior_sd: float = 0.005, prior_sd_o
     return rows
 
 
+def _projected(r: Mapping) -> str:
+    """The at-80% GPU-h projected from measured runs (analysis/costs.project_design_rows), when there are some."""
+    p = r.get("gpu_hours_at_target_projected")
+    if not isinstance(p, float) or not math.isfinite(p):
+        return ""
+    return f" at the time limits; {p:.2f} GPU-h projected from measured runs ({r.get('projection_source')})"
+
+
 def warnings_for(rows: Sequence[Mapping]) -> list[str]:
     """One line per underpowered (phase, gate): what the dry run prints and the report shows."""
     out = []
@@ -213,7 +221,7 @@ def warnings_for(rows: Sequence[Mapping]) -> list[str]:
             fix = (f"{r['seeds_for_target']} seeds per side would give 80%" if r["seeds_for_target"]
                    else "no seed count up to 10000 reaches 80%")
             cost = (f" ({r['runs_at_target']} runs, {r['gpu_hours_at_target']:.1f} GPU-h, "
-                    f"USD {r['cost_usd_at_target']:.0f})" if r["seeds_for_target"] and
+                    f"USD {r['cost_usd_at_target']:.0f}" + _projected(r) + ")" if r["seeds_for_target"] and
                     math.isfinite(r["gpu_hours_at_target"]) else "")
             pstr = f"{r['power']:.1%}" if math.isfinite(r["power"]) else "n/a (fewer than 2 seeds)"
             gp = r.get("gate_power")
@@ -268,7 +276,7 @@ def design_markdown(rows: Sequence[Mapping], title: str = "Design check", tiny: 
             "pass is less likely to pass than one of them, an any-of gate more). A gate below its floor is "
             "underpowered; the verdict itself never depends on power. Runs and GPU-hours count every run "
             "(scratch pairs at their own seeds); GPU-hours are Slurm time limits x GPUs, an upper bound "
-            "(the phases' sections give what the runs measured).", ""]
+            "(the report's cost table sets what the runs measured beside them, and projects from it).", ""]
     if tiny:
         head += ["**CPU twin:** the runs, GPU-hours and USD below are the twin's planned runs at its Slurm time "
                  "limits and the real study's price per GPU-hour; the twin runs on CPU and costs nothing. The "
@@ -289,10 +297,15 @@ def design_markdown(rows: Sequence[Mapping], title: str = "Design check", tiny: 
 def design_from_files(phases: Mapping[str, Mapping], order: Sequence[str], runs_paths: Sequence[str] = (),
                       **kw) -> tuple[list[dict], list[str]]:
     """(rows, warnings) for the Snakefile's dry run: the runs.csv files that exist among `runs_paths` give
-    the noise estimate (missing files are skipped), `kw` goes to `design` (prior_sd, usd_per_gpu_hour, ...)."""
+    the noise estimate and the measured cost per run the GPU-hours are projected from (missing files are
+    skipped), `kw` goes to `design` (prior_sd, usd_per_gpu_hour, ...)."""
     import os
 
     from .aggregate import read_runs
+    from .costs import project_design_rows
+
     tables = [read_runs(p) for p in runs_paths if os.path.isfile(p)]
     rows = design({k: phases[k] for k in order if k in phases}, noise=noise_from_runs(tables, list(order)), **kw)
+    # the GPU-h the runs on disk measured give the projections (read, never inputs: no job waits for them)
+    rows = project_design_rows(rows, phases, tables)
     return rows, warnings_for(rows)

@@ -67,9 +67,16 @@ def _cfg(x: Mapping) -> str:
 
 
 def runs_markdown(runs: pd.DataFrame, usd_per_gpu_hour: float) -> tuple[str, dict]:
+    """The runs table and its totals. GPU-h is counted by share (GPUs held x wall x the fraction of the GPU
+    the run had: analysis/costs.py); where a run shared its GPU the cell gives the unshared figure beside."""
+    from .costs import by_share
+
     if len(runs) == 0:
-        return "_No runs._\n", {"n": 0, "gpu_hours": 0.0, "cost": 0.0, "wall_s": 0.0, "n_diverged": 0}
+        return "_No runs._\n", {"n": 0, "gpu_hours": 0.0, "gpu_hours_unshared": 0.0, "cost": 0.0, "wall_s": 0.0,
+                                "n_diverged": 0, "n_shared": 0}
     runs = with_family(runs)
+    bs, held, share = by_share(runs)
+    runs = runs.assign(_bs=bs, _held=held, _share=share)
     r = runs.assign(_ro=runs["role"].map(_role_order)).sort_values(
         ["_ro", "model", "arm", "variant", "seed"], kind="mergesort", na_position="first")
     rows = []
@@ -77,18 +84,23 @@ def runs_markdown(runs: pd.DataFrame, usd_per_gpu_hour: float) -> tuple[str, dic
         st = str(x["status"])
         if st == "diverged" and is_num(x.get("diverged_step")):
             st += f" @ {int(x['diverged_step'])}"
-        gh = float(x["gpu_hours"]) if is_num(x.get("gpu_hours")) else math.nan
+        gh = float(x["_bs"]) if is_num(x.get("_bs")) else math.nan
+        cell = fmt(gh, 3)
+        if is_num(x.get("_share")) and x["_share"] < 1 - 1e-9 and is_num(x.get("_held")):
+            cell += f" ({fmt(x['_held'], 3)} unshared, share {fmt(100 * x['_share'], 0)}%)"
         rows.append([x["model"], x["role"], x["arm"], x["variant"], int(x["seed"]), st,
-                     fmt(x.get("final_val_loss"), 4), _dur(x.get("wall_time_s")), fmt(gh, 3),
+                     fmt(x.get("final_val_loss"), 4), _dur(x.get("wall_time_s")), cell,
                      fmt(gh * usd_per_gpu_hour, 2) if is_num(gh) else "", x.get("wandb_id") or ""])
-    gh = pd.to_numeric(runs["gpu_hours"], errors="coerce")
     wall = pd.to_numeric(runs["wall_time_s"], errors="coerce")
-    tot = {"n": len(runs), "gpu_hours": float(gh.sum()), "cost": float(gh.sum() * usd_per_gpu_hour),
-           "wall_s": float(wall.sum()), "n_diverged": int((runs["status"] == "diverged").sum())}
+    n_shared = int((share < 1 - 1e-9).sum())
+    tot = {"n": len(runs), "gpu_hours": float(bs.sum()), "gpu_hours_unshared": float(held.sum()),
+           "cost": float(bs.sum() * usd_per_gpu_hour), "wall_s": float(wall.sum()),
+           "n_diverged": int((runs["status"] == "diverged").sum()), "n_shared": n_shared}
+    total_cell = fmt(tot["gpu_hours"], 3) + (f" ({fmt(tot['gpu_hours_unshared'], 3)} unshared)" if n_shared else "")
     rows.append([f"**total: {len(runs)} runs**", "", "", "", "", f"{tot['n_diverged']} diverged", "",
-                 _dur(tot["wall_s"]), fmt(tot["gpu_hours"], 3), fmt(tot["cost"], 2), ""])
+                 _dur(tot["wall_s"]), total_cell, fmt(tot["cost"], 2), ""])
     md = md_table(["model", "role", "arm", "variant", "seed", "status", "final val loss", "wall time",
-                   "GPU-h", f"cost (USD @ {usd_per_gpu_hour:g}/GPU-h)", "wandb id"], rows)
+                   "GPU-h (by share)", f"cost (USD @ {usd_per_gpu_hour:g}/GPU-h)", "wandb id"], rows)
     return md, tot
 
 
@@ -266,10 +278,23 @@ def caveats(runs: pd.DataFrame, sig: pd.DataFrame, power: float, alpha_level: fl
             out.append(f"Seeds per configuration (runs, diverged included): {span} "
                        f"({len(seeds)} model/arm/variant groups, {len(runs)} runs); one model size per "
                        f"comparison, so nothing here speaks for other scales or step budgets.")
-        gh = pd.to_numeric(runs["gpu_hours"], errors="coerce")
+        from .costs import by_share
+
+        bs, gh, share = by_share(runs)
         if (gh.fillna(0) == 0).all():
             out.append("GPU-hours and cost are 0: these runs used no CUDA device (GPU-hours are world size x "
                        "wall hours only on CUDA).")
+        else:
+            shared = share < 1 - 1e-9
+            if shared.any():
+                out.append(f"{int(shared.sum())} run(s) shared their GPU with other processes (share "
+                           f"{fmt(100 * share[shared].min(), 0)}% to {fmt(100 * share[shared].max(), 0)}%): "
+                           f"GPU-hours are counted by share (wall x GPUs x share), {fmt(float(bs.sum()), 3)} "
+                           f"instead of {fmt(float(gh.sum()), 3)} as held.")
+            unmeasured = (gh > 0) & share.isna()
+            if unmeasured.any():
+                out.append(f"{int(unmeasured.sum())} GPU run(s) have no measured share (an older record, or NVML "
+                           "unreadable): each counts its whole GPUs.")
     for name, one in _selection_records(selection):
         out += _selection_caveats(runs, one, name)
     if gates and gates.get("k_family"):
@@ -349,7 +374,8 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
     npass = sum(g["verdict"] == "PASS" for g in gates.get("gates", []))
     summary = {"phase": phase, "question": question, "passed": gates.get("passed"), "n_pass": npass,
                "n_gates": ng, "n_runs": tot["n"], "n_diverged": tot["n_diverged"],
-               "gpu_hours": round(tot["gpu_hours"], 6), "cost": round(tot["cost"], 4), "tiny": bool(tiny)}
+               "gpu_hours": round(tot["gpu_hours"], 6), "gpu_hours_unshared": round(tot["gpu_hours_unshared"], 6),
+               "cost": round(tot["cost"], 4), "tiny": bool(tiny)}
     if selection and not isinstance(selection.get("selections"), Mapping):
         summary["selected"] = {"arm": selection.get("arm"), "variant": selection.get("variant")}
     elif selection:
@@ -363,7 +389,9 @@ def section_markdown(*, phase: str, question: str, runs: pd.DataFrame, significa
         parts += ["_CPU twin (tiny): a smoke test of the workflow, not the study's result._", ""]
     parts += [f"**Question.** {md_text(question)}", "",
               f"**Outcome: {passed_word(gates.get('passed'))}** ({npass}/{ng} gates PASS; {tot['n']} runs, "
-              f"{tot['n_diverged']} diverged, {tot['gpu_hours']:.3f} GPU-hours, USD {tot['cost']:.2f}).", ""]
+              f"{tot['n_diverged']} diverged, {tot['gpu_hours']:.3f} GPU-hours by share"
+              + (f" ({tot['gpu_hours_unshared']:.3f} unshared: {tot['n_shared']} run(s) shared a GPU)"
+                 if tot["n_shared"] else "") + f", USD {tot['cost']:.2f}).", ""]
     sane = [g for g in gates.get("gates", []) if g.get("kind") == "baseline_sane"]
     for g in sane:
         parts += [f"**Baseline sanity ({md_escape(g['name'])}): {g['verdict']}.** {md_escape(g['detail'])}", ""]
@@ -432,7 +460,7 @@ def rebase_images(text: str, results_root: str, out_dir: str) -> str:
 
 def report_markdown(sections: Sequence[str], title: str, phases: Sequence[str],
                     generated: str | None = None, tiny: bool = False, description: str = "",
-                    design_md: str = "") -> str:
+                    design_md: str = "", cost_md: str = "") -> str:
     generated = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sums = [parse_summary(s) or {} for s in sections]
     tiny = tiny or any(s.get("tiny") for s in sums)
@@ -451,21 +479,25 @@ def report_markdown(sections: Sequence[str], title: str, phases: Sequence[str],
     if description:
         parts += [md_text(description), ""]
     parts += [HOW_TO_READ, "## Summary", "",
-              md_table(["phase", "question", "gates", "gates PASS", "runs", "diverged", "GPU-h", "cost (USD)"], rows)]
+              md_table(["phase", "question", "gates", "gates PASS", "runs", "diverged", "GPU-h (by share)",
+                        "cost (USD)"], rows)]
     missing = [p for p in phases if p not in {s.get("phase") for s in sums}]
     if missing:
         parts += [f"_Phases not in this report (not run yet): {', '.join(missing)}._", ""]
     if design_md:
         parts += [design_md.rstrip(), ""]
+    if cost_md:  # what the runs measured, beside the design's plan (analysis/costs.py)
+        parts += [cost_md.rstrip(), ""]
     body = "\n".join(parts) + "\n" + "\n".join(s.rstrip() + "\n" for s in sections)
     return body
 
 
 def write_report(sections_paths: Sequence[str], out_path: str, latest_path: str | None, title: str,
                  phases: Sequence[str], results_root: str | None = None, tiny: bool = False,
-                 description: str = "", design_md: str = "") -> str:
+                 description: str = "", design_md: str = "", cost_md: str = "") -> str:
     texts = [Path(p).read_text(encoding="utf-8") for p in sections_paths]
-    text = report_markdown(texts, title, phases, tiny=tiny, description=description, design_md=design_md)
+    text = report_markdown(texts, title, phases, tiny=tiny, description=description, design_md=design_md,
+                           cost_md=cost_md)
     root = results_root or (os.path.dirname(latest_path) if latest_path else os.path.dirname(
         os.path.dirname(out_path)))
     atomic_write_text(out_path, rebase_images(text, root, os.path.dirname(out_path) or "."))

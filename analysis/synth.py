@@ -26,9 +26,12 @@ def write_run(root: str | Path, *, model: str, arm: str, alpha: float | None, se
               target_losses: Sequence[float] = (4.0, 3.5), gpu_hours: float = 0.0, wall_time_s: float = 600.0,
               world_size: int = 1, tau: float | None = None, noise: float = 0.0,
               rng: np.random.Generator | None = None, role: str = "arm", phase: str = "phase1",
-              variant: str | None = None, noise_fraction: float = 0.01) -> dict:
+              variant: str | None = None, noise_fraction: float = 0.01, gpu_share: float | None = None,
+              device: str | None = None) -> dict:
     """Write one run directory; returns the run record the workflow passes as params.runs (plus paths).
 
+    `gpu_hours` > 0 makes it a CUDA run (device "cuda"; `gpu_share` as the trainer records it, None: not
+    measured); else a CPU run, as the trainer records one.
     The val curve decays like exp(-step / tau) from init_loss to exactly final_loss at `steps`; a diverged run's losses blow up after
     diverged_step and its final/best losses are NaN (recorded as null)."""
     rng = rng or np.random.default_rng(seed)
@@ -77,8 +80,11 @@ def write_run(root: str | Path, *, model: str, arm: str, alpha: float | None, se
         "tokens_per_s": 1000.0,
         "wall_time_s": wall_time_s,
         "gpu_hours": gpu_hours,
+        "gpu_share": gpu_share,
+        "gpu_share_source": ("NVML compute processes on the device (synthetic)" if gpu_share is not None else
+                             "not measured: synthetic" if gpu_hours else "cpu: no GPU"),
         "world_size": world_size,
-        "device": "cpu",
+        "device": device or ("cuda" if gpu_hours else "cpu"),
         "diagnostics": {"eff_rank_mean": eff_rank if status == "ok" else None, "eff_rank_min": eff_rank / 2,
                         "noise_fraction_mean": noise_fraction, "eps_mean": 1e-3, "update_rms_mean": 0.2,
                         "grad_norm_mean": 1.0},

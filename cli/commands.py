@@ -12,7 +12,7 @@ from cli.tables import bar, duration, flatten, fmt, table
 
 STATUSES = ("done", "diverged", "stale", "running", "interrupted", "failed", "missing")
 OUTCOME_KEYS = ("status", "final_val_loss", "best_val_loss", "steps_completed", "tokens_per_s", "wall_time_s",
-                "gpu_hours", "world_size", "device", "diverged_step")
+                "gpu_hours", "gpu_share", "world_size", "device", "diverged_step")
 
 
 def states(view: StudyView, phases: list[str] | None = None, with_checkpoint: bool = False) -> list:
@@ -36,6 +36,13 @@ def runs_data(views: list[StudyView], phases=None, arms=None, statuses=None, mod
     return rows
 
 
+def by_share(gpu_hours, share):
+    """GPU-h counted by share (held x the fraction of the GPU the run had); held where no share was measured."""
+    if gpu_hours is None or share is None:
+        return gpu_hours
+    return gpu_hours * share
+
+
 def runs_text(rows: list[dict], several_studies: bool) -> str:
     if not rows:
         return "no runs match"
@@ -50,7 +57,7 @@ def runs_text(rows: list[dict], several_studies: bool) -> str:
         body.append(([r["study"]] if several_studies else []) + [
             ",".join(r["phases"]), r["model"], r["arm"], r["variant"], str(r["seed"]), status,
             fmt(r["stale"]), fmt(r["final_val_loss"], "loss"), fmt(r["wall_time_s"], "duration"),
-            fmt(r["gpu_hours"], "hours")])
+            fmt(by_share(r["gpu_hours"], r.get("gpu_share")), "hours")])
     n = len(headers)
     return table(headers, body, right={n - 1, n - 2, n - 3, n - 6}) + f"\n{len(rows)} runs"
 

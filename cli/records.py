@@ -44,7 +44,8 @@ class RunState:
     final_val_loss: float | None = None
     best_val_loss: float | None = None
     wall_time_s: float | None = None
-    gpu_hours: float | None = None
+    gpu_hours: float | None = None  # GPUs held x wall
+    gpu_share: float | None = None  # the fraction of them the run had (trainer/gpu_share.py); None: not measured
     steps_completed: int | None = None
     steps: int | None = None
     fingerprint: str | None = None  # planned
@@ -166,7 +167,7 @@ def run_state(view, run: Run, phases: list[str], planned_fp: str | None, now: fl
     metrics = read_json(run_dir / "metrics.json")
     if metrics is not None:
         state.status = "done" if metrics.get("status") == "ok" else str(metrics.get("status", "unknown"))
-        for k in ("final_val_loss", "best_val_loss", "wall_time_s", "gpu_hours", "steps_completed"):
+        for k in ("final_val_loss", "best_val_loss", "wall_time_s", "gpu_hours", "gpu_share", "steps_completed"):
             setattr(state, k, metrics.get(k))
         state.recorded_fingerprint = metrics.get("fingerprint") or (metrics.get("spec") or {}).get("fingerprint")
         state.stale = None if planned_fp is None else state.recorded_fingerprint != planned_fp

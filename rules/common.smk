@@ -316,7 +316,9 @@ def design_entry(phase, sel=None):
     cfg = PLAN.phase(phase)
     runs = PLAN.phase_runs(phase, sel) if sel or not PLAN.needs_selection(phase) else phase_runs(phase)
     configs = sorted({(pr.run.model, pr.run.arm, pr.run.variant, pr.role) for pr in runs})
-    # GPU-hours of a run: its Slurm time limit x GPUs (an upper bound until runs have measured it)
+    # GPU-hours of a run: its Slurm time limit x GPUs, an upper bound. What runs measured is set beside it by
+    # the report (analysis/costs.py) and the dry run's cost lines (warn_underpowered), never here: the design
+    # rule runs before any job and takes no run as input.
     hours = {m: r["resources"]["runtime_min"] / 60 * r["resources"]["gpus"] * r["resources"]["nodes"]
              for m, r in STUDY["models"].items()}
     return {"seeds": list(cfg["seeds"]), "baseline": PLAN.baseline_arm(phase), "gates": cfg["gates"],
@@ -374,12 +376,22 @@ def warn_underpowered():
     """The design check's warnings in every invocation's output (a dry run shows them before any GPU-hour)."""
     from analysis.design import design_from_files
 
+    from analysis.aggregate import read_runs
+    from analysis.costs import projection_lines
+
     d = STUDY["design"]
-    _, warnings = design_from_files(design_study(), PLAN.phases, [R(f"{p}/runs.csv") for p in PLAN.phases],
+    phases = design_study()
+    runs_paths = [R(f"{p}/runs.csv") for p in PLAN.phases]
+    _, warnings = design_from_files(phases, PLAN.phases, runs_paths,
                                     prior_sd=d["prior_sd"], power_floor=d.get("power_floor"),
                                     usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"])
     for w in warnings:
         logger.warning(f"design check ({STUDY_NAME}{'-tiny' if TINY else ''}): {w}")
+    # The phases not run yet, projected from the GPU-hours the runs on disk measured: read here, never
+    # inputs (the DAG and the design rule's outputs stay as they are).
+    tables = {p: read_runs(f) for p, f in zip(PLAN.phases, runs_paths) if os.path.isfile(f)}
+    for line in projection_lines(phases, PLAN.phases, tables, STUDY["cost"]["usd_per_gpu_hour"]):
+        logger.info(f"design check ({STUDY_NAME}{'-tiny' if TINY else ''}) cost: {line}")
 
 
 def capture_files(phase):

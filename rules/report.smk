@@ -41,6 +41,8 @@ rule report:
         design_md=R("design.md"),
         # the HTML landing page of `snakemake --report` (report/workflow.rst includes it)
         design_csv=R("design.csv"),
+        # the planned cost per phase, set beside what the runs measured (analysis/costs.py)
+        design_json=R("design.json"),
         gates=lambda w: expand("{results}/{p}/gates.json", results=RESULTS, p=PLAN.phases_through(w.phase)),
         runs=lambda w: expand("{results}/{p}/runs.csv", results=RESULTS, p=PLAN.phases_through(w.phase)),
         selections=lambda w: [f"{RESULTS}/{p}/selection.json" for p in PLAN.phases_through(w.phase)
@@ -54,6 +56,7 @@ rule report:
         title=STUDY["study"]["title"],
         summary=STUDY["study"]["summary"],
         tiny=TINY,
+        usd_per_gpu_hour=STUDY["cost"]["usd_per_gpu_hour"],
         phases=lambda w: PLAN.phases_through(w.phase),
         latest=R("ABLATION_RESULTS.md"),
         questions=lambda w: {p: PLAN.phase(p)["question"] for p in PLAN.phases_through(w.phase)},

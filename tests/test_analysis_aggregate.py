@@ -38,10 +38,11 @@ def test_runs_table_columns_and_values(tmp_path):
               "steps_to_4", "steps_to_3.5", "eff_rank_mean", "noise_fraction_mean", "tokens_per_s",
               "wall_time_s", "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]:
         assert c in runs.columns, c
-    assert list(runs.columns[-15:]) == ["eff_rank_mean", "noise_fraction_mean", "bytes_sent_per_step",
+    assert list(runs.columns[-17:]) == ["eff_rank_mean", "noise_fraction_mean", "bytes_sent_per_step",
                                         "allreduce_bytes_per_step", "weight_norm_dev_mean", "weight_norm_dev_max",
                                         "n_record_errors", "n_checkpoint_fallbacks", "tokens_per_s", "wall_time_s",
-                                        "gpu_hours", "world_size", "wandb_id", "fingerprint", "run_dir"]
+                                        "gpu_hours", "gpu_share", "gpu_hours_by_share", "world_size", "wandb_id",
+                                        "fingerprint", "run_dir"]
     vl = [c for c in runs.columns if c.startswith("val_loss_at_")]
     assert vl == sorted(vl, key=lambda c: float(c[12:]))
     d = runs[runs["status"] == "diverged"].iloc[0]

@@ -86,7 +86,7 @@ def history(out: Path, drop=("tokens_per_s",)) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 
 
-TIMING_KEYS = ("tokens_per_s", "wall_time_s", "gpu_hours")
+TIMING_KEYS = ("tokens_per_s", "wall_time_s", "gpu_hours", "gpu_share", "gpu_share_source")
 
 
 def comparable(m: dict) -> dict:

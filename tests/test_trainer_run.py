@@ -24,7 +24,8 @@ from trainer.records import HISTORY_COLUMNS
 pytestmark = pytest.mark.slow
 
 METRICS_KEYS = {"status", "diverged_step", "final_val_loss", "best_val_loss", "val_loss_at", "steps_to_loss",
-                "steps_completed", "tokens_per_s", "wall_time_s", "gpu_hours", "world_size", "device", "backend", "diagnostics",
+                "steps_completed", "tokens_per_s", "wall_time_s", "gpu_hours", "gpu_share", "gpu_share_source",
+                "world_size", "device", "backend", "diagnostics",
                 "wandb", "spec", "fingerprint", "package_version", "git_commit", "versions", "record_errors",
                 "checkpoint_fallbacks"}
 DIAG_KEYS = {"eff_rank_mean", "eff_rank_min", "noise_fraction_mean", "eps_mean", "update_rms_mean", "grad_norm_mean"}
@@ -59,6 +60,7 @@ def test_tiny_run_records_and_bitwise_repeatability(corpus, tmp_path):
     assert m["status"] == "ok" and m["diverged_step"] is None and m["steps_completed"] == 30
     if not cuda_usable():
         assert m["device"] == "cpu" and m["gpu_hours"] == 0.0
+        assert m["gpu_share"] is None and m["gpu_share_source"] == "cpu: no GPU"
     assert m["world_size"] == 1 and m["backend"] is None  # one process: no group
     assert set(m["val_loss_at"]) == {"5", "10", "20", "30"}
     assert m["final_val_loss"] == m["val_loss_at"]["30"] and m["best_val_loss"] <= m["final_val_loss"]

@@ -37,6 +37,7 @@ class DistInfo:
     device: torch.device
     backend: str | None
     devices: int = 0  # GPUs (or CPU processes) the whole world holds; 0: one per rank
+    ranks_on_device: int = 1  # this run's ranks on this rank's GPU (> 1 only under TRAINER_RANKS_SHARE_GPU=1)
 
     @property
     def devices_held(self) -> int:
@@ -94,9 +95,11 @@ def setup(device_pref: str = "auto") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     kind = resolve_device(device_pref)
-    per_device = 1
+    per_device, on_device = 1, 1
     if kind == "cuda":
-        index, per_device = placement(local_rank, local_world, torch.cuda.device_count(), share_requested())
+        n_dev = torch.cuda.device_count()
+        index, per_device = placement(local_rank, local_world, n_dev, share_requested())
+        on_device = sum(1 for r in range(local_world) if r % n_dev == index) if per_device > 1 else 1
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     else:
@@ -110,7 +113,7 @@ def setup(device_pref: str = "auto") -> DistInfo:
             else:
                 dist.init_process_group(backend=backend)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
-                    devices=-(-world // per_device))
+                    devices=-(-world // per_device), ranks_on_device=on_device)
 
 
 def barrier(info: DistInfo) -> None:

@@ -32,6 +32,7 @@ from trainer import checkpoint as ckpt
 from trainer import data as data_mod
 from trainer import determinism
 from trainer import distributed as dist_mod
+from trainer import gpu_share
 from trainer.models import build_model, step_hook
 from trainer.progress import LineStream
 from trainer.records import HISTORY_COLUMNS, write_csv, write_json
@@ -208,6 +209,7 @@ class Session:
             raise SpecError([("training.grad_clip", t.grad_clip, f"0 with optimizer.class {o.cls!r}: it exchanges "
                               "compressed gradients, so no rank ever holds the global gradient to clip")])
         self.capture = None  # trainer.capture.Capture, set by the run when the spec asks for captures
+        self.gpu_meter = gpu_share.device_meter(info.device, info.ranks_on_device)  # None on CPU
 
         self.fwd = torch.compile(self.model, dynamic=False) if self.compile else self.model
 
@@ -462,19 +464,72 @@ class RunState:
     evals: dict = field(default_factory=dict)  # step -> validation loss
     ref_loss: float | None = None  # the first finite train loss (the divergence test's reference)
     wall_before: float = 0.0  # wall seconds of the earlier processes of this run
+    # the earlier processes' GPU-seconds counted by share, and the part of them counted whole (not measured)
+    gpu_s_by_share_before: float = 0.0
+    gpu_s_unmeasured_before: float = 0.0
+    share_samples_before: int = 0
     timed_tokens: int = 0  # tokens and seconds of the timed steps (tokens_per_s)
     timed_time: float = 0.0
     wandb_id: str | None = None
 
     @classmethod
     def from_checkpoint(cls, state: dict) -> "RunState":
+        # a checkpoint from before the share was measured: its time counts whole GPUs, unmeasured
+        held = float(state.get("devices_held") or state.get("world_size") or 1)
+        whole = held * state["wall_time_s"]
         return cls(step=state["step"], history=state["history"], evals={int(k): v for k, v in state["evals"].items()},
                    ref_loss=state["ref_loss"], wall_before=state["wall_time_s"], timed_tokens=state["timed_tokens"],
-                   timed_time=state["timed_time"], wandb_id=state.get("wandb_id"))
+                   timed_time=state["timed_time"], wandb_id=state.get("wandb_id"),
+                   gpu_s_by_share_before=float(state.get("gpu_s_by_share", whole)),
+                   gpu_s_unmeasured_before=float(state.get("gpu_s_unmeasured", whole)),
+                   share_samples_before=int(state.get("share_samples", 0)))
 
-    def checkpoint_part(self, wall_time_s: float) -> dict:
-        return {"history": self.history, "evals": self.evals, "ref_loss": self.ref_loss, "wall_time_s": wall_time_s,
+    def checkpoint_part(self, wall_time_s: float, share: dict | None = None) -> dict:
+        part = {"history": self.history, "evals": self.evals, "ref_loss": self.ref_loss, "wall_time_s": wall_time_s,
                 "timed_tokens": self.timed_tokens, "timed_time": self.timed_time}
+        if share is not None:
+            part.update(gpu_s_by_share=share["gpu_s_by_share"], gpu_s_unmeasured=share["gpu_s_unmeasured"],
+                        share_samples=share["samples"], devices_held=share["devices_held"])
+        return part
+
+
+def share_totals(sess: "Session", run: RunState, info: dist_mod.DistInfo, seconds: float) -> dict | None:
+    """The run's GPU-seconds so far counted by share (collective on CUDA; None on CPU): this process's
+    `seconds` at the ranks' measured shares (trainer/gpu_share.py), a rank that could not measure counting its
+    whole GPU, plus the earlier processes'. Over the ranks, sum of share / (this run's ranks on its device)
+    is the number of GPUs' worth the run held."""
+    if info.device.type != "cuda":
+        return None
+    m = sess.gpu_meter
+    f = m.fraction() if m is not None else None
+    own = max(1, info.ranks_on_device)
+    v = torch.tensor([(1.0 if f is None else f) / own, (1.0 if f is None else 0.0) / own,
+                      float(m.samples if m is not None else 0)], dtype=torch.float64, device=info.device)
+    dist_mod.all_reduce_sum_(v, info)
+    gpus_by_share, gpus_unmeasured, samples = (float(x) for x in v.tolist())
+    return {"gpu_s_by_share": run.gpu_s_by_share_before + gpus_by_share * seconds,
+            "gpu_s_unmeasured": run.gpu_s_unmeasured_before + gpus_unmeasured * seconds,
+            "samples": run.share_samples_before + int(samples), "devices_held": info.devices_held,
+            "max_listed": m.max_listed if m is not None else 0, "why": (m.why if m is not None else "")}
+
+
+def share_record(share: dict | None, wall: float, info: dist_mod.DistInfo) -> dict:
+    """metrics.json's gpu_share (GPU-h by share / GPU-h held; null when nothing was measured) and
+    gpu_share_source (how it was measured, or why not)."""
+    if share is None:
+        return {"gpu_share": None, "gpu_share_source": f"{info.device.type}: no GPU"}
+    held_s = info.devices_held * wall
+    if held_s <= 0:
+        return {"gpu_share": None, "gpu_share_source": "no wall time"}
+    unmeasured = share["gpu_s_unmeasured"] / held_s
+    if share["samples"] == 0 or unmeasured >= 1 - 1e-9:
+        return {"gpu_share": None, "gpu_share_source": "not measured: " + (share["why"] or "no NVML sample")
+                + " (counted as whole GPUs)"}
+    src = (f"NVML compute processes on the device, {share['samples']} samples over the ranks, up to "
+           f"{share['max_listed']} process(es) listed on rank 0's device")
+    if unmeasured > 1e-9:
+        src += f"; {unmeasured:.0%} of the GPU time not measured, counted as whole GPUs"
+    return {"gpu_share": share["gpu_s_by_share"] / held_s, "gpu_share_source": src}
 
 
 def _resume(spec: RunSpec, sess: Session, ckpt_dir: Path, info: dist_mod.DistInfo, log: _Log, key: str) -> RunState:
@@ -525,6 +580,9 @@ class _Checkpointer:
 
     def save(self, step: int, reason: str) -> None:
         sess, info, ckpt_dir, key = self.sess, self.info, self.dir, self.key
+        seconds = time.time() - self.t_process
+        wall = self.run.wall_before + seconds
+        share = share_totals(sess, self.run, info, seconds)  # collective (every rank saves)
         settle = getattr(sess.opt, "settle_measurements", None)
         if settle is not None:  # on every rank: sharded rank measurements are all-gathered here
             settle()
@@ -538,7 +596,7 @@ class _Checkpointer:
                 "resume_key": key, "fingerprint": self.spec.fingerprint, "step": step,
                 "model": sess.model.state_dict(), "optimizer": sess.opt.state_dict(),
                 "rng": ckpt.rng_state(info.device),
-                **self.run.checkpoint_part(self.run.wall_before + (time.time() - self.t_process)),
+                **self.run.checkpoint_part(wall, share),
                 "wandb_id": self.tracker.id, "world_size": info.world_size,
                 "torch": torch.__version__, "data_checksum": sess.data.checksum,
                 # the rank files this checkpoint goes with (a resume refuses any other)
@@ -592,6 +650,8 @@ def _train(spec: RunSpec, sess: Session, run: RunState, tracker: Tracker, saver:
             t0 = time.perf_counter()
             r = sess.train_step(step0, stop_requested=flag.requested)
             dt = time.perf_counter() - t0
+            if sess.gpu_meter is not None:
+                sess.gpu_meter.maybe_sample()  # every SAMPLE_EVERY_S: who else holds this GPU
             seg_steps += 1
             if seg_steps > TIMING_SKIP_STEPS or t.steps - start <= TIMING_SKIP_STEPS:
                 run.timed_tokens += tokens_per_step
@@ -635,7 +695,7 @@ def _train(spec: RunSpec, sess: Session, run: RunState, tracker: Tracker, saver:
 
 
 def _metrics(spec: RunSpec, spec_dict: dict, sess: Session, run: RunState, status: str, diverged_step: int | None,
-             wall: float, tracker: Tracker, info: dist_mod.DistInfo) -> dict[str, Any]:
+             wall: float, tracker: Tracker, info: dist_mod.DistInfo, share: dict | None = None) -> dict[str, Any]:
     """metrics.json (docs/DESIGN.md), but for the events the caller adds."""
     steps = spec.training.steps
     finite = {s: v for s, v in run.evals.items() if v is not None and math.isfinite(v)}
@@ -652,6 +712,9 @@ def _metrics(spec: RunSpec, spec_dict: dict, sess: Session, run: RunState, statu
         "wall_time_s": wall,
         # GPUs held x wall time: two ranks sharing one GPU (TRAINER_RANKS_SHARE_GPU) count it once
         "gpu_hours": info.devices_held * wall / 3600.0 if info.device.type == "cuda" else 0.0,
+        # the fraction of those GPUs the run had (other processes on them sampled by NVML): GPU-h by share =
+        # gpu_hours x gpu_share; null where not measured (trainer/gpu_share.py)
+        **share_record(share, wall, info),
         "world_size": info.world_size,
         "device": info.device.type,
         "backend": info.backend,
@@ -714,8 +777,10 @@ def _run(spec: RunSpec, out: Path, ckpt_dir: Path, info: dist_mod.DistInfo, flag
 
     # ------------------------------------------------------------------ records
     sess.check_replicas()
-    wall = run.wall_before + (time.time() - t_process)
-    metrics = _metrics(spec, spec_dict, sess, run, status, diverged_step, wall, tracker, info)
+    seconds = time.time() - t_process
+    wall = run.wall_before + seconds
+    share = share_totals(sess, run, info, seconds)  # collective
+    metrics = _metrics(spec, spec_dict, sess, run, status, diverged_step, wall, tracker, info, share)
     tracker.summary(metrics)
     tracker.finish(exit_code=0)
     events = _add_events(ckpt_dir, info, log, record_errors=tracker.errors)

@@ -12,8 +12,9 @@ params:  phases ({phase: {seeds, baseline, configs: [{model, arm, variant, role}
          say they are the twin's time limits at the real study's price)
 output:  csv (design.csv: one row per phase x statistical gate, analysis.design.COLUMNS),
          md (design.md: the table and one line per underpowered gate with the seeds that fix it),
-         json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}}; the
-         gates and significance scripts read its noise sd); optional html (design.html: the table as a page
+         json (design.json: {"rows": [...], "warnings": [...], "noise": {phase: {"sd", "source"}}, "cost":
+         {phase: {runs, runs_by_model, gpu_hours_per_run, gpu_hours}}}; the gates and significance scripts read
+         its noise sd, the report its planned cost (analysis/costs.py)); optional html (design.html: the table as a page
          for `snakemake --report`, with the underpowered gates' lines)
 Underpowered gates are logged as warnings.
 """
@@ -41,6 +42,11 @@ with logged(sm, "design") as log:
                   usd_per_gpu_hour=float(getattr(p, "usd_per_gpu_hour", 0) or 0),
                   power_target=float(getattr(p, "power_target", None) or 0.8),
                   power_floor=getattr(p, "power_floor", None))
+    from analysis.costs import planned, project_design_rows
+
+    # a phase's own design check has the earlier phases' runs as inputs (its noise): their measured GPU-h
+    # project its at-80% cost too; the whole study's check has none and stays the plan
+    rows = project_design_rows(rows, phases, tables)
     warn = warnings_for(rows)
     for w in warn:
         log.warning("%s", w)
@@ -48,7 +54,8 @@ with logged(sm, "design") as log:
     atomic_write_text(sm.output.md, design_markdown(rows, tiny=bool(getattr(p, "tiny", False))))
     all_noise = {ph: {"sd": noise.get(ph, (prior, "prior"))[0], "source": noise.get(ph, (prior, "prior"))[1]}
                  for ph in order}
-    write_json({"rows": rows, "warnings": warn, "noise": all_noise}, sm.output.json)
+    cost = {ph: planned(phases[ph]) for ph in order if ph in phases}  # the report sets the measured beside it
+    write_json({"rows": rows, "warnings": warn, "noise": all_noise, "cost": cost}, sm.output.json)
     if "html" in sm.output.keys():
         from analysis.html import csv_table_html, e, page
 
