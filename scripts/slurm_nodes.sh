@@ -62,22 +62,9 @@ node_index() {  # node_index N|mnodeN -> 0-based index
 }
 node_addr() { echo "$NET.$(($1 + 2))"; }  # node_addr INDEX
 
-# --- pid helpers (as slurm_local.sh: a pid is signalled only if /proc/PID/comm is the daemon) ----------
-pid_of() { [[ -s $RUN/$1.pid ]] && tr -dc '0-9' <"$RUN/$1.pid" || true; }
-alive() {  # alive PIDNAME COMM
-  local pid; pid=$(pid_of "$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
-}
-stop_pid() {  # stop_pid PIDNAME COMM: TERM, wait up to 10 s, KILL; remove the pid file
-  local pid i
-  if alive "$1" "$2"; then
-    pid=$(pid_of "$1"); kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then log "$1 ($pid) ignored TERM, sending KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
-    log "stopped $1 ($pid)"
-  fi
-  rm -f "$RUN/$1.pid"
-}
+# --- pid helpers, stopping, munged: shared with slurm_local.sh -----------------------------------
+# shellcheck source=scripts/slurm_daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_daemons.sh"
 
 # --- network -------------------------------------------------------------------------------------------
 net_up() {
@@ -201,18 +188,9 @@ EOF
 
 # --- daemons -------------------------------------------------------------------------------------------
 start_munge() {
-  alive munged munged && return 0
-  install -d -o munge -g munge -m 0700 "$DIR/munge"
+  alive munged && return 0
   install -d -o munge -g munge -m 0755 "$(dirname "$SOCK")"
-  [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key missing (run: scripts/slurm_local.sh install)"
-  runuser -u munge -- /usr/sbin/munged --force --socket="$SOCK" \
-    --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munged.seed" \
-    || die "munged failed to start"
-  local i
-  for i in $(seq 1 50); do [[ -s $DIR/munge/munged.pid ]] && break; sleep 0.1; done
-  cp "$DIR/munge/munged.pid" "$RUN/munged.pid"
-  munge -S "$SOCK" -n | unmunge -S "$SOCK" >/dev/null \
-    || { dump_logs; die "munge credential check failed"; }
+  start_munged "$SOCK"
 }
 
 start_slurmd() {  # start_slurmd INDEX: slurmd in the node's net + new UTS and mount namespaces
@@ -246,7 +224,7 @@ wait_idle() {  # wait_idle NODE...
 }
 
 fully_up() {
-  alive munged munged && alive slurmctld slurmctld && alive slurmd-mnode1 slurmd && alive slurmd-mnode2 slurmd \
+  alive munged && alive slurmctld && alive slurmd-mnode1 slurmd && alive slurmd-mnode2 slurmd \
     && [[ $(node_state mnode1) =~ ^(idle|mix|alloc)$ && $(node_state mnode2) =~ ^(idle|mix|alloc)$ ]]
 }
 
@@ -298,30 +276,19 @@ cmd_start_node() {
 }
 
 stop_slurm() {
-  if alive slurmctld slurmctld && [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
-    squeue -h -o %i | xargs -r scancel 2>/dev/null || true
-    local i
-    for i in $(seq 1 20); do [[ -z $(squeue -h -t R,CG,PD -o %i 2>/dev/null) ]] && break; sleep 0.5; done
-  fi
-  local i pids
-  stop_pid slurmd-mnode1 slurmd
-  stop_pid slurmd-mnode2 slurmd
-  stop_pid slurmctld slurmctld
+  cancel_all_jobs
+  stop_daemons slurmd-mnode1:slurmd slurmd-mnode2:slurmd slurmctld
   # Processes left in a node's namespace (a step that outlived its slurmd) are ours: end them.
+  local i pids
   for i in 0 1; do pids=$(node_pids "$i"); [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true; done
-  local node d
-  for node in "${NODES[@]}"; do
-    for d in "$CGROOT"/*/slurm_"$node"; do
-      [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
-    done
-  done
+  remove_node_cgroups "${NODES[@]}"
 }
 
 cmd_down() {
   need_root
   install -d -m 0755 "$RUN" 2>/dev/null || true
   stop_slurm
-  stop_pid munged munged
+  stop_daemons munged
   rm -f "$DIR/munge/munged.pid"
   net_down
   rm -f "$SLURM_CONF"  # clients (and the tests' skip check) then see at once that this cluster is not up
@@ -333,7 +300,7 @@ cmd_status() {
   for d in munged:munged slurmctld:slurmctld slurmd-mnode1:slurmd slurmd-mnode2:slurmd; do
     if alive "${d%%:*}" "${d#*:}"; then echo "${d%%:*}: running (pid $(pid_of "${d%%:*}"))"; else echo "${d%%:*}: stopped"; rc=3; fi
   done
-  if alive slurmctld slurmctld; then
+  if alive slurmctld; then
     sinfo -o '%P %a %l %D %t %c %m %G %N' || true
     squeue -o '%i %j %T %M %D %R' || true
     [[ $(node_state mnode1) =~ ^(idle|mix|alloc)$ && $(node_state mnode2) =~ ^(idle|mix|alloc)$ ]] || rc=3
