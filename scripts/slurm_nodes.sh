@@ -28,7 +28,12 @@
 #                        per node run side by side]
 #   SLURM_NODES_GPUS     fake GPUs per node (type fake)                              [4: two 2-GPU jobs]
 #   SLURM_NODES_TIMEOUT  seconds `up`/`start-node` wait for the nodes              [60]
-#   SLURM_NODES_SLURMD_TIMEOUT  SlurmdTimeout: seconds before a silent node is DOWN [10] (Slurm: 300)
+#   SLURM_NODES_SLURMD_TIMEOUT  SlurmdTimeout: seconds before a silent node is DOWN [6] (Slurm: 300)
+#   SLURM_NODES_MSG_TIMEOUT     MessageTimeout: seconds an RPC may take [4] (Slurm: 10). slurmctld pings a
+#                               dead slurmd for this long (a refused connect is retried each second), twice,
+#                               before the node is DOWN: kill-node -> NODE_FAIL took 31 s at 10 s / 10 s,
+#                               20 s at 5 s, 15-17 s at 4 s / 6 s (measured, a two-node `sleep` job)
+#   SLURM_NODES_CTLD_DEBUG      SlurmctldDebug [info] (debug2 logs every ping and connect attempt)
 #   SLURM_NODES_CRED_EXPIRE     credential lifetime = delay of a requeued job        [15] (Slurm: 120)
 set -euo pipefail
 
@@ -36,7 +41,9 @@ DIR=${SLURM_NODES_DIR:-/var/lib/muon-slurm-nodes}
 CPUS=${SLURM_NODES_CPUS:-4}
 GPUS=${SLURM_NODES_GPUS:-4}
 TIMEOUT=${SLURM_NODES_TIMEOUT:-60}
-SLURMD_TIMEOUT=${SLURM_NODES_SLURMD_TIMEOUT:-10}
+SLURMD_TIMEOUT=${SLURM_NODES_SLURMD_TIMEOUT:-6}
+MSG_TIMEOUT=${SLURM_NODES_MSG_TIMEOUT:-4}
+CTLD_DEBUG=${SLURM_NODES_CTLD_DEBUG:-info}
 CRED_EXPIRE=${SLURM_NODES_CRED_EXPIRE:-15}
 PARTITION=ci            # the name profiles/slurm-ci submits to (another cluster, so no clash)
 CLUSTER=muonnodes
@@ -165,6 +172,8 @@ ReturnToService=2
 # the nodes declare CPUs=$CPUS whatever slurmd counts (both share this machine's cores)
 SlurmdParameters=config_overrides
 SlurmdTimeout=$SLURMD_TIMEOUT
+MessageTimeout=$MSG_TIMEOUT
+SlurmctldDebug=$CTLD_DEBUG
 MinJobAge=300
 DefMemPerCPU=1000
 # Shorter than Slurm's 30 s: how long srun waits for the steps of a dead node before giving up
