@@ -42,32 +42,9 @@ die() { log "ERROR: $*"; exit 1; }
 
 need_root() { [[ $(id -u) == 0 ]] || die "must run as root (it starts system daemons)"; }
 
-# --- pid helpers -----------------------------------------------------------------------------
-# alive NAME: the pid in $RUN/NAME.pid is a live process whose command is NAME (guards against a
-# stale pid file pointing at a recycled pid).
-pid_of() { [[ -s $RUN/$1.pid ]] && tr -dc '0-9' <"$RUN/$1.pid" || true; }
-alive() {
-  local pid; pid=$(pid_of "$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]]
-}
-stop_daemons() {  # stop_daemons NAME...: TERM them all, wait up to 10 s, KILL what is left;
-                  # always remove their pid files
-  local name pid i pids=()
-  for name in "$@"; do
-    if alive "$name"; then pid=$(pid_of "$name"); kill -TERM "$pid" 2>/dev/null || true; pids+=("$name:$pid"); fi
-  done
-  for i in $(seq 1 50); do
-    local left=0
-    for pid in "${pids[@]}"; do kill -0 "${pid#*:}" 2>/dev/null && left=1; done
-    (( left )) || break
-    sleep 0.2
-  done
-  for pid in "${pids[@]}"; do
-    if kill -0 "${pid#*:}" 2>/dev/null; then log "${pid%%:*} (${pid#*:}) ignored TERM, sending KILL"; kill -KILL "${pid#*:}" 2>/dev/null || true; fi
-    log "stopped ${pid%%:*} (${pid#*:})"
-  done
-  for name in "$@"; do rm -f "$RUN/$name.pid"; done
-}
+# --- pid helpers, stopping, munged: shared with slurm_nodes.sh ----------------------------------
+# shellcheck source=scripts/slurm_daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_daemons.sh"
 
 # --- install ---------------------------------------------------------------------------------
 cmd_install() {
@@ -182,18 +159,10 @@ dump_logs() {
 }
 
 start_munge() {
-  if alive munged; then return 0; fi
+  alive munged && return 0
   rm -f "$RUN/munged.pid"
   install -d -o munge -g munge -m 0755 /run/munge
-  install -d -o munge -g munge -m 0700 "$DIR/munge"
-  [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key missing (run: $0 install)"
-  runuser -u munge -- /usr/sbin/munged --force \
-    --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munged.seed" \
-    || die "munged failed to start"
-  local i
-  for i in $(seq 1 50); do [[ -s $DIR/munge/munged.pid ]] && break; sleep 0.1; done
-  cp "$DIR/munge/munged.pid" "$RUN/munged.pid"  # all our pid files in one place
-  munge -n | unmunge >/dev/null || { dump_logs; die "munge credential check failed"; }
+  start_munged ""
 }
 
 cmd_up() {
@@ -226,18 +195,9 @@ cmd_up() {
 
 # --- down ------------------------------------------------------------------------------------
 stop_slurm_daemons() {
-  if alive slurmctld && [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
-    # Cancel what is left so no slurmstepd outlives the cluster; give the steps a moment to end.
-    squeue -h -o %i | xargs -r scancel 2>/dev/null || true
-    local i
-    for i in $(seq 1 20); do [[ -z $(squeue -h -t R,CG,PD -o %i 2>/dev/null) ]] && break; sleep 0.5; done
-  fi
+  cancel_all_jobs
   stop_daemons slurmd slurmctld
-  # proctrack/cgroup leaves its (empty) per-node cgroup directories behind; remove ours only.
-  local d
-  for d in "$CGROOT"/*/slurm_"$NODE"; do
-    [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
-  done
+  remove_node_cgroups "$NODE"  # proctrack/cgroup leaves its (empty) per-node cgroup directories behind
 }
 
 cmd_down() {

@@ -28,7 +28,12 @@
 #                        per node run side by side]
 #   SLURM_NODES_GPUS     fake GPUs per node (type fake)                              [4: two 2-GPU jobs]
 #   SLURM_NODES_TIMEOUT  seconds `up`/`start-node` wait for the nodes              [60]
-#   SLURM_NODES_SLURMD_TIMEOUT  SlurmdTimeout: seconds before a silent node is DOWN [10] (Slurm: 300)
+#   SLURM_NODES_SLURMD_TIMEOUT  SlurmdTimeout: seconds before a silent node is DOWN [6] (Slurm: 300)
+#   SLURM_NODES_MSG_TIMEOUT     MessageTimeout: seconds an RPC may take [4] (Slurm: 10). slurmctld pings a
+#                               dead slurmd for this long (a refused connect is retried each second), twice,
+#                               before the node is DOWN: kill-node -> NODE_FAIL took 31 s at 10 s / 10 s,
+#                               20 s at 5 s, 15-17 s at 4 s / 6 s (measured, a two-node `sleep` job)
+#   SLURM_NODES_CTLD_DEBUG      SlurmctldDebug [info] (debug2 logs every ping and connect attempt)
 #   SLURM_NODES_CRED_EXPIRE     credential lifetime = delay of a requeued job        [15] (Slurm: 120)
 set -euo pipefail
 
@@ -36,7 +41,9 @@ DIR=${SLURM_NODES_DIR:-/var/lib/muon-slurm-nodes}
 CPUS=${SLURM_NODES_CPUS:-4}
 GPUS=${SLURM_NODES_GPUS:-4}
 TIMEOUT=${SLURM_NODES_TIMEOUT:-60}
-SLURMD_TIMEOUT=${SLURM_NODES_SLURMD_TIMEOUT:-10}
+SLURMD_TIMEOUT=${SLURM_NODES_SLURMD_TIMEOUT:-6}
+MSG_TIMEOUT=${SLURM_NODES_MSG_TIMEOUT:-4}
+CTLD_DEBUG=${SLURM_NODES_CTLD_DEBUG:-info}
 CRED_EXPIRE=${SLURM_NODES_CRED_EXPIRE:-15}
 PARTITION=ci            # the name profiles/slurm-ci submits to (another cluster, so no clash)
 CLUSTER=muonnodes
@@ -62,22 +69,9 @@ node_index() {  # node_index N|mnodeN -> 0-based index
 }
 node_addr() { echo "$NET.$(($1 + 2))"; }  # node_addr INDEX
 
-# --- pid helpers (as slurm_local.sh: a pid is signalled only if /proc/PID/comm is the daemon) ----------
-pid_of() { [[ -s $RUN/$1.pid ]] && tr -dc '0-9' <"$RUN/$1.pid" || true; }
-alive() {  # alive PIDNAME COMM
-  local pid; pid=$(pid_of "$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
-}
-stop_pid() {  # stop_pid PIDNAME COMM: TERM, wait up to 10 s, KILL; remove the pid file
-  local pid i
-  if alive "$1" "$2"; then
-    pid=$(pid_of "$1"); kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then log "$1 ($pid) ignored TERM, sending KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
-    log "stopped $1 ($pid)"
-  fi
-  rm -f "$RUN/$1.pid"
-}
+# --- pid helpers, stopping, munged: shared with slurm_local.sh -----------------------------------
+# shellcheck source=scripts/slurm_daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_daemons.sh"
 
 # --- network -------------------------------------------------------------------------------------------
 net_up() {
@@ -178,6 +172,8 @@ ReturnToService=2
 # the nodes declare CPUs=$CPUS whatever slurmd counts (both share this machine's cores)
 SlurmdParameters=config_overrides
 SlurmdTimeout=$SLURMD_TIMEOUT
+MessageTimeout=$MSG_TIMEOUT
+SlurmctldDebug=$CTLD_DEBUG
 MinJobAge=300
 DefMemPerCPU=1000
 # Shorter than Slurm's 30 s: how long srun waits for the steps of a dead node before giving up
@@ -201,18 +197,9 @@ EOF
 
 # --- daemons -------------------------------------------------------------------------------------------
 start_munge() {
-  alive munged munged && return 0
-  install -d -o munge -g munge -m 0700 "$DIR/munge"
+  alive munged && return 0
   install -d -o munge -g munge -m 0755 "$(dirname "$SOCK")"
-  [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key missing (run: scripts/slurm_local.sh install)"
-  runuser -u munge -- /usr/sbin/munged --force --socket="$SOCK" \
-    --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munged.seed" \
-    || die "munged failed to start"
-  local i
-  for i in $(seq 1 50); do [[ -s $DIR/munge/munged.pid ]] && break; sleep 0.1; done
-  cp "$DIR/munge/munged.pid" "$RUN/munged.pid"
-  munge -S "$SOCK" -n | unmunge -S "$SOCK" >/dev/null \
-    || { dump_logs; die "munge credential check failed"; }
+  start_munged "$SOCK"
 }
 
 start_slurmd() {  # start_slurmd INDEX: slurmd in the node's net + new UTS and mount namespaces
@@ -246,7 +233,7 @@ wait_idle() {  # wait_idle NODE...
 }
 
 fully_up() {
-  alive munged munged && alive slurmctld slurmctld && alive slurmd-mnode1 slurmd && alive slurmd-mnode2 slurmd \
+  alive munged && alive slurmctld && alive slurmd-mnode1 slurmd && alive slurmd-mnode2 slurmd \
     && [[ $(node_state mnode1) =~ ^(idle|mix|alloc)$ && $(node_state mnode2) =~ ^(idle|mix|alloc)$ ]]
 }
 
@@ -298,30 +285,19 @@ cmd_start_node() {
 }
 
 stop_slurm() {
-  if alive slurmctld slurmctld && [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
-    squeue -h -o %i | xargs -r scancel 2>/dev/null || true
-    local i
-    for i in $(seq 1 20); do [[ -z $(squeue -h -t R,CG,PD -o %i 2>/dev/null) ]] && break; sleep 0.5; done
-  fi
-  local i pids
-  stop_pid slurmd-mnode1 slurmd
-  stop_pid slurmd-mnode2 slurmd
-  stop_pid slurmctld slurmctld
+  cancel_all_jobs
+  stop_daemons slurmd-mnode1:slurmd slurmd-mnode2:slurmd slurmctld
   # Processes left in a node's namespace (a step that outlived its slurmd) are ours: end them.
+  local i pids
   for i in 0 1; do pids=$(node_pids "$i"); [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true; done
-  local node d
-  for node in "${NODES[@]}"; do
-    for d in "$CGROOT"/*/slurm_"$node"; do
-      [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
-    done
-  done
+  remove_node_cgroups "${NODES[@]}"
 }
 
 cmd_down() {
   need_root
   install -d -m 0755 "$RUN" 2>/dev/null || true
   stop_slurm
-  stop_pid munged munged
+  stop_daemons munged
   rm -f "$DIR/munge/munged.pid"
   net_down
   rm -f "$SLURM_CONF"  # clients (and the tests' skip check) then see at once that this cluster is not up
@@ -333,7 +309,7 @@ cmd_status() {
   for d in munged:munged slurmctld:slurmctld slurmd-mnode1:slurmd slurmd-mnode2:slurmd; do
     if alive "${d%%:*}" "${d#*:}"; then echo "${d%%:*}: running (pid $(pid_of "${d%%:*}"))"; else echo "${d%%:*}: stopped"; rc=3; fi
   done
-  if alive slurmctld slurmctld; then
+  if alive slurmctld; then
     sinfo -o '%P %a %l %D %t %c %m %G %N' || true
     squeue -o '%i %j %T %M %D %R' || true
     [[ $(node_state mnode1) =~ ^(idle|mix|alloc)$ && $(node_state mnode2) =~ ^(idle|mix|alloc)$ ]] || rc=3

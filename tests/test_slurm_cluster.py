@@ -27,15 +27,20 @@ import pytest
 import yaml
 
 from tests.slurm_helpers import ACCOUNT, PARTITION, PROFILE, ROOT, TERMINAL, cluster_problem
+from tests.workflow_helpers import start_early
 
 pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster():
+def cluster(request):
     problem = cluster_problem()
     if problem:
         pytest.skip(problem)
+    # These tests mostly wait (for Slurm and the plugin's status checks): the session's local phase-1 run
+    # (tests/conftest.py), which tests/test_slurm_workflow.py and tests/test_workflow_run.py read, trains
+    # meanwhile. Nothing here depends on the machine's speed.
+    start_early(request, "short_twin_phase1_started", needed_by="short_twin_phase1")
 
 
 def _proctrack() -> str:

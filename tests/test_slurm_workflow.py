@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.slurm_helpers import PARTITION, PROFILE, cluster_problem
-from tests.workflow_helpers import SHORT_TINY, TWIN, copy_workflow, snakemake, write_config
+from tests.workflow_helpers import SHORT_TINY, TWIN, copy_workflow, start_early, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -46,10 +46,20 @@ def records(wf, key):
 
 
 @pytest.fixture(scope="module")
-def slurm_phase1(tmp_path_factory):
+def slurm_phase1(tmp_path_factory, request):
+    """Phase 1 through Slurm. The session's local run of the same phase (short_twin_phase1, which
+    test_slurm_runs_equal_local_runs compares it with) is started meanwhile if nothing started it yet."""
     wf = workflow(tmp_path_factory, "slurm_phase1")
-    result = snakemake(wf, "phase1", *TINY, *PROFILE_ARGS, timeout=1200)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    with open(wf / "snakemake.out", "w") as log:  # a file, not a pipe: nobody reads it meanwhile
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "phase1", *TINY, *PROFILE_ARGS], cwd=wf,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        start_early(request, "short_twin_phase1_started", needed_by="short_twin_phase1")
+        proc.wait(timeout=1200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (wf / "snakemake.out").read_text()[-5000:]
     return wf
 
 
@@ -89,6 +99,11 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory
     key = "tiny/orthonoise/alpha0.001/seed42"
     target = f"{TWIN}/runs/{key}/metrics.json"
     wf = workflow(tmp_path_factory, "preempt", config)
+    # the uninterrupted twin, locally, trains meanwhile (its records do not depend on what runs beside it)
+    twin = workflow(tmp_path_factory, "preempt_twin", config)
+    with open(twin / "snakemake.out", "w") as twin_log:  # a file, not a pipe: nobody reads it meanwhile
+        twin_proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, *TINY, "--cores", "1"], cwd=twin,
+                                     stdout=twin_log, stderr=subprocess.STDOUT, text=True)
     checkpoint = wf / TWIN / "checkpoints" / key / "latest.pt"
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, *TINY, *PROFILE_ARGS],
                             cwd=wf, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,9 +115,11 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory
         assert job, "the train job never ran long enough to checkpoint"
         subprocess.run(["scancel", "--signal=USR1", job], check=True)
         out, _ = proc.communicate(timeout=600)
+        twin_proc.wait(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, twin_proc):
+            if p.poll() is None:
+                p.kill()
     assert proc.returncode == 0, out[-4000:]
     log = (wf / "logs" / "orthonoise-tiny" / "train" / f"{key}.log").read_text()
     assert "resuming from" in log, log[-3000:]
@@ -110,10 +127,7 @@ def test_preempted_job_resumes_and_matches_an_uninterrupted_run(tmp_path_factory
     train_jobs = list((wf / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
     assert len(train_jobs) == 2, out[-3000:]
     assert "Trying to restart job" in out, out[-3000:]
-    # the uninterrupted twin, locally
-    twin = workflow(tmp_path_factory, "preempt_twin", config)
-    result = snakemake(twin, target, *TINY, "--cores", "1", timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert twin_proc.returncode == 0, (twin / "snakemake.out").read_text()[-3000:]
     resumed_metrics, resumed_history = records(wf, key)
     twin_metrics, twin_history = records(twin, key)
     assert resumed_metrics["final_val_loss"] == twin_metrics["final_val_loss"]

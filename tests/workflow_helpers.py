@@ -116,3 +116,11 @@ def bump_version(code_root: Path, name: str) -> str:
     assert n == 1, f"no version of {name} in {registry}"
     registry.write_text(text)
     return original
+
+
+def start_early(request, fixture: str, needed_by: str) -> None:
+    """Sets up the (session) fixture `fixture` now, if a test of this session asks for `needed_by`; else does
+    nothing (a lone module run must not train what nobody reads). For fixtures that start a run in the
+    background, so that it trains while the tests of the calling module wait."""
+    if any(needed_by in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue(fixture)
